@@ -1,0 +1,1 @@
+"""The shop side: the Flower ClientApp, local DP training and the privacy ledger."""

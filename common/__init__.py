@@ -1,0 +1,1 @@
+"""What server and clients share: data, task, text, metrics, baselines, configuration."""

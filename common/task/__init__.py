@@ -1,0 +1,21 @@
+"""The interest-migration prediction task: taxonomy, examples, temporal split."""
+
+from .examples import EventArrays, ExampleSet, TimeRange, build_examples
+from .pipeline import TaskData, prepare_task
+from .split import TemporalSplit, temporal_split
+from .taxonomy import OTHER, Taxonomy, build_taxonomy, category_token
+
+__all__ = [
+    "EventArrays",
+    "ExampleSet",
+    "OTHER",
+    "TaskData",
+    "Taxonomy",
+    "TemporalSplit",
+    "TimeRange",
+    "build_examples",
+    "build_taxonomy",
+    "category_token",
+    "prepare_task",
+    "temporal_split",
+]

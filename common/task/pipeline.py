@@ -1,0 +1,62 @@
+"""From an event table to train/validation/test examples under one taxonomy and split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import TaskConfig
+from ..data.schema import DataError, EventTable
+from .examples import EventArrays, ExampleSet, build_examples
+from .split import TemporalSplit, temporal_split
+from .taxonomy import Taxonomy, build_taxonomy
+
+
+@dataclass(frozen=True)
+class TaskData:
+    config: TaskConfig
+    taxonomy: Taxonomy
+    split: TemporalSplit
+    events: EventArrays
+    train: ExampleSet
+    val: ExampleSet
+    test: ExampleSet
+    coverage: float
+
+    def summary(self) -> str:
+        def part(name: str, ex: ExampleSet) -> str:
+            rate = ex.migrating.mean() if len(ex) else 0.0
+            return f"{name} {len(ex):,} ({rate:.0%} migrating)"
+
+        return (
+            f"examples: {part('train', self.train)}, {part('val', self.val)}, {part('test', self.test)}; "
+            f"taxonomy: {self.taxonomy.n_classes - 1} categories + other, "
+            f"covering {self.coverage:.1%} of engagement"
+        )
+
+
+def prepare_task(
+    table: EventTable,
+    config: TaskConfig,
+    taxonomy: Taxonomy | None = None,
+    split: TemporalSplit | None = None,
+) -> TaskData:
+    """Split ``table`` in time, build (or apply) the taxonomy from the training period, cut examples."""
+    frame = table.frame
+    source = table.report.source
+    if not len(frame):
+        raise DataError(f"{source}: no events left after validation")
+    if split is None:
+        ts = frame["timestamp"].to_numpy()
+        split = temporal_split(int(ts.min()), int(ts.max()), config, source)
+    if taxonomy is None:
+        taxonomy = build_taxonomy(table, config.top_k, before=split.val_start)
+    events = EventArrays.from_table(table, taxonomy)
+    train = build_examples(events, config, split.train)
+    val = build_examples(events, config, split.val)
+    test = build_examples(events, config, split.test)
+    if not len(train) or not len(test):
+        raise DataError(
+            f"{source}: {len(train)} training and {len(test)} test examples; users need at least "
+            f"{config.min_history} events before a prediction time and {config.min_target} after it"
+        )
+    return TaskData(config, taxonomy, split, events, train, val, test, taxonomy.coverage(table))

@@ -1,0 +1,1 @@
+"""The platform side: the Flower ServerApp, the aggregation round driver, checkpoints and export."""

@@ -1,0 +1,1 @@
+"""Simulating many shops on one machine: synthetic data, partitioning, runners and reports."""
