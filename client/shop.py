@@ -18,6 +18,7 @@ from common.model import (
     LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone, resolve_device,
     set_adapter_state,
 )
+from common.model.prefix import adapted_layers_start
 from common.task import ExampleSet, TaskData, TemporalSplit, Taxonomy, prepare_task
 from common.text import encode_texts, render_examples
 
@@ -38,6 +39,7 @@ class RoundOutcome:
 
     declined: bool
     reason: str = ""
+    code: str = ""  # why it was declined: "budget" or "no-data"
     state: "dict[str, np.ndarray] | None" = None
     num_examples: int = 0
     stats: RoundStats | None = None
@@ -48,6 +50,36 @@ def shop_dataset(examples: ExampleSet, names: dict[str, str], tokenizer, max_len
     """Render, tokenize and wrap examples for training or prediction."""
     encoded = encode_texts(render_examples(examples, names), tokenizer, max_length)
     return ShopDataset(encoded.input_ids, encoded.lengths, examples.label, examples.user)
+
+
+class SharedModel:
+    """The backbone + LoRA model a process trains; many shops can take turns on one instance.
+
+    A shop loads the global adapter before it trains, so sharing is safe, and memory does not
+    grow with the number of shops a worker serves.
+    """
+
+    def __init__(self, config: ModelConfig, n_classes: int, device: str = "auto"):
+        self.config, self.n_classes = config, n_classes
+        self.device = resolve_device(device)
+        backbone = resolve_backbone(config.backbone)
+        self.tokenizer = load_tokenizer(backbone)
+        self.model = build_model(backbone, n_classes, config.lora, self.device)
+        self.prefix_start = adapted_layers_start(self.model)  # layers below carry no adapter
+
+    _instances: dict[tuple, "SharedModel"] = {}
+
+    @classmethod
+    def get(cls, config: ModelConfig, n_classes: int, device: str = "auto") -> "SharedModel":
+        """The process-wide instance for these settings."""
+        key = (config, n_classes, str(resolve_device(device)))
+        if key not in cls._instances:
+            cls._instances[key] = cls(config, n_classes, device)
+        return cls._instances[key]
+
+    def dataset(self, examples: ExampleSet, names: dict[str, str], max_length: int) -> ShopDataset:
+        data = shop_dataset(examples, names, self.tokenizer, max_length)
+        return data.with_prefix(self.model, self.prefix_start)
 
 
 class LocalShop:
@@ -67,20 +99,22 @@ class LocalShop:
         max_train_examples: int | None = None,
         max_test_examples: int | None = None,
         seed: int = 0,
+        shared: SharedModel | None = None,
     ):
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
-        self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split)
+        self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split,
+                                           require_examples=taxonomy is None)
         rng = np.random.default_rng(seed)
         self.train_examples = _sample(self.task.train, max_train_examples, rng)
         self.test_examples = _sample(self.task.test, max_test_examples, rng)
-        self.device = resolve_device(train.device)
-        backbone = resolve_backbone(model.backbone)
-        self.tokenizer = load_tokenizer(backbone)
-        self.model = build_model(backbone, self.task.taxonomy.n_classes, model.lora, self.device)
+        self.shared = shared or SharedModel(model, self.task.taxonomy.n_classes, train.device)
+        if self.shared.n_classes != self.task.taxonomy.n_classes:
+            raise ConfigError(f"model has {self.shared.n_classes} classes, the taxonomy {self.task.taxonomy.n_classes}")
+        self.model = self.shared.model
         names = table.category_names
-        self.train_data = shop_dataset(self.train_examples, names, self.tokenizer, train.max_length)
-        self.test_data = shop_dataset(self.test_examples, names, self.tokenizer, train.max_length)
+        self.train_data = self.shared.dataset(self.train_examples, names, train.max_length)
+        self.test_data = self.shared.dataset(self.test_examples, names, train.max_length)
         self.n_users = int(len(np.unique(self.task.train.user)))
         self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
 
@@ -133,6 +167,8 @@ class LocalShop:
         if global_state is not None:
             self.load_adapter(global_state)
         n = len(self.train_data)
+        if n == 0:
+            return RoundOutcome(True, reason="no training examples in the training period", code="no-data")
         if not self.privacy.private:
             stats = train_round(self.model, self.train_data, self.train_config, None, seed)
             return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats)
@@ -140,14 +176,23 @@ class LocalShop:
         budget = self.privacy.budget(server_epsilon)
         decision = self.ledger.check(budget, dp.steps)
         if not decision.allowed:
-            return RoundOutcome(True, reason=decision.reason, epsilon=decision.epsilon_now)
+            return RoundOutcome(True, reason=decision.reason, code="budget", epsilon=decision.epsilon_now)
         stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
         record = self.ledger.commit(dp.steps, budget, server_round)  # before the update leaves
         return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=record.epsilon)
 
-    def evaluate(self) -> dict[str, float]:
-        probs = predict_proba(self.model, self.test_data, bf16=self.train_config.bf16)
-        return evaluate(probs, self.test_examples.label, self.test_examples.current)
+    def evaluate(self, limit: int | None = None) -> dict[str, float]:
+        """Test metrics (and cross-entropy ``loss``) on all test examples or an even spread of ``limit``."""
+        data, examples = self.test_data, self.test_examples
+        if limit and len(data) > limit:
+            picked = np.linspace(0, len(data) - 1, limit).astype(np.int64)
+            data, examples = data.subset(picked), examples.subset(picked)
+        if not len(data):
+            return {"n": 0.0, "n_migrating": 0.0}
+        probs = predict_proba(self.model, data, bf16=self.train_config.bf16)
+        metrics = evaluate(probs, examples.label, examples.current)
+        metrics["loss"] = float(-np.mean(np.log(np.maximum(probs[np.arange(len(probs)), examples.label], 1e-12))))
+        return metrics
 
 
 def _sample(examples: ExampleSet, limit: int | None, rng: np.random.Generator) -> ExampleSet:

@@ -76,13 +76,40 @@ class DPSettings:
 
 
 class ShopDataset(Dataset):
-    """Encoded examples of one shop; items are indices, batches are built by ``batch``."""
+    """Encoded examples of one shop; items are indices, batches are built by ``batch``.
 
-    def __init__(self, input_ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray, users: np.ndarray):
+    With ``hidden`` (cached outputs of the frozen encoder layers below ``prefix_start``), batches
+    carry those instead of token ids and training runs only the adapted suffix.
+    """
+
+    def __init__(self, input_ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray, users: np.ndarray,
+                 hidden: torch.Tensor | None = None, prefix_start: int = 0):
         self.input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.users = np.asarray(users)
+        self.hidden, self.prefix_start = hidden, prefix_start
+
+    def subset(self, indices: np.ndarray) -> "ShopDataset":
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        hidden = self.hidden[idx] if self.hidden is not None else None
+        return ShopDataset(self.input_ids[idx].numpy(), self.lengths[idx].numpy(), self.labels[idx].numpy(),
+                           self.users[np.asarray(indices)], hidden, self.prefix_start)
+
+    def with_prefix(self, model: torch.nn.Module, start: int) -> "ShopDataset":
+        """The same examples with the frozen layers below ``start`` computed once."""
+        from common.model.prefix import prefix_hidden_states
+
+        if start == 0:
+            return self
+        hidden = prefix_hidden_states(model, self.input_ids.numpy(), self.lengths.numpy(), start)
+        return ShopDataset(self.input_ids.numpy(), self.lengths.numpy(), self.labels.numpy(), self.users, hidden, start)
+
+    def network(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module that maps this dataset's batches to logits."""
+        from common.model.prefix import AdaptedSuffix
+
+        return AdaptedSuffix(model, self.prefix_start) if self.hidden is not None else model
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -95,11 +122,12 @@ class ShopDataset(Dataset):
         width = int(self.lengths[idx].max())
         ids = self.input_ids[idx, :width]
         mask = (torch.arange(width)[None, :] < self.lengths[idx][:, None]).long()
-        return {
-            "input_ids": ids.to(device),
-            "attention_mask": mask.to(device),
-            "labels": self.labels[idx].to(device),
-        }
+        batch = {"attention_mask": mask.to(device), "labels": self.labels[idx].to(device)}
+        if self.hidden is not None:
+            batch["hidden_states"] = self.hidden[idx, :width].to(device, torch.float32)
+        else:
+            batch["input_ids"] = ids.to(device)
+        return batch
 
     def user_members(self) -> list[np.ndarray]:
         """Example indices of each user, for user-level sampling."""
@@ -154,10 +182,19 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool, device: torch.device) -> torch.Tensor:
+def logits_of(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    """Logits of a batch of token ids (full model) or of cached hidden states (adapted suffix)."""
+    device = batch["attention_mask"].device
     with _autocast(device, bf16):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits.float(), batch["labels"])  # our loss, on logits
+        if "hidden_states" in batch:
+            logits = network(hidden_states=batch["hidden_states"], attention_mask=batch["attention_mask"])
+        else:
+            logits = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits.float()
+
+
+def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool) -> torch.Tensor:
+    return F.cross_entropy(logits_of(network, batch, bf16), batch["labels"])  # our loss, on logits
 
 
 def new_seed() -> int:
@@ -181,14 +218,15 @@ def train_round(
     members = data.user_members() if unit == "user" else None
     sampler = PoissonBatchSampler(n_units, rate, steps, torch.Generator().manual_seed(seed), members)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=_identity)
-    params = [p for p in model.parameters() if p.requires_grad]
+    network = data.network(model)
+    params = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model.train()
+    network.train()
     start = time.perf_counter()
     if dp is None:
-        stats = _train_plain(model, data, loader, optimizer, config, rate * n_units, device)
+        stats = _train_plain(network, data, loader, optimizer, config, rate * n_units, device)
     else:
-        stats = _train_private(model, data, loader, optimizer, config, dp, rate * n_units, device, seed)
+        stats = _train_private(network, data, loader, optimizer, config, dp, rate * n_units, device, seed)
     stats.seconds = time.perf_counter() - start
     return stats
 
@@ -203,7 +241,7 @@ def _train_plain(model, data, loader, optimizer, config, expected_batch, device)
         optimizer.zero_grad()
         for chunk in _chunks(indices, config.physical_batch_size):
             batch = data.batch(chunk, device)
-            loss = _loss(model, batch, config.bf16, device)
+            loss = _loss(model, batch, config.bf16)
             (loss * len(chunk) / expected_batch).backward()
             losses.append(loss.item() * len(chunk))
             samples += len(chunk)
@@ -265,7 +303,7 @@ def _train_private(model, data, loader, optimizer, config, dp, expected_batch, d
                         noise_only_step(dp_optimizer)
                         continue
                     batch = data.batch(indices, device)
-                    loss = _loss(private_model, batch, config.bf16, device)
+                    loss = _loss(private_model, batch, config.bf16)
                     loss.backward()
                     dp_optimizer.step()
                     dp_optimizer.zero_grad()
@@ -292,12 +330,10 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
 def predict_proba(model: torch.nn.Module, data: ShopDataset, batch_size: int = 64, bf16: bool = False) -> np.ndarray:
     """Class probabilities for every example, in order."""
     device = next(model.parameters()).device
-    model.eval()
+    network = data.network(model)
+    network.eval()
     out = []
     for start in range(0, len(data), batch_size):
         batch = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
-        with _autocast(device, bf16):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    width = model.config.num_labels if hasattr(model, "config") else 0
-    return np.concatenate(out) if out else np.zeros((0, width))
+        out.append(torch.softmax(logits_of(network, batch, bf16), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))

@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader
 
 from client.shop import shop_dataset
 from client.training import (
-    DPSettings, PoissonBatchSampler, TrainConfig, make_private, release, train_round,
+    DPSettings, PoissonBatchSampler, TrainConfig, logits_of, make_private, release, train_round,
 )
+from common.model.prefix import adapted_layers_start
 from common.config import TaskConfig
 from common.model import LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone
 from common.task import prepare_task
@@ -39,50 +40,51 @@ def trainable(model):
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def manual_clipped_mean(model, batch, clip):
+def one(batch, i):
+    return {k: v[i : i + 1] for k, v in batch.items()}
+
+
+def manual_clipped_mean(network, batch, clip):
     """Per-example gradients one at a time, clipped like Opacus, averaged over the batch."""
     grads = []
     for i in range(len(batch["labels"])):
-        model.zero_grad()
-        logits = model(input_ids=batch["input_ids"][i : i + 1], attention_mask=batch["attention_mask"][i : i + 1]).logits
-        F.cross_entropy(logits, batch["labels"][i : i + 1]).backward()
-        g = torch.cat([p.grad.detach().flatten().double() for _, p in trainable(model)])
+        network.zero_grad()
+        example = one(batch, i)
+        F.cross_entropy(logits_of(network, example), example["labels"]).backward()
+        g = torch.cat([p.grad.detach().flatten().double() for _, p in trainable(network)])
         grads.append(g * min(1.0, clip / (g.norm().item() + 1e-6)))
-    model.zero_grad()
-    return torch.stack(grads).mean(dim=0)
+    network.zero_grad()
+    return torch.stack(grads).mean(dim=0), [g.norm().item() for g in grads]
 
 
-def test_privatised_gradient_equals_mean_of_clipped_per_example_gradients(shop):
+@pytest.mark.parametrize("layers", [None, (-1,)], ids=["all-layers", "frozen-prefix"])
+def test_privatised_gradient_equals_mean_of_clipped_per_example_gradients(shop, layers):
     _, _, data = shop
-    model = fresh_model(shop)
-    model.train()
+    model = fresh_model(shop, layers=layers)
+    data = data.with_prefix(model, adapted_layers_start(model))
+    network = data.network(model)
+    network.train()
     indices = list(range(12))
     batch = data.batch(indices, torch.device("cpu"))
     clip = 0.05
-    expected = manual_clipped_mean(model, batch, clip)
+    expected, _ = manual_clipped_mean(network, batch, clip)
     # clipping must really bind for this test to mean anything
-    per_example_norms = []
-    for i in range(3):
-        model.zero_grad()
-        logits = model(input_ids=batch["input_ids"][i : i + 1], attention_mask=batch["attention_mask"][i : i + 1]).logits
-        F.cross_entropy(logits, batch["labels"][i : i + 1]).backward()
-        per_example_norms.append(torch.cat([p.grad.flatten() for _, p in trainable(model)]).norm().item())
-    model.zero_grad()
-    assert min(per_example_norms) > clip
+    raw, norms = manual_clipped_mean(network, batch, clip=1e9)
+    assert min(norms) > clip
 
-    optimizer = torch.optim.SGD([p for _, p in trainable(model)], lr=0.0)
+    optimizer = torch.optim.SGD([p for _, p in trainable(network)], lr=0.0)
     loader = DataLoader(data, batch_sampler=[indices], collate_fn=lambda b: b)
     dp = DPSettings(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, steps=1)
-    private_model, dp_optimizer, _ = make_private(model, optimizer, loader, dp, expected_batch=len(indices), seed=0)
+    private, dp_optimizer, _ = make_private(network, optimizer, loader, dp, expected_batch=len(indices), seed=0)
     try:
-        logits = private_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        F.cross_entropy(logits, batch["labels"]).backward()
+        F.cross_entropy(logits_of(private, batch), batch["labels"]).backward()
         assert dp_optimizer.pre_step()
-        got = torch.cat([p.grad.detach().flatten().double() for _, p in trainable(model)])
+        got = torch.cat([p.grad.detach().flatten().double() for _, p in trainable(network)])
     finally:
-        release(private_model, model)
+        release(private, network)
     relative = (got - expected).norm() / expected.norm()
     assert relative < 1e-5, relative
+    assert (got - raw).norm() / raw.norm() > 1e-2  # and clipping changed the result
 
 
 def test_adapter_weights_change_after_one_step_and_frozen_ones_do_not(shop):

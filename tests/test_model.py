@@ -103,3 +103,31 @@ def test_shared_a_and_head_are_seeded(tiny):
     assert all(torch.equal(pa[k], pb[k]) for k in lora_a)
     assert not all(torch.equal(pa[k], pc[k]) for k in lora_a)
     assert np.array_equal(flatten(get_adapter_state(a)), flatten(get_adapter_state(b)))
+
+
+def test_frozen_prefix_path_equals_the_full_model(tiny):
+    from client.training import ShopDataset, logits_of
+    from common.model.prefix import adapted_layers_start, prefix_hidden_states
+
+    model = build_model(tiny, 7, LoraSettings(layers=(-1,)))
+    start = adapted_layers_start(model)
+    assert start == model.config.num_hidden_layers - 1
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 20, size=9)
+    ids = np.zeros((9, 20), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(5, 90, size=n)
+    full = ShopDataset(ids, lengths, np.zeros(9), np.arange(9))
+    exact = prefix_hidden_states(model, ids, lengths, start, dtype=torch.float32)
+    cached = ShopDataset(ids, lengths, np.zeros(9), np.arange(9), hidden=exact, prefix_start=start)
+    model.eval()
+    with torch.no_grad():
+        batch = list(range(9))
+        expected = logits_of(model, full.batch(batch, torch.device("cpu")))
+        suffix = cached.network(model)
+        got = logits_of(suffix, cached.batch(batch, torch.device("cpu")))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert full.with_prefix(model, start).hidden.dtype == torch.bfloat16  # stored compactly
+    # the suffix trains the peft model's own parameters
+    shared = {id(p) for p in suffix.parameters() if p.requires_grad}
+    assert shared == {id(p) for p in model.parameters() if p.requires_grad}

@@ -39,8 +39,13 @@ def prepare_task(
     config: TaskConfig,
     taxonomy: Taxonomy | None = None,
     split: TemporalSplit | None = None,
+    require_examples: bool = True,
 ) -> TaskData:
-    """Split ``table`` in time, build (or apply) the taxonomy from the training period, cut examples."""
+    """Split ``table`` in time, build (or apply) the taxonomy from the training period, cut examples.
+
+    ``require_examples=False`` accepts a shop with no training or no test examples (a federated
+    shop may hold only recent or only old data).
+    """
     frame = table.frame
     source = table.report.source
     if not len(frame):
@@ -54,7 +59,7 @@ def prepare_task(
     train = build_examples(events, config, split.train)
     val = build_examples(events, config, split.val)
     test = build_examples(events, config, split.test)
-    if not len(train) or not len(test):
+    if require_examples and (not len(train) or not len(test)):
         raise DataError(
             f"{source}: {len(train)} training and {len(test)} test examples; users need at least "
             f"{config.min_history} events before a prediction time and {config.min_target} after it"

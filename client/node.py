@@ -1,0 +1,136 @@
+"""A shop node: its own settings (from Flower's ``node_config``) and its loaded state.
+
+Everything that decides what a shop reveals is node-side: where its data and ledger live, its
+privacy budget and δ. A merchant sets them when starting the SuperNode, e.g.::
+
+    flower-supernode ... --node-config "data-path='/data/shop.csv' state-dir='/var/lib/fedinterest' epsilon=8"
+
+The server's messages never carry them; its ``epsilon_cap`` can only lower the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import ConfigError
+from common.data import LoadOptions, load_events
+from common.settings import RoundConfig, TaskSpec
+
+from .privacy import PrivacyConfig
+from .shop import LocalShop, ModelConfig, SharedModel
+from .training import TrainConfig
+
+#: node_config keys a shop may set (Flower passes them as str/int/float/bool).
+NODE_KEYS = {
+    "data-path": "events file or dataset directory (required)",
+    "data-format": "source format (default: detect)",
+    "shop": "keep only this merchant_id from the data",
+    "state-dir": "directory for the privacy ledger and caches (required)",
+    "epsilon": "privacy budget over the whole federation (default 8)",
+    "non-private": "true: train without differential privacy (labelled reference runs only)",
+    "delta": "δ (default 1/(10 × users))",
+    "privacy-unit": "example or user (default example)",
+    "accountant": "rdp or prv (default rdp)",
+    "max-train-examples": "use at most this many training examples per round",
+    "device": "cpu, cuda, ... (default: cuda if available)",
+    "bf16": "true: bfloat16 autocast on GPU",
+    "threads": "torch CPU threads for this node",
+}
+#: Keys Flower itself puts into node_config (simulation).
+FLOWER_KEYS = {"partition-id", "num-partitions"}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    data_path: str
+    state_dir: str
+    privacy: PrivacyConfig
+    data_format: str | None = None
+    shop: str | None = None
+    max_train_examples: int | None = None
+    device: str = "auto"
+    bf16: bool = False
+    threads: int | None = None
+
+    @classmethod
+    def from_node_config(cls, config: dict) -> "NodeSettings":
+        unknown = set(config) - set(NODE_KEYS) - FLOWER_KEYS
+        if unknown:
+            raise ConfigError(f"node config: unknown key(s) {sorted(unknown)}; known: {sorted(NODE_KEYS)}")
+        for key in ("data-path", "state-dir"):
+            if not str(config.get(key, "")).strip():
+                raise ConfigError(f"node config: '{key}' is required ({NODE_KEYS[key]})")
+        non_private = _bool(config.get("non-private", False), "non-private")
+        try:
+            privacy = PrivacyConfig(
+                epsilon=None if non_private else float(config.get("epsilon", 8.0)),
+                delta=float(config["delta"]) if "delta" in config else None,
+                unit=str(config.get("privacy-unit", "example")),
+                accountant=str(config.get("accountant", "rdp")),
+            )
+            max_train = int(config["max-train-examples"]) if "max-train-examples" in config else None
+            threads = int(config["threads"]) if "threads" in config else None
+        except ValueError as exc:
+            raise ConfigError(f"node config: {exc}") from None
+        return cls(
+            data_path=str(config["data-path"]),
+            state_dir=str(config["state-dir"]),
+            privacy=privacy,
+            data_format=str(config["data-format"]) if config.get("data-format") else None,
+            shop=str(config["shop"]) if config.get("shop") else None,
+            max_train_examples=max_train,
+            device=str(config.get("device", "auto")),
+            bf16=_bool(config.get("bf16", False), "bf16"),
+            threads=threads,
+        )
+
+
+def _bool(value, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"node config: '{key}' must be true or false, got {value!r}")
+
+
+def train_config(round_config: RoundConfig, node: NodeSettings) -> TrainConfig:
+    t = round_config.training
+    return TrainConfig(
+        batch_size=t.batch_size, physical_batch_size=t.physical_batch_size, learning_rate=t.learning_rate,
+        epochs=t.epochs, max_steps=t.max_steps or None, max_grad_norm=t.max_grad_norm, max_length=t.max_length,
+        bf16=node.bf16, device=node.device,
+    )
+
+
+_SHOPS: dict[tuple, LocalShop] = {}
+
+
+def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> LocalShop:
+    """This process's ``LocalShop`` for the node, built once per (settings, task) and reused."""
+    model = ModelConfig(backbone=round_config.backbone, lora=round_config.lora)
+    train = train_config(round_config, node)
+    key = (node, model, train, task.fingerprint())
+    if key not in _SHOPS:
+        if node.threads:
+            import torch
+
+            torch.set_num_threads(node.threads)
+        table = load_events(node.data_path, LoadOptions(format=node.data_format))
+        if node.shop:
+            from simulations.partition import partition_events
+
+            shops = partition_events(table, method="natural")
+            if node.shop not in shops:
+                raise ConfigError(f"node config: shop {node.shop!r} is not in {node.data_path}")
+            table = shops[node.shop]
+        shared = SharedModel.get(model, task.taxonomy.n_classes, node.device)
+        _SHOPS[key] = LocalShop(
+            table, state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
+            task=task.config, taxonomy=task.taxonomy, split=task.split,
+            max_train_examples=node.max_train_examples, shared=shared,
+            seed=max(round_config.seed, 0),
+        )
+    return _SHOPS[key]

@@ -1,0 +1,88 @@
+"""Training above a frozen prefix: when LoRA sits only on the top encoder layers, the layers below
+are frozen and adapter-free, so their output for an example never changes. It is computed once
+(``prefix_hidden_states``) and training runs only the adapted suffix (``AdaptedSuffix``): the same
+function of the same parameters, several times cheaper per step.
+
+The suffix shares its modules (and so its parameters) with the peft model: training it trains
+the peft model's adapter, whose state stays the one to export and exchange.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def adapted_layers_start(model: nn.Module) -> int:
+    """Index of the lowest encoder layer holding a LoRA adapter (0: adapters start at the bottom)."""
+    layers = [int(m.group(1)) for name, _ in model.named_parameters() if "lora_" in name
+              for m in [_LAYER.search(name)] if m]
+    return min(layers) if layers else 0
+
+
+def _sequence_classifier(model: nn.Module) -> nn.Module:
+    """The ``BertForSequenceClassification`` inside a peft model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "bert"):
+        raise TypeError("frozen-prefix training needs a BERT sequence classifier")
+    return inner
+
+
+class AdaptedSuffix(nn.Module):
+    """Encoder layers ``start..`` + pooler + dropout + head, fed with cached hidden states."""
+
+    def __init__(self, model: nn.Module, start: int):
+        super().__init__()
+        inner = _sequence_classifier(model)
+        self.config = inner.config
+        self.layers = nn.ModuleList(list(inner.bert.encoder.layer)[start:])
+        self.pooler = inner.bert.pooler
+        self.dropout = inner.dropout
+        self.classifier = inner.classifier
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states,
+                                         attention_mask=attention_mask)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask)
+        return self.classifier(self.dropout(self.pooler(hidden_states)))
+
+
+@torch.no_grad()
+def prefix_hidden_states(
+    model: nn.Module,
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    start: int,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """The input of encoder layer ``start`` for every example (frozen layers, eval mode), on CPU."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    inner = _sequence_classifier(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n, width = input_ids.shape
+    out = torch.zeros((n, width, inner.config.hidden_size), dtype=dtype)
+    try:
+        for lo in range(0, n, batch_size):
+            ids = torch.as_tensor(input_ids[lo : lo + batch_size], device=device)
+            lens = torch.as_tensor(lengths[lo : lo + batch_size], device=device)
+            mask = (torch.arange(width, device=device)[None, :] < lens[:, None]).long()
+            hidden = inner.bert.embeddings(input_ids=ids)
+            mask4 = create_bidirectional_mask(config=inner.config, inputs_embeds=hidden, attention_mask=mask)
+            for layer in list(inner.bert.encoder.layer)[:start]:
+                hidden = layer(hidden, mask4)
+            out[lo : lo + len(ids)] = hidden.to("cpu", dtype)
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,32 @@
+"""Secure aggregation (SecAgg+, Bell et al. 2020) over ``cryptography`` primitives; no Flower inside.
+
+Shops send only masked, quantized adapter updates; the server learns only the weighted sum and
+the total weight. Start with :class:`SecAggConfig`, then drive :class:`SecAggServer` and one
+:class:`SecAggClient` per shop through the four stages declared in :mod:`.messages`, or call
+:func:`run_round` for an in-memory round.
+"""
+
+from .client import ClientState, SecAggClient
+from .config import SecAggConfig, element_bound, max_frac_bits
+from .driver import RoundTrace, run_round
+from .errors import (
+    SecAggAbort, SecAggConfigError, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation,
+)
+from .graph import NeighbourGraph, default_degree, neighbour_graph, threshold_for
+from .messages import (
+    WIRE_MESSAGES, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, SharePlaintext, ShareDistribution,
+    ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record, record_nbytes,
+)
+from .primitives import Randomness, SeededRandomness
+from .quantize import decode, quantize
+from .server import AggregateResult, SecAggServer, ServerState
+
+__all__ = [
+    "AggregateResult", "ClientState", "KeyAdvertisement", "KeyBroadcast", "MaskedInput", "NeighbourGraph",
+    "Randomness", "RoundSetup", "RoundTrace", "SecAggAbort", "SecAggClient", "SecAggConfig", "SecAggConfigError",
+    "SecAggError", "SecAggIntegrityError", "SecAggProtocolError", "SecAggServer", "SeededRandomness",
+    "ServerState", "ShareDistribution", "ShareKindViolation", "SharePlaintext", "ShareRelay", "Stage",
+    "UnmaskRequest", "UnmaskResponse", "WIRE_MESSAGES", "decode", "default_degree", "element_bound",
+    "max_frac_bits", "message_from_record", "neighbour_graph", "quantize", "record_nbytes", "run_round",
+    "threshold_for",
+]

@@ -1,0 +1,301 @@
+"""The client side of a SecAgg+ round: a state machine with one method per stage.
+
+Each method checks that the server's message belongs to this round and this client and is
+consistent with what was agreed before. A message for another round or another client is refused
+and leaves the state as it was (a stale message); any other error stops the client for good
+(state ``FAILED``): it never answers a later stage of a round it has refused.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from .config import SecAggConfig
+from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
+from .graph import neighbour_graph
+from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
+from .messages import (
+    KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, SharePlaintext, ShareDistribution, ShareRelay,
+    UnmaskRequest, UnmaskResponse,
+)
+from .primitives import (
+    KEY_BYTES, MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, new_private_key, open_sealed,
+    private_key_from_bytes, public_bytes, seal,
+)
+from .quantize import quantize
+from .shamir import share_from_bytes, share_to_bytes, split
+
+T = TypeVar("T")
+
+class ClientState(Enum):
+    """Where a client is in its round; each stage method moves it one step."""
+
+    NEW = "new"
+    KEYS_ADVERTISED = "keys advertised"
+    SHARES_SENT = "shares sent"
+    INPUT_SENT = "masked input sent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SecAggClient:
+    """One client in one round: ``advertise_keys → share_keys → mask_input → unmask``.
+
+    ``randomness`` supplies every random byte (keys, self-mask seed, Shamir coefficients, nonces,
+    stochastic rounding); inject :class:`~common.secagg.primitives.SeededRandomness` for
+    reproducible runs.
+    """
+
+    def __init__(self, client_id: int, config: SecAggConfig, randomness: Randomness = default_randomness) -> None:
+        if not 0 <= client_id <= MAX_ID:
+            raise ValueError(f"client_id must be in [0, 2**64), got {client_id}")
+        self.client_id = client_id
+        self.config = config
+        self._random = randomness
+        self.state = ClientState.NEW
+
+    # ------------------------------------------------------------ persistence between stages
+
+    def to_state(self) -> dict:
+        """Everything needed to continue the round in another process (secrets included).
+
+        The state stays on the client's node (Flower's node-local ``context.state``); it is never
+        part of a message.
+        """
+        state: dict = {"client_id": self.client_id, "state": self.state.value}
+        if self.state in (ClientState.NEW, ClientState.FAILED, ClientState.DONE):
+            return state
+        state.update(
+            round_id=self.round_id,
+            participants=sorted(self._participants),
+            graph_seed=self._graph_seed,
+            share_private=self._share_private.private_bytes_raw(),
+            mask_private=self._mask_private_raw,
+            self_mask_seed=self._self_mask_seed,
+        )
+        if self.state in (ClientState.SHARES_SENT, ClientState.INPUT_SENT):
+            ids = sorted(self._neighbours)
+            state.update(
+                threshold=self._threshold,
+                neighbours=ids,
+                share_keys=[self._share_keys[i] for i in ids],
+                mask_keys=[self._mask_keys[i] for i in ids],
+            )
+        if self.state is ClientState.INPUT_SENT:
+            held = sorted(self._held)
+            state.update(
+                held=held,
+                held_self=[share_to_bytes(self._held[i][0]) for i in held],
+                held_key=[share_to_bytes(self._held[i][1]) for i in held],
+            )
+        return state
+
+    @classmethod
+    def from_state(cls, config: SecAggConfig, state: dict,
+                   randomness: Randomness = default_randomness) -> "SecAggClient":
+        """The client ``to_state`` described, ready for its next stage."""
+        client = cls(int(state["client_id"]), config, randomness)
+        client.state = ClientState(state["state"])
+        if "round_id" not in state:
+            return client
+        client.round_id = int(state["round_id"])
+        client._participants = frozenset(int(i) for i in state["participants"])
+        client._graph_seed = bytes(state["graph_seed"])
+        client._share_private = private_key_from_bytes(bytes(state["share_private"]))
+        client._mask_private_raw = bytes(state["mask_private"])
+        client._mask_private = private_key_from_bytes(client._mask_private_raw)
+        client._self_mask_seed = bytes(state["self_mask_seed"])
+        if "neighbours" in state:
+            ids = [int(i) for i in state["neighbours"]]
+            client._threshold = int(state["threshold"])
+            client._neighbours = frozenset(ids)
+            client._share_keys = dict(zip(ids, map(bytes, state["share_keys"])))
+            client._mask_keys = dict(zip(ids, map(bytes, state["mask_keys"])))
+        if "held" in state:
+            client._held = {
+                int(i): (share_from_bytes(bytes(a)), share_from_bytes(bytes(b)))
+                for i, a, b in zip(state["held"], state["held_self"], state["held_key"])
+            }
+        return client
+
+    # ------------------------------------------------------------ stage plumbing
+
+    def _enter(self, expected: ClientState, message: object, round_id: int | None) -> None:
+        if self.state is not expected:
+            raise SecAggProtocolError(
+                f"client {self.client_id} got {type(message).__name__} in state '{self.state.value}', "
+                f"expected state '{expected.value}'"
+            )
+        if round_id is not None and getattr(message, "round_id") != round_id:
+            raise SecAggProtocolError(
+                f"{type(message).__name__} is for round {getattr(message, 'round_id')}, this is round {round_id}"
+            )
+        if not isinstance(message, RoundSetup) and getattr(message, "client_id") != self.client_id:
+            raise SecAggProtocolError(
+                f"{type(message).__name__} is addressed to client {getattr(message, 'client_id')}, "
+                f"not {self.client_id}"
+            )
+
+    def _run(
+        self, expected: ClientState, message: object, round_id: int | None, step: Callable[[], T], after: ClientState
+    ) -> T:
+        self._enter(expected, message, round_id)
+        try:
+            reply = step()
+        except Exception:
+            self.state = ClientState.FAILED
+            raise
+        self.state = after
+        return reply
+
+    # ------------------------------------------------------------ stage 1
+
+    def advertise_keys(self, setup: RoundSetup) -> KeyAdvertisement:
+        """Check the round parameters, make this round's two key pairs and self-mask seed."""
+        return self._run(ClientState.NEW, setup, None, lambda: self._advertise(setup), ClientState.KEYS_ADVERTISED)
+
+    def _advertise(self, setup: RoundSetup) -> KeyAdvertisement:
+        if setup.config != self.config:
+            differ = [k for k, v in self.config.to_dict().items() if setup.config.to_dict()[k] != v]
+            raise SecAggProtocolError(f"server's SecAggConfig differs from this client's in {differ}; refusing")
+        if self.client_id not in setup.participants:
+            raise SecAggProtocolError(f"client {self.client_id} is not among the round's participants")
+        if len(setup.participants) > self.config.max_clients:
+            raise SecAggProtocolError(
+                f"{len(setup.participants)} participants exceed max_clients={self.config.max_clients}"
+            )
+        self.round_id = setup.round_id
+        self._participants = frozenset(setup.participants)
+        self._graph_seed = setup.graph_seed
+        self._share_private = new_private_key(self._random)
+        self._mask_private_raw = self._random(KEY_BYTES)
+        self._mask_private = private_key_from_bytes(self._mask_private_raw)
+        self._self_mask_seed = self._random(KEY_BYTES)
+        return KeyAdvertisement(
+            round_id=self.round_id,
+            client_id=self.client_id,
+            share_public_key=public_bytes(self._share_private),
+            mask_public_key=public_bytes(self._mask_private),
+            self_mask_commitment=commitment(self._self_mask_seed, self.round_id, self.client_id),
+        )
+
+    # ------------------------------------------------------------ stage 2
+
+    def share_keys(self, broadcast: KeyBroadcast) -> ShareDistribution:
+        """Verify the neighbourhood against the seed, Shamir-share ``b_i`` and the mask key, seal the shares."""
+        return self._run(
+            ClientState.KEYS_ADVERTISED, broadcast, self.round_id, lambda: self._share(broadcast),
+            ClientState.SHARES_SENT,
+        )
+
+    def _share(self, broadcast: KeyBroadcast) -> ShareDistribution:
+        members = set(broadcast.members)
+        if not members <= self._participants or self.client_id not in members:
+            raise SecAggProtocolError("graph members must be participants and include this client")
+        if len(members) < self.config.min_clients:
+            raise SecAggAbort(f"only {len(members)} clients advertised keys, min_clients={self.config.min_clients}")
+        graph = neighbour_graph(broadcast.members, self._graph_seed, self.config.degree)
+        if set(broadcast.neighbour_ids) != graph[self.client_id] or len(broadcast.neighbour_ids) != graph.degree:
+            raise SecAggProtocolError("neighbour list does not match the graph derived from the public seed")
+        own = {public_bytes(self._share_private), public_bytes(self._mask_private)}
+        keys = [*broadcast.share_public_keys, *broadcast.mask_public_keys]
+        if len(set(keys) | own) != len(keys) + len(own):
+            raise SecAggIntegrityError("advertised public keys are not all distinct")
+        self._threshold = graph.threshold
+        self._neighbours = graph[self.client_id]
+        self._share_keys = dict(zip(broadcast.neighbour_ids, broadcast.share_public_keys))
+        self._mask_keys = dict(zip(broadcast.neighbour_ids, broadcast.mask_public_keys))
+        receivers = tuple(broadcast.neighbour_ids)
+        seed_shares = split(self._self_mask_seed, receivers, self._threshold, self._random)
+        key_shares = split(self._mask_private_raw, receivers, self._threshold, self._random)
+        ciphertexts = []
+        for receiver in receivers:
+            plaintext = SharePlaintext(
+                self.client_id, receiver, share_to_bytes(seed_shares[receiver]), share_to_bytes(key_shares[receiver])
+            ).to_bytes()
+            key = share_key(
+                agree(self._share_private, self._share_keys[receiver]), self.round_id, self.client_id, receiver
+            )
+            associated = share_associated_data(self.round_id, self.client_id, receiver)
+            ciphertexts.append(seal(key, self._random(NONCE_BYTES), plaintext, associated))
+        return ShareDistribution(self.round_id, self.client_id, receivers, tuple(ciphertexts))
+
+    # ------------------------------------------------------------ stage 3
+
+    def mask_input(self, relay: ShareRelay, update: np.ndarray, weight: int = 1) -> MaskedInput:
+        """Open the relayed shares, then send ``encode(weight·update, weight)`` under all masks."""
+        return self._run(
+            ClientState.SHARES_SENT, relay, self.round_id, lambda: self._mask(relay, update, weight),
+            ClientState.INPUT_SENT,
+        )
+
+    def _mask(self, relay: ShareRelay, update: np.ndarray, weight: int) -> MaskedInput:
+        senders = relay.sender_ids
+        if not set(senders) <= self._neighbours:
+            raise SecAggProtocolError("relayed shares come from clients that are not neighbours")
+        if len(senders) < self._threshold:
+            raise SecAggAbort(
+                f"client {self.client_id} has {len(senders)} live neighbours, fewer than the threshold "
+                f"{self._threshold}"
+            )
+        self._held: dict[int, tuple[int, int]] = {}
+        for sender, sealed in zip(senders, relay.ciphertexts):
+            key = share_key(agree(self._share_private, self._share_keys[sender]), self.round_id, sender, self.client_id)
+            plain = SharePlaintext.from_bytes(
+                open_sealed(key, sealed, share_associated_data(self.round_id, sender, self.client_id))
+            )
+            if (plain.sender_id, plain.receiver_id) != (sender, self.client_id):
+                raise SecAggIntegrityError(f"share from client {sender} names the wrong sender or receiver")
+            self._held[sender] = (share_from_bytes(plain.self_mask_share), share_from_bytes(plain.mask_key_share))
+        length = self.config.masked_length
+        masked = quantize(update, weight, self.config, self._random)
+        add_signed(masked, self_mask(self._self_mask_seed, self.round_id, self.client_id, length), +1)
+        for other in senders:
+            secret = agree(self._mask_private, self._mask_keys[other])
+            add_signed(masked, pair_mask(secret, self.round_id, self.client_id, other, length),
+                       pair_sign(self.client_id, other))
+        return MaskedInput(self.round_id, self.client_id, masked)
+
+    # ------------------------------------------------------------ stage 4
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal one share kind per neighbour: ``b`` for survivors, the mask key for the dropped.
+
+        Refuses (:class:`ShareKindViolation`) a request that lists one client as both survivor and
+        dropped, and answers at most one unmask request per round.
+        """
+        return self._run(ClientState.INPUT_SENT, request, self.round_id, lambda: self._unmask(request),
+                         ClientState.DONE)
+
+    def _unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        both = survivors & dropped
+        if both:
+            raise ShareKindViolation(
+                f"refusing to reveal both share kinds of client(s) {sorted(both)}: that would unmask their input"
+            )
+        if self.client_id not in survivors:
+            raise SecAggProtocolError(f"client {self.client_id} sent its input but is not listed as a survivor")
+        if not survivors <= self._participants or not dropped <= self._participants:
+            raise SecAggProtocolError("unmask request names clients outside the round")
+        if len(survivors) < self.config.min_clients:
+            raise SecAggAbort(f"only {len(survivors)} survivors, min_clients={self.config.min_clients}")
+        unlisted = set(self._held) - survivors - dropped
+        if unlisted:
+            raise SecAggProtocolError(f"neighbours {sorted(unlisted)} are neither survivors nor dropped")
+        self_owners = tuple(sorted(set(self._held) & survivors))
+        key_owners = tuple(sorted(set(self._held) & dropped))
+        response = UnmaskResponse(
+            self.round_id,
+            self.client_id,
+            self_owners,
+            tuple(share_to_bytes(self._held[j][0]) for j in self_owners),
+            key_owners,
+            tuple(share_to_bytes(self._held[j][1]) for j in key_owners),
+        )
+        self._held = {}
+        return response
+

@@ -1,0 +1,498 @@
+"""Everything that crosses the wire in a SecAgg+ round, in both directions — and nothing else.
+
+A round has four stages; in each the server sends one message to every live client and each
+client answers with one message (Bell et al. 2020, semi-honest server, AEAD on shares)::
+
+    stage            server -> client     client -> server
+    ADVERTISE_KEYS   RoundSetup           KeyAdvertisement     two X25519 public keys + commitment
+    SHARE_KEYS       KeyBroadcast         ShareDistribution    AES-GCM sealed Shamir shares
+    MASKED_INPUT     ShareRelay           MaskedInput          y_i in Z_2^32, 4 bytes per element
+    UNMASK           UnmaskRequest        UnmaskResponse       one share kind per client id
+
+Each message is a frozen dataclass with ``to_record()`` / ``from_record()`` mapping it to a flat
+``{str: bytes | int | float | list[int] | numpy.uint32 array}`` (what a Flower ``ConfigRecord`` or
+``ArrayRecord`` can carry). ``from_record`` checks every key, type and length and raises
+:class:`SecAggProtocolError` on anything else. :class:`SharePlaintext` is what is inside each
+sealed share; the server never sees it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from .config import SecAggConfig
+from .errors import SecAggConfigError, SecAggIntegrityError, SecAggProtocolError
+from .primitives import KEY_BYTES, MAX_ID, NONCE_BYTES, TAG_BYTES
+from .shamir import SHARE_BYTES
+
+RecordValue = Union[bytes, int, float, list, np.ndarray]
+Record = dict[str, RecordValue]
+
+MESSAGE_KEY = "message"  # every record carries its message code under this key
+
+
+class Stage(IntEnum):
+    """The four request/response stages of a round, in order."""
+
+    ADVERTISE_KEYS = 1
+    SHARE_KEYS = 2
+    MASKED_INPUT = 3
+    UNMASK = 4
+
+
+# ---------------------------------------------------------------- field readers (validate as they read)
+
+
+def _fail(cls: type, message: str) -> SecAggProtocolError:
+    return SecAggProtocolError(f"{cls.__name__}: {message}")
+
+
+def _check_keys(cls: type, record: Record, keys: tuple[str, ...]) -> None:
+    code = record.get(MESSAGE_KEY)
+    if type(code) is not int or code != cls.CODE:  # type: ignore[attr-defined]
+        raise _fail(cls, f"record is a message of code {code!r}, not {cls.CODE}")  # type: ignore[attr-defined]
+    expected = {MESSAGE_KEY, *keys}
+    if set(record) != expected:
+        raise _fail(cls, f"record keys {sorted(record)} differ from the declared {sorted(expected)}")
+
+
+def _id(cls: type, record: Record, key: str) -> int:
+    value = record[key]
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        raise _fail(cls, f"{key} must be an int in [0, 2**64), got {value!r}")
+    return value
+
+
+def _ids(cls: type, record: Record, key: str) -> tuple[int, ...]:
+    value = record[key]
+    if not isinstance(value, list) or any(type(v) is not int or not 0 <= v <= MAX_ID for v in value):
+        raise _fail(cls, f"{key} must be a list of ints in [0, 2**64)")
+    if len(set(value)) != len(value):
+        raise _fail(cls, f"{key} contains duplicate ids")
+    return tuple(value)
+
+
+def _bytes(cls: type, record: Record, key: str, length: int) -> bytes:
+    value = record[key]
+    if not isinstance(value, bytes) or len(value) != length:
+        raise _fail(cls, f"{key} must be {length} bytes")
+    return value
+
+
+def _blob(cls: type, record: Record, key: str, item_bytes: int, count: int) -> tuple[bytes, ...]:
+    value = record[key]
+    if not isinstance(value, bytes) or len(value) != item_bytes * count:
+        raise _fail(cls, f"{key} must be {count} items of {item_bytes} bytes")
+    return tuple(value[i * item_bytes : (i + 1) * item_bytes] for i in range(count))
+
+
+def _join(items: tuple[bytes, ...], item_bytes: int, cls: type, name: str) -> bytes:
+    if any(len(item) != item_bytes for item in items):
+        raise _fail(cls, f"every item of {name} must be {item_bytes} bytes")
+    return b"".join(items)
+
+
+def _same_length(cls: type, *pairs: tuple[str, tuple]) -> None:
+    lengths = {name: len(items) for name, items in pairs}
+    if len(set(lengths.values())) != 1:
+        raise _fail(cls, f"lengths differ: {lengths}")
+
+
+# ---------------------------------------------------------------- what is inside a sealed share
+
+SHARE_PLAINTEXT_BYTES = 8 + 8 + 2 * SHARE_BYTES
+SEALED_SHARE_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
+
+
+@dataclass(frozen=True)
+class SharePlaintext:
+    """Inside each AES-GCM ciphertext from ``sender_id`` to ``receiver_id``: the sender's two shares.
+
+    Associated data (see ``client.share_associated_data``) binds protocol, round, sender and
+    receiver; the ids are repeated inside and checked after decryption.
+    """
+
+    sender_id: int
+    receiver_id: int
+    self_mask_share: bytes  # Shamir share of the self-mask seed b_sender
+    mask_key_share: bytes  # Shamir share of the sender's X25519 mask private key
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">QQ", self.sender_id, self.receiver_id) + self.self_mask_share + self.mask_key_share
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "SharePlaintext":
+        if len(raw) != SHARE_PLAINTEXT_BYTES:
+            raise SecAggIntegrityError(f"share plaintext must be {SHARE_PLAINTEXT_BYTES} bytes")
+        sender, receiver = struct.unpack(">QQ", raw[:16])
+        return cls(sender, receiver, raw[16 : 16 + SHARE_BYTES], raw[16 + SHARE_BYTES :])
+
+
+# ---------------------------------------------------------------- stage 1: ADVERTISE_KEYS
+
+_CONFIG_FIELDS = ("vector_length", "max_clients", "clip", "max_weight", "frac_bits", "degree", "min_clients")
+
+
+@dataclass(frozen=True)
+class RoundSetup:
+    """Server -> every participant: the round, who takes part, the graph seed, the parameters."""
+
+    STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+    SENDER: ClassVar[str] = "server"
+    CODE: ClassVar[int] = 10
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "participants", "graph_seed") + tuple(
+        f"config.{name}" for name in _CONFIG_FIELDS
+    )
+
+    round_id: int
+    participants: tuple[int, ...]
+    graph_seed: bytes  # 32 random bytes, fixed before any key is seen
+    config: SecAggConfig
+
+    def to_record(self) -> Record:
+        c = self.config
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "participants": list(self.participants),
+            "graph_seed": self.graph_seed,
+            "config.vector_length": c.vector_length,
+            "config.max_clients": c.max_clients,
+            "config.clip": c.clip,
+            "config.max_weight": c.max_weight,
+            "config.frac_bits": c.frac_bits,  # always resolved
+            "config.degree": 0 if c.degree is None else c.degree,  # 0 = automatic
+            "config.min_clients": c.min_clients,
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "RoundSetup":
+        _check_keys(cls, record, cls.KEYS)
+        values: dict[str, Any] = {name: record[f"config.{name}"] for name in _CONFIG_FIELDS}
+        if not isinstance(values["clip"], float):
+            raise _fail(cls, "config.clip must be a float")
+        for name in _CONFIG_FIELDS:
+            if name != "clip" and type(values[name]) is not int:
+                raise _fail(cls, f"config.{name} must be an int")
+        values["degree"] = values["degree"] or None
+        try:
+            config = SecAggConfig(**values)
+        except SecAggConfigError as err:
+            raise _fail(cls, f"invalid parameters: {err}") from err
+        return cls(
+            _id(cls, record, "round_id"),
+            _ids(cls, record, "participants"),
+            _bytes(cls, record, "graph_seed", KEY_BYTES),
+            config,
+        )
+
+
+@dataclass(frozen=True)
+class KeyAdvertisement:
+    """Client -> server: fresh X25519 public keys for this round and a commitment to ``b_i``."""
+
+    STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
+    SENDER: ClassVar[str] = "client"
+    CODE: ClassVar[int] = 11
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "round_id", "client_id", "share_public_key", "mask_public_key", "self_mask_commitment",
+    )
+
+    round_id: int
+    client_id: int
+    share_public_key: bytes  # c_i^PK: encrypts shares
+    mask_public_key: bytes  # s_i^PK: agrees pairwise mask seeds
+    self_mask_commitment: bytes  # SHA-256 commitment to b_i, checked after reconstruction
+
+    def to_record(self) -> Record:
+        return {MESSAGE_KEY: self.CODE, **{key: getattr(self, key) for key in self.KEYS}}
+
+    @classmethod
+    def from_record(cls, record: Record) -> "KeyAdvertisement":
+        _check_keys(cls, record, cls.KEYS)
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            _bytes(cls, record, "share_public_key", KEY_BYTES),
+            _bytes(cls, record, "mask_public_key", KEY_BYTES),
+            _bytes(cls, record, "self_mask_commitment", KEY_BYTES),
+        )
+
+
+# ---------------------------------------------------------------- stage 2: SHARE_KEYS
+
+
+@dataclass(frozen=True)
+class KeyBroadcast:
+    """Server -> client: who advertised keys (the graph members) and the neighbours' public keys."""
+
+    STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
+    SENDER: ClassVar[str] = "server"
+    CODE: ClassVar[int] = 20
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "round_id", "client_id", "members", "neighbour_ids", "share_public_keys", "mask_public_keys",
+    )
+
+    round_id: int
+    client_id: int  # the recipient
+    members: tuple[int, ...]  # every client whose keys arrived; the graph is built over them
+    neighbour_ids: tuple[int, ...]
+    share_public_keys: tuple[bytes, ...]  # aligned with neighbour_ids
+    mask_public_keys: tuple[bytes, ...]
+
+    def to_record(self) -> Record:
+        _same_length(
+            type(self), ("neighbour_ids", self.neighbour_ids), ("share_public_keys", self.share_public_keys),
+            ("mask_public_keys", self.mask_public_keys),
+        )
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "client_id": self.client_id,
+            "members": list(self.members),
+            "neighbour_ids": list(self.neighbour_ids),
+            "share_public_keys": _join(self.share_public_keys, KEY_BYTES, type(self), "share_public_keys"),
+            "mask_public_keys": _join(self.mask_public_keys, KEY_BYTES, type(self), "mask_public_keys"),
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "KeyBroadcast":
+        _check_keys(cls, record, cls.KEYS)
+        neighbours = _ids(cls, record, "neighbour_ids")
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            _ids(cls, record, "members"),
+            neighbours,
+            _blob(cls, record, "share_public_keys", KEY_BYTES, len(neighbours)),
+            _blob(cls, record, "mask_public_keys", KEY_BYTES, len(neighbours)),
+        )
+
+
+@dataclass(frozen=True)
+class ShareDistribution:
+    """Client -> server: one sealed :class:`SharePlaintext` per neighbour, for the server to relay."""
+
+    STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
+    SENDER: ClassVar[str] = "client"
+    CODE: ClassVar[int] = 21
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "receiver_ids", "ciphertexts")
+
+    round_id: int
+    client_id: int  # the sender
+    receiver_ids: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]  # SEALED_SHARE_BYTES each, aligned with receiver_ids
+
+    def to_record(self) -> Record:
+        _same_length(type(self), ("receiver_ids", self.receiver_ids), ("ciphertexts", self.ciphertexts))
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "client_id": self.client_id,
+            "receiver_ids": list(self.receiver_ids),
+            "ciphertexts": _join(self.ciphertexts, SEALED_SHARE_BYTES, type(self), "ciphertexts"),
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "ShareDistribution":
+        _check_keys(cls, record, cls.KEYS)
+        receivers = _ids(cls, record, "receiver_ids")
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            receivers,
+            _blob(cls, record, "ciphertexts", SEALED_SHARE_BYTES, len(receivers)),
+        )
+
+
+# ---------------------------------------------------------------- stage 3: MASKED_INPUT
+
+
+@dataclass(frozen=True)
+class ShareRelay:
+    """Server -> client: the sealed shares addressed to it, as received (the server cannot read them)."""
+
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
+    SENDER: ClassVar[str] = "server"
+    CODE: ClassVar[int] = 30
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "sender_ids", "ciphertexts")
+
+    round_id: int
+    client_id: int  # the recipient
+    sender_ids: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+    def to_record(self) -> Record:
+        _same_length(type(self), ("sender_ids", self.sender_ids), ("ciphertexts", self.ciphertexts))
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "client_id": self.client_id,
+            "sender_ids": list(self.sender_ids),
+            "ciphertexts": _join(self.ciphertexts, SEALED_SHARE_BYTES, type(self), "ciphertexts"),
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "ShareRelay":
+        _check_keys(cls, record, cls.KEYS)
+        senders = _ids(cls, record, "sender_ids")
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            senders,
+            _blob(cls, record, "ciphertexts", SEALED_SHARE_BYTES, len(senders)),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput:
+    """Client -> server: ``y_i = encode(w_i x_i, w_i) + PRG(b_i) + Σ_j ±PRG(s_ij) mod 2**32``."""
+
+    STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
+    SENDER: ClassVar[str] = "client"
+    CODE: ClassVar[int] = 31
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "masked")
+
+    round_id: int
+    client_id: int
+    masked: np.ndarray  # uint32, length vector_length + 1
+
+    def to_record(self) -> Record:
+        return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id, "masked": self.masked}
+
+    @classmethod
+    def from_record(cls, record: Record) -> "MaskedInput":
+        _check_keys(cls, record, cls.KEYS)
+        masked = record["masked"]
+        if not isinstance(masked, np.ndarray) or masked.dtype != np.uint32 or masked.ndim != 1:
+            raise _fail(cls, "masked must be a 1-D numpy uint32 array")
+        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), masked)
+
+
+# ---------------------------------------------------------------- stage 4: UNMASK
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server -> client: who sent a masked input (survivors) and who shared but did not (dropped)."""
+
+    STAGE: ClassVar[Stage] = Stage.UNMASK
+    SENDER: ClassVar[str] = "server"
+    CODE: ClassVar[int] = 40
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped")
+
+    round_id: int
+    client_id: int
+    survivors: tuple[int, ...]  # answer with self-mask shares for these
+    dropped: tuple[int, ...]  # answer with mask-key shares for these
+
+    def to_record(self) -> Record:
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "client_id": self.client_id,
+            "survivors": list(self.survivors),
+            "dropped": list(self.dropped),
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "UnmaskRequest":
+        _check_keys(cls, record, cls.KEYS)
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            _ids(cls, record, "survivors"),
+            _ids(cls, record, "dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Client -> server: self-mask shares of surviving neighbours, mask-key shares of dropped ones."""
+
+    STAGE: ClassVar[Stage] = Stage.UNMASK
+    SENDER: ClassVar[str] = "client"
+    CODE: ClassVar[int] = 41
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "round_id", "client_id", "self_mask_owners", "self_mask_shares", "mask_key_owners", "mask_key_shares",
+    )
+
+    round_id: int
+    client_id: int
+    self_mask_owners: tuple[int, ...]
+    self_mask_shares: tuple[bytes, ...]  # SHARE_BYTES each, aligned with self_mask_owners
+    mask_key_owners: tuple[int, ...]
+    mask_key_shares: tuple[bytes, ...]
+
+    def to_record(self) -> Record:
+        cls = type(self)
+        _same_length(cls, ("self_mask_owners", self.self_mask_owners), ("self_mask_shares", self.self_mask_shares))
+        _same_length(cls, ("mask_key_owners", self.mask_key_owners), ("mask_key_shares", self.mask_key_shares))
+        return {
+            MESSAGE_KEY: self.CODE,
+            "round_id": self.round_id,
+            "client_id": self.client_id,
+            "self_mask_owners": list(self.self_mask_owners),
+            "self_mask_shares": _join(self.self_mask_shares, SHARE_BYTES, cls, "self_mask_shares"),
+            "mask_key_owners": list(self.mask_key_owners),
+            "mask_key_shares": _join(self.mask_key_shares, SHARE_BYTES, cls, "mask_key_shares"),
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> "UnmaskResponse":
+        _check_keys(cls, record, cls.KEYS)
+        self_owners = _ids(cls, record, "self_mask_owners")
+        key_owners = _ids(cls, record, "mask_key_owners")
+        return cls(
+            _id(cls, record, "round_id"),
+            _id(cls, record, "client_id"),
+            self_owners,
+            _blob(cls, record, "self_mask_shares", SHARE_BYTES, len(self_owners)),
+            key_owners,
+            _blob(cls, record, "mask_key_shares", SHARE_BYTES, len(key_owners)),
+        )
+
+
+# ---------------------------------------------------------------- the registry
+
+Message = Union[
+    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, UnmaskRequest,
+    UnmaskResponse,
+]
+
+WIRE_MESSAGES: tuple[type, ...] = (
+    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, UnmaskRequest,
+    UnmaskResponse,
+)
+"""Every message type, in protocol order. Nothing else is ever sent."""
+
+_BY_CODE = {cls.CODE: cls for cls in WIRE_MESSAGES}
+
+
+def message_from_record(record: Record) -> Message:
+    """Decode any record by its ``message`` code."""
+    code = record.get(MESSAGE_KEY)
+    if type(code) is not int or code not in _BY_CODE:
+        raise SecAggProtocolError(f"record has no known message code (got {code!r})")
+    return _BY_CODE[code].from_record(record)
+
+
+def value_nbytes(value: RecordValue) -> int:
+    """Payload size of one record value: bytes as is, ints and floats 8, lists 8 per int, arrays nbytes."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, list):
+        return 8 * len(value)
+    return 8
+
+
+def record_nbytes(record: Record) -> int:
+    """Bytes a record puts on the wire: UTF-8 keys plus :func:`value_nbytes` of each value."""
+    return sum(len(key.encode()) + value_nbytes(value) for key, value in record.items())

@@ -1,0 +1,178 @@
+"""Every message between the ServerApp and the ClientApps, declared in one place.
+
+A federated round is five message types. The server sends the global adapter only with
+``train``; clients answer every stage with SecAgg+ messages (``common.secagg.messages``) and a
+few whitelisted scalar metrics, never a plaintext update, text, or a user or item id::
+
+    message type          server -> client                     client -> server
+    train                 global, config, task, secagg(setup)  secagg(KeyAdvertisement), metrics(TRAIN)
+    train.share_keys      secagg(KeyBroadcast)                 secagg(ShareDistribution)
+    train.masked_input    secagg(ShareRelay)                   secagg(MaskedInput fields), masked(uint32)
+    train.unmask          secagg(UnmaskRequest)                secagg(UnmaskResponse)
+    evaluate              global, config, task                 metrics(EVALUATE)
+
+A shop that declines a round (its privacy ledger refuses) answers ``train`` with metrics only:
+``declined=1`` and a ``decline_code`` from ``DECLINE_REASONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import METRIC_NAMES
+from .secagg.messages import (
+    KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, ShareDistribution, ShareRelay, UnmaskRequest,
+    UnmaskResponse,
+)
+
+# message types
+TRAIN = "train"
+SHARE_KEYS = "train.share_keys"
+MASKED_INPUT = "train.masked_input"
+UNMASK = "train.unmask"
+EVALUATE = "evaluate"
+
+# record names inside a message's RecordDict
+GLOBAL = "global"  # ArrayRecord: the global adapter, canonical keys (server -> client)
+CONFIG = "config"  # ConfigRecord: round settings (server -> client)
+TASK = "task"  # ConfigRecord: taxonomy, split times, task settings (server -> client)
+SECAGG = "secagg"  # ConfigRecord: a SecAgg+ message's fields (both ways)
+MASKED = "masked"  # ArrayRecord: the masked vector, uint32 (client -> server)
+METRICS = "metrics"  # MetricRecord: whitelisted scalars (client -> server)
+
+MASKED_ARRAY = "masked"  # the one array inside the MASKED record
+
+TRAIN_METRICS = ("declined", "decline_code", "epsilon", "train_loss", "steps", "seconds")
+EVALUATE_METRICS = (*METRIC_NAMES, "loss", "n", "n_migrating")
+
+DECLINE_BUDGET = 1  # the shop's privacy ledger refuses the round
+DECLINE_NO_DATA = 2  # the shop has no training examples in the training period
+DECLINE_REASONS = {
+    DECLINE_BUDGET: "privacy budget exhausted",
+    DECLINE_NO_DATA: "no training examples",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one client reply may contain: record name -> kind, and the SecAgg message it carries."""
+
+    records: dict[str, str]
+    secagg: type | None = None
+    metrics: tuple[str, ...] = ()
+
+
+#: Server -> client: the SecAgg message each stage carries in its SECAGG record.
+REQUESTS: dict[str, type | None] = {
+    TRAIN: RoundSetup,
+    SHARE_KEYS: KeyBroadcast,
+    MASKED_INPUT: ShareRelay,
+    UNMASK: UnmaskRequest,
+    EVALUATE: None,
+}
+
+#: Client -> server: everything a reply may hold. Anything else is a protocol violation.
+REPLIES: dict[str, tuple[Reply, ...]] = {
+    TRAIN: (
+        Reply({SECAGG: "config", METRICS: "metrics"}, KeyAdvertisement, TRAIN_METRICS),
+        Reply({METRICS: "metrics"}, None, TRAIN_METRICS),  # declined
+    ),
+    SHARE_KEYS: (Reply({SECAGG: "config"}, ShareDistribution),),
+    MASKED_INPUT: (Reply({SECAGG: "config", MASKED: "array"}, MaskedInput),),
+    UNMASK: (Reply({SECAGG: "config"}, UnmaskResponse),),
+    EVALUATE: (Reply({METRICS: "metrics"}, None, EVALUATE_METRICS),),
+}
+
+
+def audit_reply(message_type: str, content) -> list[str]:
+    """Problems with a client reply (empty if it holds only what is declared).
+
+    ``content`` is a Flower ``RecordDict``. Checks record names and kinds, metric names and
+    scalar types, the SecAgg message's exact keys (via its ``from_record``), that the only array
+    is the uint32 masked vector, and that no string or float tensor appears anywhere.
+    """
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+    kinds = {"config": ConfigRecord, "metrics": MetricRecord, "array": ArrayRecord}
+    present = dict(content.items())
+    options = REPLIES.get(message_type)
+    if options is None:
+        return [f"undeclared message type {message_type!r}"]
+    spec = next((r for r in options if set(r.records) == set(present)), None)
+    if spec is None:
+        return [f"{message_type}: records {sorted(present)} match no declared reply"]
+    problems = []
+    for name, kind in spec.records.items():
+        if not isinstance(present[name], kinds[kind]):
+            problems.append(f"{message_type}: record {name} is {type(present[name]).__name__}, declared {kind}")
+    if METRICS in present:
+        for key, value in present[METRICS].items():
+            if key not in spec.metrics:
+                problems.append(f"{message_type}: metric {key!r} is not whitelisted")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                problems.append(f"{message_type}: metric {key!r} is not a scalar")
+    if SECAGG in present:
+        record = dict(present[SECAGG].items())
+        if any(isinstance(v, str) or (isinstance(v, list) and any(isinstance(x, str) for x in v))
+               for v in record.values()):
+            problems.append(f"{message_type}: text in the secagg record")
+        if MASKED in present:
+            arrays = present[MASKED]
+            if list(arrays.keys()) != [MASKED_ARRAY]:
+                problems.append(f"{message_type}: masked record holds {list(arrays.keys())}")
+            else:
+                vector = arrays[MASKED_ARRAY].numpy()
+                if vector.dtype != np.uint32 or vector.ndim != 1:
+                    problems.append(f"{message_type}: masked array is {vector.dtype}{vector.shape}, not uint32[d]")
+                record["masked"] = vector
+        try:
+            spec.secagg.from_record(record)
+        except Exception as exc:  # the SecAgg parser names the problem
+            problems.append(f"{message_type}: {exc}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def secagg_to_records(message) -> dict:
+    """A SecAgg+ message as the Flower records that carry it (SECAGG, plus MASKED for arrays)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    fields, arrays = {}, {}
+    for key, value in message.to_record().items():
+        if isinstance(value, np.ndarray):
+            arrays[key] = value
+        else:
+            fields[key] = [int(v) if isinstance(v, (int, np.integer)) else v for v in value] \
+                if isinstance(value, (list, tuple)) else value
+    records = {SECAGG: ConfigRecord(fields)}
+    if arrays:
+        if set(arrays) != {MASKED_ARRAY}:
+            raise ValueError(f"undeclared arrays {sorted(arrays)} in {type(message).__name__}")
+        records[MASKED] = ArrayRecord({MASKED_ARRAY: Array(arrays[MASKED_ARRAY])})
+    return records
+
+
+def secagg_from_content(content, cls):
+    """Parse the SecAgg+ message of type ``cls`` out of a Flower ``RecordDict`` (validating it)."""
+    from .secagg import SecAggProtocolError
+
+    if SECAGG not in content:
+        raise SecAggProtocolError(f"{cls.__name__}: the message has no {SECAGG} record")
+    record = dict(content[SECAGG].items())
+    if MASKED in content:
+        record["masked"] = content[MASKED][MASKED_ARRAY].numpy()
+    return cls.from_record(record)
+
+
+def adapter_to_record(state: "dict[str, np.ndarray]"):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({key: Array(np.ascontiguousarray(value, dtype=np.float32)) for key, value in state.items()})
+
+
+def adapter_from_record(record) -> "dict[str, np.ndarray]":
+    return {key: record[key].numpy() for key in record.keys()}

@@ -1,0 +1,234 @@
+"""The federation driver: rounds of sample → train → secure aggregation → update → evaluate.
+
+``Federation.start(grid)`` is the template: it builds (or resumes) the global adapter, runs the
+rounds with ``SecureRound``, applies the server optimizer to the securely aggregated mean update,
+asks every shop for evaluation metrics (aggregated, weighted by examples), checkpoints after
+every round and exports the final adapter. It never sees one shop's update.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from client.shop import ModelConfig, SharedModel
+from common import wire
+from common.model import flatten, get_adapter_state, unflatten
+from common.secagg import SecAggConfig, SeededRandomness
+from common.settings import RoundConfig, TaskSpec
+
+from .checkpoint import Checkpoint, config_hash, has_checkpoint
+from .export import export_model
+from .optimizers import make_optimizer
+from .secure_round import ReplyObserver, SecureRound, SecureRoundResult
+from .settings import FederationSettings, save_task_spec
+
+log = logging.getLogger("fedinterest.server")
+
+CHECKPOINTS = "checkpoint"
+EXPORT = "export"
+
+
+@dataclass
+class FederationResult:
+    rounds_run: int
+    weights: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    export_dir: str = ""
+
+
+def weighted_metrics(replies: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over shops, weighted by their example counts (NaN-free)."""
+    out: dict[str, float] = {}
+    total = sum(m.get("n", 0.0) for m in replies.values())
+    if total <= 0:
+        return out
+    keys = {k for m in replies.values() for k in m if k not in ("n", "n_migrating")}
+    for key in sorted(keys):
+        weight_key = "n_migrating" if key.startswith("mig_") else "n"
+        pairs = [(m[key], m.get(weight_key, 0.0)) for m in replies.values() if key in m and m.get(weight_key, 0) > 0]
+        weight = sum(w for _, w in pairs)
+        if weight > 0:
+            out[key] = float(sum(v * w for v, w in pairs) / weight)
+    out["n"] = float(total)
+    out["n_migrating"] = float(sum(m.get("n_migrating", 0.0) for m in replies.values()))
+    return out
+
+
+class Federation:
+    def __init__(self, settings: FederationSettings, observe: ReplyObserver | None = None,
+                 progress=print):
+        self.settings, self.observe, self.progress = settings, observe, progress
+        self.task: TaskSpec = settings.task_spec()
+        self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora)
+        self.hash = config_hash({**settings.fingerprint_values(), "task": self.task.fingerprint()})
+
+    # ------------------------------------------------------------------ template
+
+    def start(self, grid) -> FederationResult:
+        settings = self.settings
+        shared = SharedModel.get(self.model_config, self.task.taxonomy.n_classes, "cpu")
+        template = get_adapter_state(shared.model)
+        optimizer = make_optimizer(str(settings["server-optimizer"]), float(settings["server-lr"]))
+        weights, history, first = flatten(template), [], 1
+        checkpoints = settings.out_dir / CHECKPOINTS
+        if settings["resume"]:
+            ckpt = Checkpoint.load(checkpoints, expected_hash=self.hash)
+            weights, history, first = ckpt.weights.astype(np.float32), ckpt.history, ckpt.round + 1
+            optimizer.load_state_dict(ckpt.optimizer)
+            self.progress(f"resuming after round {ckpt.round} from {checkpoints}")
+        elif has_checkpoint(checkpoints):
+            self.progress(f"note: {checkpoints} holds an earlier run; it is replaced (pass resume=true to continue it)")
+        save_task_spec(self.task, settings.out_dir / "task_spec.json")
+
+        nodes = self._wait_for_nodes(grid)
+        for server_round in range(first, settings.rounds + 1):
+            started = time.perf_counter()
+            chosen = self._sample(nodes, server_round)
+            state = unflatten(weights, template)
+            result = self._train_round(grid, chosen, server_round, state)
+            if result.mean_update is not None:
+                weights = optimizer.step(weights, result.mean_update.astype(np.float32))
+            evaluation = self._evaluate(grid, nodes, server_round, unflatten(weights, template))
+            entry = self._history_entry(server_round, result, evaluation, time.perf_counter() - started)
+            history.append(entry)
+            Checkpoint(server_round, weights, self.hash, optimizer.state_dict(), history).save(checkpoints)
+            self.progress(self._progress_line(entry))
+        export = export_model(shared.model, unflatten(weights, template), self.task.taxonomy,
+                              self._model_card(history), settings.out_dir / EXPORT)
+        self.progress(f"exported the global adapter to {export}")
+        return FederationResult(len(history), weights, history, str(export))
+
+    # ------------------------------------------------------------------ steps
+
+    def _wait_for_nodes(self, grid) -> list[int]:
+        need = int(self.settings["min-shops"])
+        deadline = time.time() + float(self.settings["round-timeout"])
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= need or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        if len(nodes) < need:
+            raise RuntimeError(f"only {len(nodes)} shops connected; min-shops={need}")
+        self.progress(f"{len(nodes)} shops connected")
+        return nodes
+
+    def _sample(self, nodes: list[int], server_round: int) -> list[int]:
+        k = max(int(self.settings["min-shops"]), int(round(float(self.settings["fraction-train"]) * len(nodes))))
+        if k >= len(nodes):
+            return list(nodes)
+        rng = np.random.default_rng(None if self.settings.seed < 0 else [self.settings.seed, server_round])
+        return sorted(rng.choice(nodes, size=k, replace=False).tolist())
+
+    def _round_config(self, server_round: int) -> RoundConfig:
+        s = self.settings
+        return RoundConfig(round=server_round, rounds=s.rounds, seed=s.seed, epsilon_cap=float(s["epsilon-cap"]),
+                           eval_examples=int(s["eval-examples"]), backbone=str(s["backbone"]), lora=s.lora,
+                           training=s.training)
+
+    def _content(self, server_round: int, state) -> RecordDict:
+        return RecordDict({
+            wire.GLOBAL: wire.adapter_to_record(state),
+            wire.CONFIG: ConfigRecord(self._round_config(server_round).to_record_dict()),
+            wire.TASK: ConfigRecord(self.task.to_record_dict()),
+        })
+
+    def _train_round(self, grid, nodes: list[int], server_round: int, state) -> SecureRoundResult:
+        s = self.settings
+        config = SecAggConfig(vector_length=int(sum(v.size for v in state.values())),
+                              max_clients=max(len(nodes), 3), clip=float(s["secagg-clip"]),
+                              max_weight=int(s["secagg-max-weight"]), min_clients=3)
+        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", server_round)
+        round_driver = SecureRound(grid, nodes, config, server_round, float(s["round-timeout"]), randomness,
+                                   self.observe)
+        result = round_driver.run(lambda node: self._content(server_round, state))
+        for node, code in result.declined.items():
+            reason = wire.DECLINE_REASONS.get(code, f"code {code}")
+            self.progress(f"  shop {node} declined round {server_round}: {reason}; it is left out")
+        for node, why in result.dropped.items():
+            self.progress(f"  shop {node} dropped from round {server_round}: {why}")
+        if result.aborted:
+            self.progress(f"  round {server_round}: secure aggregation aborted ({result.aborted}); no update applied")
+        return result
+
+    def _evaluate(self, grid, nodes: list[int], server_round: int, state) -> dict[str, float]:
+        messages = [Message(self._content(server_round, state), node, wire.EVALUATE, group_id=str(server_round))
+                    for node in nodes]
+        replies = {}
+        for reply in grid.send_and_receive(messages, timeout=float(self.settings["round-timeout"])):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.progress(f"  shop {node} could not evaluate: {reply.error.reason[:200]}")
+                continue
+            if self.observe is not None:
+                self.observe(wire.EVALUATE, node, reply.content)
+            problems = wire.audit_reply(wire.EVALUATE, reply.content)
+            if problems:
+                self.progress(f"  shop {node} evaluation ignored: {'; '.join(problems)[:200]}")
+                continue
+            replies[node] = {k: float(v) for k, v in reply.content[wire.METRICS].items()}
+        return weighted_metrics(replies)
+
+    # ------------------------------------------------------------------ reporting
+
+    @staticmethod
+    def _history_entry(server_round: int, result: SecureRoundResult, evaluation: dict, seconds: float) -> dict:
+        trained = [n for n in result.contributors]
+        losses = [result.train_metrics[n].get("train_loss") for n in trained if n in result.train_metrics]
+        return {
+            "round": server_round,
+            "contributors": len(trained),
+            "declined": {str(n): c for n, c in result.declined.items()},
+            "dropped": {str(n): why for n, why in result.dropped.items()},
+            "aborted": result.aborted,
+            "total_weight": result.total_weight,
+            "epsilon": {str(n): m["epsilon"] for n, m in result.train_metrics.items() if "epsilon" in m},
+            "train_loss": float(np.mean([x for x in losses if x is not None])) if losses else None,
+            "eval": evaluation,
+            "bytes_up": result.bytes_up,
+            "bytes_down": result.bytes_down,
+            "seconds": seconds,
+        }
+
+    @staticmethod
+    def _progress_line(entry: dict) -> str:
+        ev = entry["eval"]
+        eps = max(entry["epsilon"].values()) if entry["epsilon"] else None
+        parts = [f"[round {entry['round']}] {entry['contributors']} shops aggregated"]
+        if entry["declined"]:
+            parts.append(f"{len(entry['declined'])} declined")
+        if entry["dropped"]:
+            parts.append(f"{len(entry['dropped'])} dropped")
+        if entry["train_loss"] is not None:
+            parts.append(f"train loss {entry['train_loss']:.3f}")
+        if eps is not None:
+            parts.append(f"max ε {eps:.2f}")
+        if ev:
+            parts.append(f"eval loss {ev.get('loss', float('nan')):.3f} acc@1 {ev.get('acc@1', float('nan')):.3f} "
+                         f"mig HR@5 {ev.get('mig_hr@5', float('nan')):.3f}")
+        parts.append(f"{entry['seconds']:.0f} s, {(entry['bytes_up'] + entry['bytes_down']) / 1e6:.1f} MB on the wire")
+        return ", ".join(parts)
+
+    def _model_card(self, history: list[dict]) -> dict:
+        epsilon: dict[str, float] = {}
+        for entry in history:
+            epsilon.update(entry["epsilon"])
+        return {
+            "format": "fedinterest-model-card",
+            "backbone": self.settings["backbone"],
+            "lora": self.settings.lora.to_dict(),
+            "num_labels": self.task.taxonomy.n_classes,
+            "task": self.task.config.to_dict(),
+            "split": self.task.split.to_dict(),
+            "rounds": len(history),
+            "epsilon_per_shop": epsilon,
+            "final_metrics": history[-1]["eval"] if history else {},
+            "history": history,
+            "settings": {k: v for k, v in self.settings.values.items()},
+        }

@@ -1,0 +1,172 @@
+"""One federated training round under SecAgg+, driven over Flower's ``Grid``.
+
+Four ``send_and_receive`` exchanges (``common.wire``): ``train`` (local training + keys),
+``train.share_keys``, ``train.masked_input`` and ``train.unmask``, each with a timeout. A reply
+that is missing, an error, late, malformed or of the wrong shape makes its sender a dropout of
+that stage; the protocol then recovers, or aborts the round cleanly (no update, nothing
+revealed). Shops that decline (privacy budget) simply do not take part. The server only ever
+holds masked vectors and their running sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+from common import wire
+from common.secagg import (
+    KeyAdvertisement, MaskedInput, Randomness, SecAggConfig, SecAggError, SecAggServer, ShareDistribution,
+    UnmaskResponse,
+)
+
+log = logging.getLogger("fedinterest.server")
+
+#: Called with (message type, node id, reply content) for every reply that arrives.
+ReplyObserver = Callable[[str, int, RecordDict], None]
+
+
+@dataclass
+class SecureRoundResult:
+    mean_update: np.ndarray | None = None
+    total_weight: int = 0
+    contributors: list[int] = field(default_factory=list)
+    declined: dict[int, int] = field(default_factory=dict)  # node -> decline code
+    dropped: dict[int, str] = field(default_factory=dict)  # node -> why
+    train_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    aborted: str | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Payload bytes of a message: array bytes plus scalar and byte-string values."""
+    total = 0
+    for record in content.values():
+        for key, value in record.items():
+            total += len(key)
+            if hasattr(value, "numpy"):
+                total += value.numpy().nbytes
+            elif isinstance(value, (bytes, str)):
+                total += len(value)
+            elif isinstance(value, list):
+                total += sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in value)
+            else:
+                total += 8
+    return total
+
+
+class SecureRound:
+    """Drive one round: ``run(train_content)`` returns the decoded weighted mean update."""
+
+    def __init__(
+        self,
+        grid,
+        nodes: list[int],
+        config: SecAggConfig,
+        round_id: int,
+        timeout: float,
+        randomness: Randomness,
+        observe: ReplyObserver | None = None,
+    ):
+        self.grid, self.nodes, self.config, self.round_id = grid, nodes, config, round_id
+        self.timeout, self.observe = timeout, observe
+        self.server = SecAggServer(config, round_id, nodes, randomness)
+        self.result = SecureRoundResult()
+
+    # ------------------------------------------------------------------ transport
+
+    def _exchange(self, message_type: str, contents: dict[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send one message per node, wait for replies; errors and silence become dropouts."""
+        messages = [Message(content, node, message_type, group_id=str(self.round_id)) for node, content in contents.items()]
+        self.result.bytes_down += sum(content_nbytes(c) for c in contents.values())
+        replies: dict[int, RecordDict] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if node not in contents:
+                continue
+            if reply.has_error():
+                self.result.dropped[node] = f"{message_type}: client error ({reply.error.reason[:200]})"
+                continue
+            self.result.bytes_up += content_nbytes(reply.content)
+            if self.observe is not None:
+                self.observe(message_type, node, reply.content)
+            problems = wire.audit_reply(message_type, reply.content)
+            if problems:
+                self.result.dropped[node] = "; ".join(problems)[:300]
+                continue
+            replies[node] = reply.content
+        for node in contents:
+            if node not in replies and node not in self.result.dropped:
+                self.result.dropped[node] = f"{message_type}: no reply within {self.timeout:g} s"
+        return replies
+
+    def _parse(self, replies: dict[int, RecordDict], cls) -> list:
+        parsed = []
+        for node, content in replies.items():
+            try:
+                message = wire.secagg_from_content(content, cls)
+            except SecAggError as exc:
+                self.result.dropped[node] = str(exc)[:300]
+                continue
+            if message.client_id != node or message.round_id != self.round_id:
+                self.result.dropped[node] = f"{cls.__name__} names client {message.client_id} round {message.round_id}"
+                continue
+            if cls is MaskedInput and message.masked.shape != (self.config.masked_length,):
+                self.result.dropped[node] = f"masked input has shape {message.masked.shape}, expected ({self.config.masked_length},)"
+                continue
+            parsed.append(message)
+        return parsed
+
+    # ------------------------------------------------------------------ the round
+
+    def run(self, train_content: Callable[[int], RecordDict]) -> SecureRoundResult:
+        """``train_content(node)`` builds the ``train`` message (global adapter, config, task)."""
+        try:
+            self._run(train_content)
+        except SecAggError as exc:
+            self.result.aborted = f"{type(exc).__name__}: {exc}"
+            self.result.mean_update = None
+            log.warning("round %s aborted: %s", self.round_id, self.result.aborted)
+        return self.result
+
+    def _run(self, train_content: Callable[[int], RecordDict]) -> None:
+        setup = wire.secagg_to_records(self.server.setup())
+        contents = {}
+        for node in self.nodes:
+            content = train_content(node)
+            for name, record in setup.items():
+                content[name] = record
+            contents[node] = content
+        replies = self._exchange(wire.TRAIN, contents)
+        advertisements = []
+        for node, content in list(replies.items()):
+            metrics = dict(content[wire.METRICS].items()) if wire.METRICS in content else {}
+            self.result.train_metrics[node] = metrics
+            if metrics.get("declined"):
+                self.result.declined[node] = int(metrics.get("decline_code", 0))
+                del replies[node]
+        advertisements = self._parse(replies, KeyAdvertisement)
+
+        broadcasts = self.server.collect_keys(advertisements)
+        replies = self._exchange(wire.SHARE_KEYS, self._records(broadcasts))
+        relays = self.server.collect_shares(self._parse(replies, ShareDistribution))
+        replies = self._exchange(wire.MASKED_INPUT, self._records(relays))
+        requests = self.server.collect_masked_inputs(self._parse(replies, MaskedInput))
+        replies = self._exchange(wire.UNMASK, self._records(requests))
+        aggregate = self.server.collect_unmask_responses(self._parse(replies, UnmaskResponse))
+        self.result.contributors = list(aggregate.contributors)
+        self.result.total_weight = int(aggregate.total_weight)
+        if aggregate.total_weight > 0:
+            self.result.mean_update = np.asarray(aggregate.mean, dtype=np.float64)
+
+    @staticmethod
+    def _records(messages: dict) -> dict[int, RecordDict]:
+        return {node: RecordDict(wire.secagg_to_records(message)) for node, message in messages.items()}
+
+
+def nodes_that_replied(replies: Iterable[Message]) -> list[int]:
+    return sorted(r.metadata.src_node_id for r in replies if not r.has_error())

@@ -1,0 +1,167 @@
+"""Simulating the federation on one machine with Flower's simulation engine (Ray backend).
+
+``prepare`` turns a dataset (the default synthetic shops, or any log plus a partitioning) into
+per-shop node configurations, exactly what each merchant would pass to its SuperNode, and the
+platform's task spec (taxonomy and split from the pooled training period: catalogue data and
+calendar dates). ``run_federation`` starts the real ServerApp and ClientApp under
+``flwr.simulation.run_simulation``; simulated nodes receive their node config through a mod,
+since the engine itself only gives them a partition id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from common.atomic import atomic_write_text
+from common.config import ConfigError, TaskConfig
+from common.data import EventTable, LoadOptions, load_events
+from common.data.load import MANIFEST
+from common.settings import TaskSpec
+from common.task import prepare_task
+
+from .partition import partition_events
+from .synthetic import SynthConfig, write_synthetic
+
+NodeConfigs = dict[int, dict]
+
+
+@dataclass
+class Prepared:
+    table: EventTable  # pooled events (the simulation's view; no server sees them)
+    shops: list[str]
+    node_configs: NodeConfigs  # partition id -> node config
+    task: TaskSpec
+    data: Path
+
+
+def prepare(
+    out: Path,
+    *,
+    data: str | None = None,
+    data_format: str | None = None,
+    shops: int = 5,
+    partition: str = "auto",
+    alpha: float = 0.5,
+    seed: int = 0,
+    epsilon: float | None = 8.0,
+    max_train_examples: int | None = None,
+    threads: int = 1,
+    task_config: TaskConfig | None = None,
+    synth: SynthConfig | None = None,
+) -> Prepared:
+    """Data, shops and node configs under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        source = out / "data"
+        config = synth or SynthConfig(shops=shops, seed=seed)
+        if not (source / MANIFEST).is_file() or _synth_config(source) != config.__dict__:
+            write_synthetic(source, config)
+    else:
+        source = Path(data)
+    table = load_events(source, LoadOptions(format=data_format))
+    parts = partition_events(table, shops=shops, method=partition, alpha=alpha, seed=seed)
+    if len(parts) < 3:
+        raise ConfigError(f"{len(parts)} shops; secure aggregation needs at least 3")
+    task = prepare_task(table, task_config or TaskConfig())
+    spec = TaskSpec(task.taxonomy, task.split, task.config)
+    natural = table.has_merchants and (source / MANIFEST).is_file() and partition in ("auto", "natural")
+    node_configs: NodeConfigs = {}
+    for pid, name in enumerate(sorted(parts)):
+        shop_dir = out / "shops" / name
+        if natural:
+            node = {"data-path": str(source), "shop": name}
+        else:
+            node = {"data-path": str(write_shop(parts[name], shop_dir / "data", name))}
+        node["state-dir"] = str(shop_dir / "state")
+        if epsilon is None:
+            node["non-private"] = True
+        else:
+            node["epsilon"] = float(epsilon)
+        if max_train_examples:
+            node["max-train-examples"] = int(max_train_examples)
+        node["threads"] = int(threads)
+        node_configs[pid] = node
+    return Prepared(table, sorted(parts), node_configs, spec, source)
+
+
+def _synth_config(directory: Path) -> dict | None:
+    truth = directory / "ground_truth.json"
+    return json.loads(truth.read_text()).get("config") if truth.is_file() else None
+
+
+def write_shop(table: EventTable, directory: Path, name: str) -> Path:
+    """One shop's events as a dataset directory (canonical CSV + names + manifest)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = table.frame.copy()
+    frame["action"] = frame["action"].map({0: "view", 1: "fav", 2: "cart", 3: "buy"})
+    atomic_write_text(directory / "events.csv", frame[["user_id", "item_id", "category", "action", "timestamp"]]
+                      .to_csv(index=False))
+    names = "category_id,category_name\n" + "".join(
+        f"{c},{n.replace(',', ' ')}\n" for c, n in table.category_names.items())
+    atomic_write_text(directory / "categories.csv", names)
+    manifest = {"format": "generic", "shops": {name: "events.csv"}, "category_names": "categories.csv"}
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest))
+    return directory
+
+
+def node_config_mod(node_configs: NodeConfigs):
+    """A ClientApp mod giving each simulated node the config a real SuperNode would be started with."""
+
+    def mod(message, context, call_next):
+        pid = int(context.node_config["partition-id"])
+        context.node_config.update(node_configs[pid])
+        return call_next(message, context)
+
+    return mod
+
+
+@dataclass
+class SimulationOutcome:
+    result: object = None  # server.federation.FederationResult
+    errors: list[str] = field(default_factory=list)
+
+
+def run_federation(
+    prepared: Prepared,
+    run_config: dict,
+    *,
+    client_mods: tuple = (),
+    observe: Callable | None = None,
+    progress: Callable[[str], None] = print,
+    cpus: int | None = None,
+    cpus_per_shop: float = 1.0,
+) -> SimulationOutcome:
+    """Run the ServerApp and ClientApps under Flower's simulation engine; return the server's result."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app
+    from server.federation import Federation
+    from server.settings import FederationSettings, save_task_spec
+
+    spec_path = Path(run_config["out-dir"]) / "task_spec.json"
+    save_task_spec(prepared.task, spec_path)
+    settings = FederationSettings.from_run_config({**run_config, "task-spec": str(spec_path)})
+    outcome = SimulationOutcome()
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:
+        outcome.result = Federation(settings, observe=observe, progress=progress).start(grid)
+
+    client_app = build_client_app(mods=(node_config_mod(prepared.node_configs), *client_mods))
+    cpus = cpus or os.cpu_count() or 2
+    backend = {
+        "client_resources": {"num_cpus": cpus_per_shop, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
+                      "log_to_driver": True},
+    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(prepared.node_configs),
+                   backend_config=backend)
+    if outcome.result is None:
+        raise RuntimeError("the simulated federation did not finish; see the log above")
+    return outcome
