@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -58,20 +60,18 @@ def throughput(model, optimizer, batch, steps: int, warmup: int, bf16: bool) -> 
 
 
 def measure(backbone: Backbone, args, device: torch.device, bf16: bool) -> tuple[float, float]:
+    """Median samples/s of non-private and DP training, alternating repeats so drift hits both."""
     n_classes = 51
     g = torch.Generator().manual_seed(0)
+    vocab = 90 if backbone.spec == "tiny" else 1000
     batch = {
-        "input_ids": torch.randint(5, 1000, (args.batch, args.length), generator=g).to(device),
+        "input_ids": (torch.randint(5, vocab, (args.batch, args.length), generator=g)).to(device),
         "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long, device=device),
         "labels": torch.randint(0, n_classes, (args.batch,), generator=g).to(device),
     }
-    if backbone.spec == "tiny":
-        batch["input_ids"] = batch["input_ids"] % 90 + 5
-
     plain = build_model(backbone, n_classes, LoraSettings(), device)
     plain.train()
-    opt = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=1e-4)
-    plain_rate = throughput(plain, opt, batch, args.steps, args.warmup, bf16)
+    plain_opt = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=1e-4)
 
     model = build_model(backbone, n_classes, LoraSettings(), device)
     model.train()
@@ -79,11 +79,15 @@ def measure(backbone: Backbone, args, device: torch.device, bf16: bool) -> tuple
     loader = DataLoader(range(args.batch), batch_sampler=[list(range(args.batch))], collate_fn=lambda b: b)
     dp = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1.0, steps=1)
     private_model, dp_opt, _ = make_private(model, opt, loader, dp, expected_batch=args.batch, seed=0)
+    plain_rates, dp_rates = [], []
     try:
-        dp_rate = throughput(private_model, dp_opt, batch, args.steps, args.warmup, bf16)
+        for repeat in range(args.repeats):
+            warmup = args.warmup if repeat == 0 else 0
+            plain_rates.append(throughput(plain, plain_opt, batch, args.steps, warmup, bf16))
+            dp_rates.append(throughput(private_model, dp_opt, batch, args.steps, warmup, bf16))
     finally:
         release(private_model, model)
-    return plain_rate, dp_rate
+    return float(np.median(plain_rates)), float(np.median(dp_rates))
 
 
 def main() -> None:
@@ -91,15 +95,20 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,minilm", help="comma-separated: tiny, minilm, bert-base")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (median reported)")
+    parser.add_argument("--dtypes", default=None, help="fp32,bf16 (default: both on GPU, fp32 on CPU)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch {args.batch}, length {args.length}, {args.steps} timed steps; FFA-LoRA r=8 on query/value")
+    if args.dtypes is None:  # CPUs without bf16 units run bf16 autocast tens of times slower
+        args.dtypes = "fp32,bf16" if device.type == "cuda" else "fp32"
+    print(f"device: {name}; batch {args.batch}, length {args.length}, median of {args.repeats} alternating "
+          f"repeats of {args.steps} steps; FFA-LoRA r=8 on query/value, Opacus hooks")
     print(f"{'model':<10} {'dtype':<5} {'non-private/s':>14} {'DP/s':>10} {'ratio DP/plain':>15}")
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models.split(","):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 
 import numpy as np
@@ -43,20 +42,15 @@ def _round(message: Message) -> tuple[RoundConfig, TaskSpec]:
             TaskSpec.from_record_dict(dict(content[wire.TASK].items())))
 
 
-def _randomness(seed: int, identity: int, server_round: int, stage: str):
-    """Seeded (reproducible runs: ``seed >= 0``) or the operating system's CSPRNG."""
-    return os.urandom if seed < 0 else SeededRandomness(seed, "secagg-client", identity, server_round, stage)
+def _randomness(node: NodeSettings, server_round: int, stage: str):
+    """The node's own randomness: the OS CSPRNG, or seeded from its node config (simulations)."""
+    if node.seed is None:
+        return os.urandom
+    return SeededRandomness(node.seed, "node", server_round, stage)
 
 
-def _identity(context: Context) -> int:
-    """A stable name for seeding: the simulation partition, else the node id."""
-    return int(context.node_config.get("partition-id", context.node_id))
-
-
-def _training_seed(config: RoundConfig, identity: int) -> int:
-    if config.seed < 0:
-        return secrets.randbits(62)
-    return int.from_bytes(SeededRandomness(config.seed, "train", identity, config.round)(8), "big") >> 2
+def _training_seed(node: NodeSettings, server_round: int) -> int:
+    return int.from_bytes(_randomness(node, server_round, "train")(8), "big") >> 2
 
 
 def _reply(message: Message, records: dict) -> Message:
@@ -68,7 +62,7 @@ def _save_secagg(context: Context, client: SecAggClient, round_config: RoundConf
     previous = dict(context.state[SECRETS].items()) if SECRETS in context.state else {}
     state = {k: v for k, v in previous.items() if k.startswith("round.") or k.startswith("config.")}
     if round_config is not None:
-        state.update({"round.train": round_config.round, "round.seed": round_config.seed})
+        state.update({"round.train": round_config.round})
         state.update({f"config.{k}": (0 if v is None else v) for k, v in client.config.to_dict().items()})
     state.update(client.to_state())
     context.state[SECRETS] = ConfigRecord(state)
@@ -80,8 +74,7 @@ def _restore_secagg(context: Context, stage: str) -> SecAggClient:
     state = dict(context.state[SECRETS].items())
     fields = {k[7:]: v for k, v in state.items() if k.startswith("config.")}
     fields["degree"] = fields.get("degree") or None
-    seed, train_round = int(state["round.seed"]), int(state["round.train"])
-    randomness = _randomness(seed, _identity(context), train_round, stage)
+    randomness = _randomness(_settings(context), int(state["round.train"]), stage)
     return SecAggClient.from_state(SecAggConfig(**fields), state, randomness)
 
 
@@ -97,7 +90,8 @@ def train(message: Message, context: Context) -> Message:
         total_rounds=round_config.rounds,
         server_round=round_config.round,
         server_epsilon=round_config.epsilon_cap or None,
-        seed=_training_seed(round_config, _identity(context)),
+        seed=_training_seed(node, round_config.round),
+        replayable=node.seed is not None,
     )
     if outcome.declined:
         log.warning("declining round %s: %s", round_config.round, outcome.reason)  # stays on the node
@@ -110,8 +104,7 @@ def train(message: Message, context: Context) -> Message:
     update = flatten(outcome.state) - flatten(global_state)
     setup = wire.secagg_from_content(message.content, RoundSetup)
     weight = int(min(outcome.num_examples, setup.config.max_weight))
-    randomness = _randomness(round_config.seed, _identity(context), round_config.round, "keys")
-    client = SecAggClient(context.node_id, setup.config, randomness)
+    client = SecAggClient(context.node_id, setup.config, _randomness(node, round_config.round, "keys"))
     advertisement = client.advertise_keys(setup)
     context.state[PENDING] = ArrayRecord({"update": _array(update), "weight": _array(np.array([weight]))})
     _save_secagg(context, client, round_config)
@@ -190,6 +183,9 @@ def _audit(node: NodeSettings, server_round: int, update: np.ndarray, weight: in
     if directory:
         from pathlib import Path
 
-        path = Path(directory) / f"{Path(node.state_dir).name}-round{server_round}.npz"
+        import hashlib
+
+        node_name = hashlib.sha256(str(Path(node.state_dir).resolve()).encode()).hexdigest()[:12]
+        path = Path(directory) / f"{node_name}-round{server_round}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, update=update, weight=weight)

@@ -38,6 +38,7 @@ class RoundRecord:
     epsilon: float
     budget: float
     recorded_at: float
+    input_sha256: str = ""  # the global adapter the round started from
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,15 @@ class PrivacyLedger:
             return Decision(False, now, after, budget, reason)
         return Decision(True, now, after, budget, f"ε {now:.3f} -> {after:.3f} of {budget:g}")
 
-    def commit(self, steps: int, budget: float, server_round: int | None = None) -> RoundRecord:
+    def replayed(self, server_round: int | None, input_sha256: str) -> RoundRecord | None:
+        """The record of ``server_round`` if it started from the same global adapter."""
+        for record in self.rounds:
+            if server_round is not None and record.server_round == server_round and record.input_sha256 == input_sha256:
+                return record
+        return None
+
+    def commit(self, steps: int, budget: float, server_round: int | None = None,
+               input_sha256: str = "") -> RoundRecord:
         """Record a round's steps (before its update leaves the shop)."""
         if not self.plan:
             raise LedgerError(f"{self.path}: no privacy plan yet")
@@ -140,6 +149,7 @@ class PrivacyLedger:
             epsilon=epsilon_spent(self.history, self.plan.delta, self.plan.accountant),
             budget=budget,
             recorded_at=time.time(),
+            input_sha256=input_sha256,
         )
         self.rounds.append(record)
         self.save()

@@ -36,6 +36,7 @@ NODE_KEYS = {
     "device": "cpu, cuda, ... (default: cuda if available)",
     "bf16": "true: bfloat16 autocast on GPU",
     "threads": "torch CPU threads for this node",
+    "seed": "seed all of this node's randomness (reproducible simulations only: never in production)",
 }
 #: Keys Flower itself puts into node_config (simulation).
 FLOWER_KEYS = {"partition-id", "num-partitions"}
@@ -52,6 +53,7 @@ class NodeSettings:
     device: str = "auto"
     bf16: bool = False
     threads: int | None = None
+    seed: int | None = None
 
     @classmethod
     def from_node_config(cls, config: dict) -> "NodeSettings":
@@ -71,6 +73,7 @@ class NodeSettings:
             )
             max_train = int(config["max-train-examples"]) if "max-train-examples" in config else None
             threads = int(config["threads"]) if "threads" in config else None
+            seed = int(config["seed"]) if "seed" in config else None
         except ValueError as exc:
             raise ConfigError(f"node config: {exc}") from None
         return cls(
@@ -83,6 +86,7 @@ class NodeSettings:
             device=str(config.get("device", "auto")),
             bf16=_bool(config.get("bf16", False), "bf16"),
             threads=threads,
+            seed=seed,
         )
 
 
@@ -131,6 +135,6 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             table, state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
             max_train_examples=node.max_train_examples, shared=shared,
-            seed=max(round_config.seed, 0),
+            seed=node.seed or 0,
         )
     return _SHOPS[key]

@@ -162,8 +162,14 @@ class LocalShop:
         server_round: int | None = None,
         server_epsilon: float | None = None,
         seed: int | None = None,
+        replayable: bool = False,
     ) -> RoundOutcome:
-        """Load ``global_state``, check the budget, train one round, record it, return the result."""
+        """Load ``global_state``, check the budget, train one round, record it, return the result.
+
+        ``replayable`` (a node whose randomness is seeded): a round this shop already released,
+        asked again from the same global adapter, is reproduced bit for bit; repeating a release
+        reveals nothing new, so it is not charged again (a server resumed from a checkpoint).
+        """
         if global_state is not None:
             self.load_adapter(global_state)
         n = len(self.train_data)
@@ -174,11 +180,15 @@ class LocalShop:
             return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats)
         dp = self.privacy_settings(total_rounds)
         budget = self.privacy.budget(server_epsilon)
+        digest = state_digest(global_state) if global_state is not None else ""
+        if replayable and self.ledger.replayed(server_round, digest):
+            stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
+            return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=self.ledger.spent)
         decision = self.ledger.check(budget, dp.steps)
         if not decision.allowed:
             return RoundOutcome(True, reason=decision.reason, code="budget", epsilon=decision.epsilon_now)
         stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
-        record = self.ledger.commit(dp.steps, budget, server_round)  # before the update leaves
+        record = self.ledger.commit(dp.steps, budget, server_round, digest)  # before the update leaves
         return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=record.epsilon)
 
     def evaluate(self, limit: int | None = None) -> dict[str, float]:
@@ -193,6 +203,17 @@ class LocalShop:
         metrics = evaluate(probs, examples.label, examples.current)
         metrics["loss"] = float(-np.mean(np.log(np.maximum(probs[np.arange(len(probs)), examples.label], 1e-12))))
         return metrics
+
+
+def state_digest(state: "dict[str, np.ndarray]") -> str:
+    """sha256 over an adapter state's keys and float32 bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in state.items():
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def _sample(examples: ExampleSet, limit: int | None, rng: np.random.Generator) -> ExampleSet:

@@ -31,11 +31,14 @@ class LocalTraining:
 
 @dataclass(frozen=True)
 class RoundConfig:
-    """The ``config`` record of a ``train`` or ``evaluate`` message."""
+    """The ``config`` record of a ``train`` or ``evaluate`` message.
+
+    It holds no seed: a shop's DP noise and SecAgg+ randomness are the shop's own (a server that
+    chose them could subtract the noise); reproducible simulations seed shops via node config.
+    """
 
     round: int
     rounds: int
-    seed: int = -1  # >= 0: every shop's randomness derives from it (reproducible runs)
     epsilon_cap: float = 0.0  # > 0: the server asks shops to stay below it (it can only lower)
     eval_examples: int = 0  # > 0: evaluate on at most this many test examples per shop
     backbone: str = "minilm"
@@ -43,7 +46,7 @@ class RoundConfig:
     training: LocalTraining = field(default_factory=LocalTraining)
 
     def to_record_dict(self) -> dict:
-        out = {"round": self.round, "rounds": self.rounds, "seed": self.seed, "epsilon_cap": float(self.epsilon_cap),
+        out = {"round": self.round, "rounds": self.rounds, "epsilon_cap": float(self.epsilon_cap),
                "eval_examples": self.eval_examples, "backbone": self.backbone}
         lora = self.lora.to_dict()
         lora["layers"] = list(lora["layers"]) if lora["layers"] is not None else []
@@ -59,7 +62,7 @@ class RoundConfig:
             lora["targets"] = tuple(lora["targets"])
             training = LocalTraining(**{k[6:]: v for k, v in record.items() if k.startswith("train.")})
             return cls(
-                round=int(record["round"]), rounds=int(record["rounds"]), seed=int(record["seed"]),
+                round=int(record["round"]), rounds=int(record["rounds"]),
                 epsilon_cap=float(record["epsilon_cap"]), eval_examples=int(record["eval_examples"]),
                 backbone=str(record["backbone"]), lora=LoraSettings(**lora), training=training,
             )

@@ -62,8 +62,9 @@ def weighted_metrics(replies: dict[int, dict[str, float]]) -> dict[str, float]:
 
 class Federation:
     def __init__(self, settings: FederationSettings, observe: ReplyObserver | None = None,
-                 progress=print):
-        self.settings, self.observe, self.progress = settings, observe, progress
+                 progress=print, on_round=None):
+        """``observe`` sees every client reply; ``on_round(round, SecureRoundResult, weights)`` each round."""
+        self.settings, self.observe, self.progress, self.on_round = settings, observe, progress, on_round
         self.task: TaskSpec = settings.task_spec()
         self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora)
         self.hash = config_hash({**settings.fingerprint_values(), "task": self.task.fingerprint()})
@@ -94,6 +95,8 @@ class Federation:
             result = self._train_round(grid, chosen, server_round, state)
             if result.mean_update is not None:
                 weights = optimizer.step(weights, result.mean_update.astype(np.float32))
+            if self.on_round is not None:
+                self.on_round(server_round, result, weights)
             evaluation = self._evaluate(grid, nodes, server_round, unflatten(weights, template))
             entry = self._history_entry(server_round, result, evaluation, time.perf_counter() - started)
             history.append(entry)
@@ -128,7 +131,7 @@ class Federation:
 
     def _round_config(self, server_round: int) -> RoundConfig:
         s = self.settings
-        return RoundConfig(round=server_round, rounds=s.rounds, seed=s.seed, epsilon_cap=float(s["epsilon-cap"]),
+        return RoundConfig(round=server_round, rounds=s.rounds, epsilon_cap=float(s["epsilon-cap"]),
                            eval_examples=int(s["eval-examples"]), backbone=str(s["backbone"]), lora=s.lora,
                            training=s.training)
 

@@ -7,11 +7,12 @@ works out of the box, and ``--run-config "num-server-rounds=5 lr=0.01"`` overrid
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError, TaskConfig
 from common.model import LoraSettings
+from common.model.lora import parse_layers
 from common.settings import LocalTraining, TaskSpec
 from common.task import TemporalSplit, Taxonomy
 
@@ -48,16 +49,6 @@ DEFAULTS: dict[str, object] = {
 
 #: Keys that may change between a run and its resumption.
 RESUMABLE = {"resume", "round-timeout", "out-dir"}
-
-
-def parse_layers(text: str) -> tuple[int, ...] | None:
-    text = str(text).strip()
-    if not text:
-        return None
-    try:
-        return tuple(int(x) for x in text.replace(";", ",").split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"run config: lora-layers must be comma-separated integers, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -150,5 +141,3 @@ def load_task_spec(path: Path) -> TaskSpec:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"task-spec {path}: malformed ({exc}); it needs taxonomy, split and task") from None
 
-
-__all__ = ["DEFAULTS", "FederationSettings", "asdict", "load_task_spec", "save_task_spec"]

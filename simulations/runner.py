@@ -84,6 +84,7 @@ def prepare(
         if max_train_examples:
             node["max-train-examples"] = int(max_train_examples)
         node["threads"] = int(threads)
+        node["seed"] = int(seed) * 1000 + pid  # simulated shops are reproducible; real ones use the CSPRNG
         node_configs[pid] = node
     return Prepared(table, sorted(parts), node_configs, spec, source)
 
@@ -131,6 +132,7 @@ def run_federation(
     *,
     client_mods: tuple = (),
     observe: Callable | None = None,
+    on_round: Callable | None = None,
     progress: Callable[[str], None] = print,
     cpus: int | None = None,
     cpus_per_shop: float = 1.0,
@@ -151,7 +153,7 @@ def run_federation(
 
     @server_app.main()
     def main(grid, context) -> None:
-        outcome.result = Federation(settings, observe=observe, progress=progress).start(grid)
+        outcome.result = Federation(settings, observe=observe, progress=progress, on_round=on_round).start(grid)
 
     client_app = build_client_app(mods=(node_config_mod(prepared.node_configs), *client_mods))
     cpus = cpus or os.cpu_count() or 2

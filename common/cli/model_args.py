@@ -18,6 +18,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora-rank", type=int, default=lora.rank, help=f"LoRA rank (default {lora.rank})")
     group.add_argument("--lora-alpha", type=int, default=lora.alpha, help=f"LoRA alpha (default {lora.alpha})")
     group.add_argument("--plain-lora", action="store_true", help="train LoRA A too (default: FFA-LoRA, A frozen)")
+    group.add_argument("--lora-layers", default="", metavar="LIST",
+                       help="encoder layers with LoRA, e.g. -2,-1 for the top two (default: all); the frozen "
+                            "layers below are computed once per example")
     group = parser.add_argument_group("local training")
     group.add_argument("--epochs", type=float, default=t.epochs, help=f"local epochs per round (default {t.epochs:g})")
     group.add_argument("--batch-size", type=int, default=t.batch_size, help=f"expected batch size (default {t.batch_size})")
@@ -61,8 +64,10 @@ def train_config(args: argparse.Namespace):
 def model_config(args: argparse.Namespace, seed: int = 0):
     from client.shop import ModelConfig
     from common.model import LoraSettings
+    from common.model.lora import parse_layers
 
-    lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, ffa=not args.plain_lora, seed=seed)
+    lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, ffa=not args.plain_lora, seed=seed,
+                        layers=parse_layers(args.lora_layers))
     return ModelConfig(backbone=args.backbone, lora=lora)
 
 

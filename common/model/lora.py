@@ -66,6 +66,17 @@ class LoraSettings:
         return out
 
 
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """``"-2,-1"`` -> ``(-2, -1)``; empty -> None (every layer)."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.replace(";", ",").split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"LoRA layers must be comma-separated integers, got {text!r}") from None
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

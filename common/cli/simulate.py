@@ -1,0 +1,118 @@
+"""Simulate the whole federation on this machine with Flower's simulation engine (Ray).
+
+N shops (the default synthetic shops, or --data split by --partition) each run the real
+ClientApp: private local rounds under their own ledger, updates only through SecAgg+. The real
+ServerApp aggregates, evaluates, checkpoints every round and exports the adapter. At the end the
+federated model is scored on the pooled test set beside the baselines and a centralized
+non-private reference; ε per shop, bytes on the wire, report.json and plots go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .data_args import add_task_arguments, task_config
+from .model_args import add_model_arguments, model_config, train_config
+
+NAME = "simulate"
+HELP = "simulate the federation (Flower simulation engine): DP shops, secure aggregation, report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("federation")
+    group.add_argument("--shops", type=int, default=5, help="number of shops (default 5)")
+    group.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    group.add_argument("--data", metavar="PATH", help="events to split into shops (default: synthetic shops)")
+    group.add_argument("--format", default=None, help="format of --data (default: detect)")
+    group.add_argument("--partition", choices=("auto", "natural", "dirichlet", "iid"), default="auto",
+                       help="how --data becomes shops (default: the shop id where the data has one, else dirichlet)")
+    group.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5)")
+    group.add_argument("--out", default="runs/simulation", metavar="DIR", help="report folder (default runs/simulation)")
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    group.add_argument("--seed", type=int, default=0, help="seed; every random choice derives from it (default 0)")
+    group.add_argument("--max-train", type=int, default=None, help="training examples per shop and round")
+    group.add_argument("--eval-examples", type=int, default=300, help="test examples per shop per federated evaluation")
+    group.add_argument("--central-test", type=int, default=2000, help="pooled test examples in the final table")
+    group.add_argument("--reference-rounds", type=int, default=None,
+                       help="rounds of the centralized non-private reference (default --rounds; 0 skips it)")
+    group.add_argument("--server-optimizer", choices=("fedavg", "fedadam"), default="fedavg")
+    group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
+    group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
+    group.add_argument("--cpus-per-shop", type=float, default=1.0, help="CPUs each simulated shop takes (default 1)")
+    privacy = parser.add_argument_group("privacy")
+    mode = privacy.add_mutually_exclusive_group()
+    mode.add_argument("--epsilon", type=float, default=8.0, help="every shop's budget (default 8)")
+    mode.add_argument("--non-private", action="store_true", help="shops train without DP (labelled reference runs)")
+    add_model_arguments(parser)
+    add_task_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from client.privacy import PrivacyConfig
+    from common.config import ConfigError
+    from common.report import format_table
+    from simulations.central import central_table
+    from simulations.report import plot_rounds, shop_epsilons, write_report
+    from simulations.runner import prepare, run_federation
+
+    if args.shops < 3:
+        raise ConfigError("--shops must be >= 3: secure aggregation needs three")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
+    started = time.perf_counter()
+    out = Path(args.out)
+    epsilon = None if args.non_private else args.epsilon
+    privacy = PrivacyConfig(epsilon=epsilon)
+    cpus = os.cpu_count() or 2
+    threads = max(1, int(args.cpus_per_shop))
+    prepared = prepare(out, data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
+                       alpha=args.alpha, seed=args.seed, epsilon=epsilon, max_train_examples=args.max_train,
+                       threads=threads, task_config=task_config(args))
+    print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
+    train = train_config(args)
+    models = model_config(args, args.seed)
+    run_config = {
+        "num-server-rounds": args.rounds, "seed": args.seed, "backbone": args.backbone,
+        "lora-rank": args.lora_rank, "lora-alpha": args.lora_alpha, "lora-layers": args.lora_layers,
+        "plain-lora": args.plain_lora, "batch-size": train.batch_size,
+        "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
+        "max-steps": train.max_steps or 0, "clip": train.max_grad_norm, "max-length": train.max_length,
+        "eval-examples": args.eval_examples, "secagg-clip": args.secagg_clip,
+        "server-optimizer": args.server_optimizer, "out-dir": str(out / "federation"), "resume": args.resume,
+        "min-shops": 3,
+    }
+    if args.server_lr is not None:
+        run_config["server-lr"] = args.server_lr
+    outcome = run_federation(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop)
+    result = outcome.result
+    label = f"federated [{privacy.label()}, SecAgg+]"
+    reference_rounds = args.rounds if args.reference_rounds is None else args.reference_rounds
+    pooled_examples = args.max_train * len(prepared.shops) if args.max_train else None
+    rows = central_table(prepared.table, prepared.task, models, train, result.weights, label,
+                         max_test=args.central_test, reference_rounds=reference_rounds,
+                         reference_examples=pooled_examples)
+    epsilons = shop_epsilons(prepared.node_configs, prepared.shops)
+    wire_bytes = sum(h["bytes_up"] + h["bytes_down"] for h in result.history)
+    print()
+    print(format_table(rows))
+    print()
+    for shop, values in epsilons.items():
+        spent = f"ε {values[-1]:.3f} after {len(values)} rounds" if values else "no private round recorded"
+        print(f"  {shop}: {spent}")
+    print(f"bytes on the wire: {wire_bytes / 1e6:.2f} MB over {len(result.history)} rounds "
+          f"({wire_bytes / max(len(result.history), 1) / max(len(prepared.shops), 1) / 1e6:.2f} MB per shop per round)")
+    plots = plot_rounds(result.history, epsilons, out)
+    report = {
+        "shops": prepared.shops, "rounds": len(result.history), "privacy": privacy.describe(),
+        "table": rows, "epsilon_per_shop": epsilons, "history": result.history, "bytes_on_the_wire": wire_bytes,
+        "export": result.export_dir, "seconds": time.perf_counter() - started, "settings": run_config,
+    }
+    path = write_report(out, report)
+    print(f"report: {path}; plots: {', '.join(str(p) for p in plots)}; adapter: {result.export_dir}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0

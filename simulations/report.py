@@ -1,0 +1,84 @@
+"""What a simulation shows the data scientist: the final table, ε per shop, bytes, plots.
+
+All of it is computed on the simulation's side (the pooled data exists only because this is a
+simulation); the federation itself only ever produced aggregates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_write_text
+
+
+def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, list[float]]:
+    """ε after each recorded round, per shop, read from each shop's own ledger."""
+    from client.ledger import LEDGER_FILE, PrivacyLedger
+
+    out = {}
+    for pid, name in enumerate(shops):
+        state = Path(node_configs[pid]["state-dir"])
+        if (state / LEDGER_FILE).is_file():
+            out[name] = [r.epsilon for r in PrivacyLedger.open(state).rounds]
+        else:
+            out[name] = []
+    return out
+
+
+def plot_rounds(history: list[dict], epsilons: dict[str, list[float]], out: Path) -> list[Path]:
+    """metrics_per_round.png and epsilon_per_round.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    rounds = [h["round"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (("acc@1", "acc@1"), ("hr@5", "HR@5"), ("mig_hr@5", "migrating HR@5")):
+        axes[0].plot(rounds, [h["eval"].get(key, np.nan) for h in history], marker="o", label=label)
+    axes[0].set_xlabel("round")
+    axes[0].set_title("federated evaluation")
+    axes[0].legend()
+    axes[1].plot(rounds, [h["eval"].get("loss", np.nan) for h in history], marker="o", label="eval loss")
+    axes[1].plot(rounds, [h["train_loss"] if h["train_loss"] is not None else np.nan for h in history],
+                 marker="o", label="train loss")
+    axes[1].set_xlabel("round")
+    axes[1].set_title("loss")
+    axes[1].legend()
+    fig.tight_layout()
+    paths.append(out / "metrics_per_round.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, values in epsilons.items():
+        if values:
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("ε spent")
+    ax.set_title("privacy spent per shop")
+    if any(epsilons.values()):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "epsilon_per_round.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(out: Path, report: dict) -> Path:
+    path = out / "report.json"
+    atomic_write_text(path, json.dumps(report, indent=1, default=_default))
+    return path
+
+
+def _default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,182 @@
+"""The federation end to end: the real Flower simulation engine, tiny backbone, DP and SecAgg+.
+
+One run of six shops serves most checks: shop 0 arrives with an exhausted privacy ledger, shop 1
+raises in round 1 and shop 2 sends a masked vector of the wrong shape in round 2. The rest of
+the federation must go on, lose nothing it should keep, and leak nothing it should not.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from client.ledger import PrivacyLedger
+from client.privacy import plan_privacy
+from common import wire
+from simulations.runner import prepare, run_federation
+from simulations.synthetic import SynthConfig
+
+ROUNDS = 3
+SMALL = SynthConfig(shops=6, users=360, days=20, seed=5)
+
+
+def run_config(out, **extra):
+    return {"num-server-rounds": ROUNDS, "backbone": "tiny", "out-dir": str(out), "seed": 11, "max-length": 48,
+            "batch-size": 16, "max-steps": 6, "eval-examples": 120, "round-timeout": 600.0, "lr": 0.02, **extra}
+
+
+def faults(message, context, call_next):
+    """Test-only client behaviour: shop 1 raises in round 1, shop 2 corrupts its masked vector in round 2."""
+    from flwr.app import Array, ArrayRecord
+
+    pid = int(context.node_config["partition-id"])
+    kind, server_round = message.metadata.message_type, message.metadata.group_id
+    if pid == 1 and kind == wire.TRAIN and server_round == "1":
+        raise RuntimeError("shop 1 crashed")
+    reply = call_next(message, context)
+    if pid == 2 and kind == wire.MASKED_INPUT and server_round == "2" and not reply.has_error():
+        vector = reply.content[wire.MASKED][wire.MASKED_ARRAY].numpy()
+        reply.content[wire.MASKED] = ArrayRecord({wire.MASKED_ARRAY: Array(vector[:-7].copy())})
+    return reply
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("federation")
+    audit_dir = out / "audit"
+    os.environ["FEDINTEREST_AUDIT_DIR"] = str(audit_dir)
+    os.environ.setdefault("FLWR_HOME", str(out / "flwr-home"))
+    prepared = prepare(out / "sim", shops=6, synth=SMALL, max_train_examples=120, seed=3)
+    # shop 0 spent its whole budget in an earlier federation
+    exhausted = PrivacyLedger.open(prepared.node_configs[0]["state-dir"])
+    exhausted.set_plan(plan_privacy(epsilon=8.0, delta=1e-4, sample_rate=0.1, steps_per_round=10, rounds=1,
+                                    max_grad_norm=1.0))
+    exhausted.commit(10, budget=8.0, server_round=1)
+    replies, lines, rounds = [], [], {}
+
+    def observe(message_type, node, content):
+        replies.append((message_type, node, content))
+
+    def on_round(server_round, result, weights):
+        rounds[server_round] = result
+
+    def progress(line):
+        lines.append(line)
+        print(line)
+
+    try:
+        outcome = run_federation(prepared, run_config(out / "run"), client_mods=(faults,), observe=observe,
+                                 on_round=on_round, progress=progress, cpus_per_shop=1.0)
+    finally:
+        os.environ.pop("FEDINTEREST_AUDIT_DIR", None)
+    return {"out": out, "prepared": prepared, "result": outcome.result, "replies": replies, "lines": lines,
+            "audit": audit_dir, "rounds": rounds}
+
+
+def test_the_run_finishes_and_the_loss_decreases(federation):
+    history = federation["result"].history
+    assert [h["round"] for h in history] == list(range(1, ROUNDS + 1))
+    losses = [h["eval"]["loss"] for h in history]
+    assert losses[-1] < losses[0], losses
+    assert all(h["contributors"] >= 3 for h in history)
+
+
+def test_an_exhausted_shop_is_excluded_with_a_reason(federation):
+    history = federation["result"].history
+    for entry in history:
+        assert list(entry["declined"].values()) == [wire.DECLINE_BUDGET]
+    assert any("declined round 1: privacy budget exhausted" in line for line in federation["lines"])
+
+
+def test_a_raising_client_and_a_wrong_shape_are_dropped_and_the_server_goes_on(federation):
+    first, second, third = federation["result"].history
+    assert len(first["dropped"]) == 1 and "client error" in next(iter(first["dropped"].values()))
+    assert first["contributors"] == 4 and first["aborted"] is None
+    assert len(second["dropped"]) == 1 and "shape" in next(iter(second["dropped"].values()))
+    assert second["contributors"] == 4 and second["aborted"] is None
+    assert not third["dropped"] and third["contributors"] == 5
+
+
+def test_secure_aggregate_is_the_weighted_mean_of_the_plaintext_updates(federation):
+    """Round 3 (no faults): what the server decoded equals what the shops computed, within the bound."""
+    result = federation["rounds"][ROUNDS]
+    updates = [np.load(p) for p in glob.glob(str(federation["audit"] / f"*-round{ROUNDS}.npz"))]
+    assert len(updates) == result.contributors.__len__() == 5
+    clip = 0.5  # secagg-clip default
+    total = sum(int(u["weight"]) for u in updates)
+    expected = sum(int(u["weight"]) * np.clip(u["update"], -clip, clip) for u in updates) / total
+    assert result.total_weight == total
+    from common.secagg import SecAggConfig
+
+    frac_bits = SecAggConfig(vector_length=expected.size, max_clients=6, clip=clip, max_weight=1000).frac_bits
+    bound = len(updates) / (2.0**frac_bits * total)  # the stated bound m+ / (2^f W), per element
+    assert np.abs(result.mean_update - expected).max() <= bound * (1 + 1e-6)
+
+
+def test_wire_audit_only_declared_content_leaves_a_shop(federation):
+    replies = federation["replies"]
+    assert {t for t, _, _ in replies} == {wire.TRAIN, wire.SHARE_KEYS, wire.MASKED_INPUT, wire.UNMASK,
+                                          wire.EVALUATE}
+    masked = []
+    for message_type, _, content in replies:
+        problems = wire.audit_reply(message_type, content)
+        if message_type == wire.MASKED_INPUT and problems:
+            continue  # shop 2's deliberately corrupted vector, already dropped by the server
+        assert not problems, problems
+        for record in content.values():
+            for key, value in record.items():
+                assert not isinstance(value, str), f"text in {message_type}.{key}"
+                if hasattr(value, "numpy"):
+                    assert value.numpy().dtype == np.uint32, f"{message_type}.{key} is not a masked integer vector"
+        if message_type == wire.MASKED_INPUT:
+            masked.append(content[wire.MASKED][wire.MASKED_ARRAY].numpy().astype(np.float64))
+    plaintext = [np.load(path)["update"] for path in glob.glob(str(federation["audit"] / "*.npz"))]
+    assert plaintext and masked
+    for vector in masked:
+        for update in plaintext:
+            n = min(len(vector) - 1, len(update))
+            assert not np.allclose(vector[:n], update[:n])
+            corr = np.corrcoef(vector[:n], update[:n])[0, 1]
+            assert abs(corr) < 0.1, corr  # the mask hides the update
+    # identifiers on the wire are Flower node ids (SecAgg+ client ids) and nothing else: no user or item ids
+    nodes = {node for _, node, _ in replies}
+    for message_type, _, content in replies:
+        if wire.SECAGG in content:
+            for key, value in content[wire.SECAGG].items():
+                if key.endswith("_id") and key != "round_id":
+                    assert value in nodes, (message_type, key)
+                if key.endswith("_ids") or key.endswith("_owners"):
+                    assert set(value) <= nodes, (message_type, key)
+        if wire.METRICS in content:
+            allowed = wire.TRAIN_METRICS if message_type == wire.TRAIN else wire.EVALUATE_METRICS
+            assert set(content[wire.METRICS].keys()) <= set(allowed)
+
+
+def test_the_exported_adapter_reloads_with_peft_and_predicts_the_same(federation):
+    from peft import PeftModel
+
+    from client.shop import ModelConfig, SharedModel, shop_dataset
+    from client.training import predict_proba
+    from common.model import get_adapter_state, set_adapter_state, unflatten
+    from common.model.backbone import resolve_backbone
+    from common.model.lora import load_base_model
+    from common.task import prepare_task
+    from server.settings import FederationSettings, load_task_spec
+
+    result, prepared, out = federation["result"], federation["prepared"], federation["out"]
+    spec = load_task_spec(out / "run" / "task_spec.json")
+    task = prepare_task(prepared.table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
+    test = task.test.subset(np.arange(min(40, len(task.test))))
+    settings = FederationSettings.from_run_config(run_config(out / "run"))
+    shared = SharedModel(ModelConfig(backbone="tiny", lora=settings.lora), spec.taxonomy.n_classes, "cpu")
+    set_adapter_state(shared.model, unflatten(result.weights, get_adapter_state(shared.model)))
+    data = shop_dataset(test, prepared.table.category_names, shared.tokenizer, 48)
+    in_memory = predict_proba(shared.model, data)
+
+    base = load_base_model(resolve_backbone("tiny"), spec.taxonomy.n_classes, torch.device("cpu"))
+    reloaded = PeftModel.from_pretrained(base, os.path.join(result.export_dir, "adapter"))
+    assert np.allclose(predict_proba(reloaded, data), in_memory, atol=1e-5)
