@@ -223,10 +223,13 @@ def train_round(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     network.train()
     start = time.perf_counter()
-    if dp is None:
-        stats = _train_plain(network, data, loader, optimizer, config, rate * n_units, device)
-    else:
-        stats = _train_private(network, data, loader, optimizer, config, dp, rate * n_units, device, seed)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout draws from the round's seed, not global state
+        torch.manual_seed(seed + 2)
+        if dp is None:
+            stats = _train_plain(network, data, loader, optimizer, config, rate * n_units, device)
+        else:
+            stats = _train_private(network, data, loader, optimizer, config, dp, rate * n_units, device, seed)
     stats.seconds = time.perf_counter() - start
     return stats
 
