@@ -113,8 +113,9 @@ class LocalShop:
             raise ConfigError(f"model has {self.shared.n_classes} classes, the taxonomy {self.task.taxonomy.n_classes}")
         self.model = self.shared.model
         names = table.category_names
+        self.names = names
         self.train_data = self.shared.dataset(self.train_examples, names, train.max_length)
-        self.test_data = self.shared.dataset(self.test_examples, names, train.max_length)
+        self._test_sets: dict[int | None, tuple[ExampleSet, ShopDataset]] = {}
         self.n_users = int(len(np.unique(self.task.train.user)))
         self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
 
@@ -191,12 +192,25 @@ class LocalShop:
         record = self.ledger.commit(dp.steps, budget, server_round, digest)  # before the update leaves
         return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=record.epsilon)
 
+    def test_set(self, limit: int | None = None) -> tuple[ExampleSet, ShopDataset]:
+        """All test examples, or an even spread of ``limit``, encoded once and kept."""
+        if limit is None or limit >= len(self.test_examples):
+            limit = None
+        if limit not in self._test_sets:
+            examples = self.test_examples
+            if limit is not None:
+                examples = examples.subset(np.linspace(0, len(examples) - 1, limit).astype(np.int64))
+            self._test_sets[limit] = (examples, self.shared.dataset(examples, self.names,
+                                                                     self.train_config.max_length))
+        return self._test_sets[limit]
+
+    @property
+    def test_data(self) -> ShopDataset:
+        return self.test_set()[1]
+
     def evaluate(self, limit: int | None = None) -> dict[str, float]:
         """Test metrics (and cross-entropy ``loss``) on all test examples or an even spread of ``limit``."""
-        data, examples = self.test_data, self.test_examples
-        if limit and len(data) > limit:
-            picked = np.linspace(0, len(data) - 1, limit).astype(np.int64)
-            data, examples = data.subset(picked), examples.subset(picked)
+        examples, data = self.test_set(limit)
         if not len(data):
             return {"n": 0.0, "n_migrating": 0.0}
         probs = predict_proba(self.model, data, bf16=self.train_config.bf16)

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data.schema import ACTION_WORDS
-from .task.examples import EventArrays, ExampleSet
+from .config import DAY
+from .task.examples import EventArrays, ExampleSet, expand_ranges, top_class
 from .task.taxonomy import category_token
 
 SEPARATOR = " | "
+SUMMARY_SEPARATOR = " || "
 
 
 def category_words(events: EventArrays, names: dict[str, str]) -> np.ndarray:
@@ -49,13 +51,50 @@ def render_history(actions: np.ndarray, categories: np.ndarray, words: np.ndarra
     return SEPARATOR.join(segments)
 
 
+def interest_summaries(examples: ExampleSet, words: np.ndarray, recent_events: int = 10) -> list[str]:
+    """What the history says about interests, in words: ``now X for N days, before Y``.
+
+    Day by day (UTC), the category with the most engagement; ``X`` is the top category of the
+    last ``recent_events`` events, ``N`` the number of trailing history days whose top was ``X``
+    and ``Y`` the top of the day before that streak. Derived from the history only.
+    """
+    events = examples.events
+    n = len(examples)
+    owner, idx = expand_ranges(examples.hist_start, examples.hist_end)
+    recent = np.maximum(examples.hist_start, examples.hist_end - recent_events)
+    r_owner, r_idx = expand_ranges(recent, examples.hist_end)
+    current = top_class(r_owner, events.category[r_idx], events.weight[r_idx], n, prefer_last=True)
+    if not len(idx):
+        return [""] * n
+    day = events.timestamp[idx] // DAY
+    span = int(day.max() - day.min()) + 1
+    groups, group_of = np.unique(owner.astype(np.int64) * span + (day - day.min()), return_inverse=True)
+    day_top = top_class(group_of, events.category[idx], events.weight[idx], len(groups), prefer_last=True)
+    bounds = np.searchsorted(groups // span, np.arange(n + 1))
+    out = []
+    for i in range(n):
+        tops = day_top[bounds[i] : bounds[i + 1]].tolist()
+        if current[i] < 0:
+            out.append("")
+            continue
+        streak = 0
+        while streak < len(tops) and tops[len(tops) - 1 - streak] == current[i]:
+            streak += 1
+        text = f"now {words[current[i]]} for {streak} day{'s' if streak != 1 else ''}"
+        if streak < len(tops):
+            text += f", before {words[tops[len(tops) - 1 - streak]]}"
+        out.append(text)
+    return out
+
+
 def render_examples(examples: ExampleSet, names: dict[str, str]) -> list[str]:
-    """The history text of every example."""
+    """The text of every example: its history, then a summary of its interests (kept by left truncation)."""
     events = examples.events
     words = category_words(events, names)
+    summaries = interest_summaries(examples, words)
     return [
-        render_history(events.action[s:e], events.category[s:e], words)
-        for s, e in zip(examples.hist_start.tolist(), examples.hist_end.tolist())
+        f"{render_history(events.action[s:e], events.category[s:e], words)}{SUMMARY_SEPARATOR}{summary}"
+        for s, e, summary in zip(examples.hist_start.tolist(), examples.hist_end.tolist(), summaries)
     ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -142,7 +142,6 @@ class SecureRound:
                 content[name] = record
             contents[node] = content
         replies = self._exchange(wire.TRAIN, contents)
-        advertisements = []
         for node, content in list(replies.items()):
             metrics = dict(content[wire.METRICS].items()) if wire.METRICS in content else {}
             self.result.train_metrics[node] = metrics
@@ -166,7 +165,3 @@ class SecureRound:
     @staticmethod
     def _records(messages: dict) -> dict[int, RecordDict]:
         return {node: RecordDict(wire.secagg_to_records(message)) for node, message in messages.items()}
-
-
-def nodes_that_replied(replies: Iterable[Message]) -> list[int]:
-    return sorted(r.metadata.src_node_id for r in replies if not r.has_error())

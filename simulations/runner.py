@@ -89,6 +89,25 @@ def prepare(
     return Prepared(table, sorted(parts), node_configs, spec, source)
 
 
+def simulated_node_config(run_config: dict, partition_id: int) -> dict:
+    """Node config of a ``flwr run`` simulation node: the partition's shop of ``sim-data``.
+
+    Only simulations take this path (all shops' data sits on one machine); a deployed SuperNode
+    gets its node config from the merchant's own command line.
+    """
+    data = Path(str(run_config.get("sim-data", "data/synthetic")))
+    manifest = data / MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"simulation node {partition_id}: no node config and no dataset at sim-data={data}; "
+                          "run `fedinterest synth --out data/synthetic` or start SuperNodes with --node-config")
+    shops = sorted(json.loads(manifest.read_text())["shops"])
+    if partition_id >= len(shops):
+        raise ConfigError(f"simulation node {partition_id}: {data} has only {len(shops)} shops")
+    name = shops[partition_id]
+    out = Path(str(run_config.get("out-dir", "runs/federation")))
+    return {"data-path": str(data), "shop": name, "state-dir": str(out / "shops" / name / "state")}
+
+
 def _synth_config(directory: Path) -> dict | None:
     truth = directory / "ground_truth.json"
     return json.loads(truth.read_text()).get("config") if truth.is_file() else None

@@ -180,3 +180,32 @@ def test_the_exported_adapter_reloads_with_peft_and_predicts_the_same(federation
     base = load_base_model(resolve_backbone("tiny"), spec.taxonomy.n_classes, torch.device("cpu"))
     reloaded = PeftModel.from_pretrained(base, os.path.join(result.export_dir, "adapter"))
     assert np.allclose(predict_proba(reloaded, data), in_memory, atol=1e-5)
+
+
+def test_predict_writes_top5_and_migration_probability_per_user(federation, tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    result, prepared = federation["result"], federation["prepared"]
+    out = tmp_path / "predictions.csv"
+    run = subprocess.run([sys.executable, "-m", "common", "predict", "--adapter", result.export_dir,
+                          "--data", str(prepared.data), "--out", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert len(frame) > 0.9 * prepared.table.frame["user_id"].nunique()
+    assert list(frame.columns[:4]) == ["user_id", "prediction_time", "current_interest", "top1"]
+    p = frame[[f"top{k}_p" for k in range(1, 6)]].to_numpy()
+    assert (p >= 0).all() and (p <= 1).all() and (np.diff(p, axis=1) <= 1e-9).all()
+    assert frame["p_migrate"].between(0, 1).all()
+    names = set(json_names(result.export_dir))
+    assert set(frame["top1"]) <= names
+
+
+def json_names(export_dir):
+    import json
+
+    data = json.loads((__import__("pathlib").Path(export_dir) / "taxonomy.json").read_text())
+    return [*data["names"], data["other"]]

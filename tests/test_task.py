@@ -140,4 +140,7 @@ def test_text_rendering():
     assert text == "view running shoes x2 | cart sports watch x2 | buy cat123 | view running shoes"
     _, examples = hand_examples()
     texts = render_examples(examples, {"X": "running shoes"})
-    assert texts[0] == "view running shoes x2 | cart catY"
+    # user a at t1: day 0's top is Y (cart 3 > views 2), and Y is the current interest
+    assert texts[0] == "view running shoes x2 | cart catY || now catY for 1 day"
+    # user a at t2: day 1's top is Z (2 views); the current interest is still Y
+    assert texts[1].endswith("| view catZ x2 || now catY for 0 days, before catZ")

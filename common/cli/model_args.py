@@ -19,8 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora-alpha", type=int, default=lora.alpha, help=f"LoRA alpha (default {lora.alpha})")
     group.add_argument("--plain-lora", action="store_true", help="train LoRA A too (default: FFA-LoRA, A frozen)")
     group.add_argument("--lora-layers", default="", metavar="LIST",
-                       help="encoder layers with LoRA, e.g. -2,-1 for the top two (default: all); the frozen "
-                            "layers below are computed once per example")
+                       help="encoder layers with LoRA: all (default), topN (e.g. top2) or indices (=-2,-1); "
+                            "the frozen layers below the adapters are computed once per example")
     group = parser.add_argument_group("local training")
     group.add_argument("--epochs", type=float, default=t.epochs, help=f"local epochs per round (default {t.epochs:g})")
     group.add_argument("--batch-size", type=int, default=t.batch_size, help=f"expected batch size (default {t.batch_size})")

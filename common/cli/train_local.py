@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         task=task_config(args), max_train_examples=args.max_train, max_test_examples=args.max_test, seed=args.seed,
     )
     print(shop.task.summary())
-    print(f"training on {len(shop.train_data):,} examples, testing on {len(shop.test_data):,}; {privacy.describe()}")
+    print(f"training on {len(shop.train_data):,} examples, testing on {len(shop.test_examples):,}; {privacy.describe()}")
     if shop.ledger is not None:
         print(f"ledger: {shop.ledger.path}")
     rounds = []

@@ -67,10 +67,12 @@ class LoraSettings:
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:
-    """``"-2,-1"`` -> ``(-2, -1)``; empty -> None (every layer)."""
-    text = str(text).strip()
-    if not text:
+    """``"top2"`` or ``"-2,-1"`` -> ``(-2, -1)``; ``"0,1"`` -> ``(0, 1)``; empty -> None (every layer)."""
+    text = str(text).strip().lower()
+    if not text or text == "all":
         return None
+    if text.startswith("top") and text[3:].isdigit() and int(text[3:]) > 0:
+        return tuple(range(-int(text[3:]), 0))
     try:
         return tuple(int(x) for x in text.replace(";", ",").split(",") if x.strip())
     except ValueError:

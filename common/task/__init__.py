@@ -1,6 +1,6 @@
 """The interest-migration prediction task: taxonomy, examples, temporal split."""
 
-from .examples import EventArrays, ExampleSet, TimeRange, build_examples
+from .examples import EventArrays, ExampleSet, TimeRange, build_examples, latest_examples
 from .pipeline import TaskData, prepare_task
 from .split import TemporalSplit, temporal_split
 from .taxonomy import OTHER, Taxonomy, build_taxonomy, category_token
@@ -14,6 +14,7 @@ __all__ = [
     "TemporalSplit",
     "TimeRange",
     "build_examples",
+    "latest_examples",
     "build_taxonomy",
     "category_token",
     "prepare_task",

@@ -149,6 +149,17 @@ def top_class(
     return result
 
 
+def _first_at_or_after(events: EventArrays, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Per (user, time): index of the user's first event at or after the time (their end if none)."""
+    if not len(events):
+        return np.zeros(len(users), dtype=np.int64)
+    base = int(min(events.timestamp.min(), times.min(initial=0)))
+    span = int(max(events.timestamp.max(), times.max(initial=0))) - base + 2
+    key = events.user.astype(np.int64) * span + (events.timestamp - base)  # one sort key: (user, time)
+    found = np.searchsorted(key, users.astype(np.int64) * span + (times - base), side="left")
+    return np.clip(found, events.user_start[users], events.user_start[users + 1])
+
+
 @dataclass(frozen=True)
 class TimeRange:
     """Prediction times ``t`` with ``start <= t`` and ``t + window <= end``."""
@@ -176,16 +187,8 @@ def build_examples(events: EventArrays, config: TaskConfig, span: TimeRange) -> 
     times = np.tile(grid, n_users)
     begin = events.user_start[users]
     stop = events.user_start[users + 1]
-    # per-user searchsorted via one global sort key (user, time)
-    base = int(events.timestamp.min()) if len(events) else 0
-    span_s = int(events.timestamp.max()) - base + config.window_seconds + 2 if len(events) else 1
-    key = events.user.astype(np.int64) * span_s + (events.timestamp - base)
-    hist_end = np.searchsorted(key, users.astype(np.int64) * span_s + (times - base), side="left")
-    target_end = np.searchsorted(
-        key, users.astype(np.int64) * span_s + (times + config.window_seconds - base), side="left"
-    )
-    hist_end = np.clip(hist_end, begin, stop)
-    target_end = np.clip(target_end, begin, stop)
+    hist_end = _first_at_or_after(events, users, times)
+    target_end = _first_at_or_after(events, users, times + config.window_seconds)
     ok = (hist_end - begin >= config.min_history) & (target_end - hist_end >= config.min_target)
     users, times, begin, hist_end, target_end = users[ok], times[ok], begin[ok], hist_end[ok], target_end[ok]
     hist_start = np.maximum(begin, hist_end - config.history_events)
@@ -204,5 +207,32 @@ def build_examples(events: EventArrays, config: TaskConfig, span: TimeRange) -> 
         hist_end=hist_end,
         target_end=target_end,
         label=label,
+        current=current,
+    )
+
+
+def latest_examples(events: EventArrays, config: TaskConfig, at: int) -> ExampleSet:
+    """One example per user at time ``at`` (no label: the future is what is asked for).
+
+    Users with fewer than ``min_history`` events before ``at`` are left out. ``label`` is -1.
+    """
+    all_users = np.arange(len(events.user_start) - 1)
+    begin = events.user_start[:-1]
+    before = _first_at_or_after(events, all_users, np.full(len(all_users), at, dtype=np.int64))
+    ok = before - begin >= config.min_history
+    users = np.flatnonzero(ok)
+    hist_end = before[ok]
+    hist_start = np.maximum(begin[ok], hist_end - config.history_events)
+    recent_start = np.maximum(hist_start, hist_end - config.recent_events)
+    owner, idx = expand_ranges(recent_start, hist_end)
+    current = top_class(owner, events.cls[idx], events.weight[idx], len(users), prefer_last=True)
+    return ExampleSet(
+        events=events,
+        user=users.astype(np.int32),
+        t=np.full(len(users), at, dtype=np.int64),
+        hist_start=hist_start,
+        hist_end=hist_end,
+        target_end=hist_end,
+        label=np.full(len(users), -1, dtype=np.int64),
         current=current,
     )
