@@ -29,6 +29,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_json(path: str | Path, data, indent: int = 1) -> None:
+    """JSON (NumPy scalars and arrays as plain numbers and lists), written atomically."""
+    import json
+
+    atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default))
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_json
 from common.model import set_adapter_state
 from common.task import Taxonomy
 
@@ -33,7 +33,7 @@ def export_model(model, state: "dict[str, np.ndarray]", taxonomy: Taxonomy, card
         set_adapter_state(model, state)
         model.save_pretrained(staging / ADAPTER)
         taxonomy.save(staging / TAXONOMY)
-        atomic_write_text(staging / MODEL_CARD, json.dumps(card, indent=1, default=_json_default))
+        atomic_write_json(staging / MODEL_CARD, card)
         if out.exists():
             retired = out.with_name(f".{out.name}.old")
             shutil.rmtree(retired, ignore_errors=True)
@@ -58,11 +58,3 @@ def read_model_card(directory: str | Path) -> dict:
         raise DataError(f"{directory}: no {MODEL_CARD}; pass a directory written by the federation's export") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -6,12 +6,11 @@ simulation); the federation itself only ever produced aggregates.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_json
 
 
 def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, list[float]]:
@@ -72,13 +71,5 @@ def plot_rounds(history: list[dict], epsilons: dict[str, list[float]], out: Path
 
 def write_report(out: Path, report: dict) -> Path:
     path = out / "report.json"
-    atomic_write_text(path, json.dumps(report, indent=1, default=_default))
+    atomic_write_json(path, report)
     return path
-
-
-def _default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

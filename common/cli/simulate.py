@@ -39,10 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--central-test", type=int, default=2000, help="pooled test examples in the final table")
     group.add_argument("--reference-rounds", type=int, default=None,
                        help="rounds of the centralized non-private reference (default --rounds; 0 skips it)")
+    group.add_argument("--reference-examples", type=int, default=None,
+                       help="pooled training examples of the reference (default --max-train x shops)")
     group.add_argument("--server-optimizer", choices=("fedavg", "fedadam"), default="fedavg")
     group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
-    group.add_argument("--cpus-per-shop", type=float, default=1.0, help="CPUs each simulated shop takes (default 1)")
+    group.add_argument("--cpus-per-shop", type=float, default=None,
+                       help="CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4))")
     privacy = parser.add_argument_group("privacy")
     mode = privacy.add_mutually_exclusive_group()
     mode.add_argument("--epsilon", type=float, default=8.0, help="every shop's budget (default 8)")
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     epsilon = None if args.non_private else args.epsilon
     privacy = PrivacyConfig(epsilon=epsilon)
     cpus = os.cpu_count() or 2
+    if args.cpus_per_shop is None:
+        args.cpus_per_shop = float(min(cpus, max(2, cpus // 4)))
     threads = max(1, int(args.cpus_per_shop))
     prepared = prepare(out, data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
                        alpha=args.alpha, seed=args.seed, epsilon=epsilon, max_train_examples=args.max_train,
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     result = outcome.result
     label = f"federated [{privacy.label()}, SecAgg+]"
     reference_rounds = args.rounds if args.reference_rounds is None else args.reference_rounds
-    pooled_examples = args.max_train * len(prepared.shops) if args.max_train else None
+    pooled_examples = args.reference_examples or (args.max_train * len(prepared.shops) if args.max_train else None)
     rows = central_table(prepared.table, prepared.task, models, train, result.weights, label,
                          max_test=args.central_test, reference_rounds=reference_rounds,
                          reference_examples=pooled_examples)

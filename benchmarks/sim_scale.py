@@ -1,0 +1,68 @@
+"""Wall time and peak memory of simulating 10, 50 and 100 shops x 2 rounds (tiny backbone).
+
+Runs ``fedinterest simulate`` (real Flower simulation engine, DP, SecAgg+) in a subprocess and
+samples the resident memory of its whole process tree (driver, Ray, workers) every 0.25 s.
+Workers share one frozen backbone per process (``client.shop.SharedModel``), so memory should
+grow with the shops' data, not with one model per shop. Usage:
+
+    python benchmarks/sim_scale.py [--shops 10 50 100] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run(shops: int, rounds: int, out: Path) -> tuple[float, float, str]:
+    command = [sys.executable, "-m", "common", "simulate", "--backbone", "tiny", "--shops", str(shops),
+               "--rounds", str(rounds), "--max-train", "40", "--max-steps", "2", "--batch-size", "8",
+               "--max-length", "32", "--eval-examples", "20", "--central-test", "200", "--reference-rounds", "0",
+               "--out", str(out), "--cpus-per-shop", "1"]
+    env = {**os.environ, "FLWR_HOME": str(out / "flwr-home")}
+    start, peak = time.perf_counter(), 0
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watched = psutil.Process(process.pid)
+    while process.poll() is None:
+        peak = max(peak, tree_rss(watched))
+        time.sleep(0.25)
+    output = process.stdout.read()
+    wall = time.perf_counter() - start
+    if process.returncode:
+        raise SystemExit(f"{shops} shops failed:\n{output[-3000:]}")
+    last = [line for line in output.splitlines() if line.startswith("[round")][-1:]
+    return wall, peak / 2**20, last[0] if last else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shops", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores; tiny backbone, {args.rounds} rounds, DP ε=8 and SecAgg+ on every shop")
+    print(f"{'shops':>6} {'wall s':>8} {'peak MB':>9}  last round")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.shops:
+            wall, peak, last = run(n, args.rounds, Path(tmp) / f"s{n}")
+            print(f"{n:>6} {wall:>8.1f} {peak:>9.0f}  {last[:90]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
