@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The main job: the federation on the default synthetic shops (5 shops, DP ε=8 each, SecAgg+),
-# tuned for a 2-core CPU: LoRA on the top layer (the frozen layers below run once per example).
-DEMO_ARGS ?= --shops 5 --rounds 5 --epsilon 8 --lora-layers top1 --max-length 48 --batch-size 300 \
-	--physical-batch-size 100 --lr 0.08 --epochs 1 --max-train 2500 --server-lr 2.0 \
+# sized for a 2-core CPU: LoRA on the top layer (the frozen layers below run once per example,
+# the top one for [CLS] only), up to 6000 examples per shop, large DP batches.
+DEMO_ARGS ?= --shops 5 --rounds 5 --epsilon 8 --lora-layers top1 --max-length 48 --batch-size 600 \
+	--physical-batch-size 300 --lr 0.08 --epochs 2 --max-train 6000 --server-lr 2.0 \
 	--eval-examples 200 --central-test 1500 --reference-rounds 2 --reference-examples 3000
 demo: setup
 	$(FEDINTEREST) simulate --out runs/demo $(DEMO_ARGS)

@@ -122,7 +122,7 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             import torch
 
             torch.set_num_threads(node.threads)
-        table = load_events(node.data_path, LoadOptions(format=node.data_format))
+        table = load_events(node.data_path, LoadOptions(format=node.data_format, shop=node.shop or None))
         if node.shop:
             from simulations.partition import partition_events
 
@@ -130,7 +130,7 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             if node.shop not in shops:
                 raise ConfigError(f"node config: shop {node.shop!r} is not in {node.data_path}")
             table = shops[node.shop]
-        shared = SharedModel.get(model, task.taxonomy.n_classes, node.device)
+        shared = SharedModel.get(model, task.taxonomy.class_names, node.device)
         _SHOPS[key] = LocalShop(
             table, state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,

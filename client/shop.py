@@ -18,6 +18,7 @@ from common.model import (
     LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone, resolve_device,
     set_adapter_state,
 )
+from common.model.head import init_head_from_names
 from common.model.prefix import adapted_layers_start
 from common.task import ExampleSet, TaskData, TemporalSplit, Taxonomy, prepare_task
 from common.text import encode_texts, render_examples
@@ -27,10 +28,18 @@ from .privacy import PrivacyConfig, plan_privacy
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
 
+HEAD_INITS = ("names", "random")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "minilm"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    head_init: str = "names"  # the head starts from the class names' representations, or random
+
+    def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"head init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
 
 
 @dataclass
@@ -56,25 +65,28 @@ class SharedModel:
     """The backbone + LoRA model a process trains; many shops can take turns on one instance.
 
     A shop loads the global adapter before it trains, so sharing is safe, and memory does not
-    grow with the number of shops a worker serves.
+    grow with the number of shops a worker serves. The initial head is a function of the
+    backbone and the taxonomy's class names only, so every party builds the same one.
     """
 
-    def __init__(self, config: ModelConfig, n_classes: int, device: str = "auto"):
-        self.config, self.n_classes = config, n_classes
+    def __init__(self, config: ModelConfig, class_names: tuple[str, ...], device: str = "auto"):
+        self.config, self.class_names, self.n_classes = config, tuple(class_names), len(class_names)
         self.device = resolve_device(device)
         backbone = resolve_backbone(config.backbone)
         self.tokenizer = load_tokenizer(backbone)
-        self.model = build_model(backbone, n_classes, config.lora, self.device)
+        self.model = build_model(backbone, self.n_classes, config.lora, self.device)
+        if config.head_init == "names":
+            init_head_from_names(self.model, self.tokenizer, self.class_names)
         self.prefix_start = adapted_layers_start(self.model)  # layers below carry no adapter
 
     _instances: dict[tuple, "SharedModel"] = {}
 
     @classmethod
-    def get(cls, config: ModelConfig, n_classes: int, device: str = "auto") -> "SharedModel":
+    def get(cls, config: ModelConfig, class_names: tuple[str, ...], device: str = "auto") -> "SharedModel":
         """The process-wide instance for these settings."""
-        key = (config, n_classes, str(resolve_device(device)))
+        key = (config, tuple(class_names), str(resolve_device(device)))
         if key not in cls._instances:
-            cls._instances[key] = cls(config, n_classes, device)
+            cls._instances[key] = cls(config, class_names, device)
         return cls._instances[key]
 
     def dataset(self, examples: ExampleSet, names: dict[str, str], max_length: int) -> ShopDataset:
@@ -108,7 +120,7 @@ class LocalShop:
         rng = np.random.default_rng(seed)
         self.train_examples = _sample(self.task.train, max_train_examples, rng)
         self.test_examples = _sample(self.task.test, max_test_examples, rng)
-        self.shared = shared or SharedModel(model, self.task.taxonomy.n_classes, train.device)
+        self.shared = shared or SharedModel(model, self.task.taxonomy.class_names, train.device)
         if self.shared.n_classes != self.task.taxonomy.n_classes:
             raise ConfigError(f"model has {self.shared.n_classes} classes, the taxonomy {self.task.taxonomy.n_classes}")
         self.model = self.shared.model

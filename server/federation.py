@@ -66,14 +66,15 @@ class Federation:
         """``observe`` sees every client reply; ``on_round(round, SecureRoundResult, weights)`` each round."""
         self.settings, self.observe, self.progress, self.on_round = settings, observe, progress, on_round
         self.task: TaskSpec = settings.task_spec()
-        self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora)
+        self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora,
+                                        head_init=str(settings["head-init"]))
         self.hash = config_hash({**settings.fingerprint_values(), "task": self.task.fingerprint()})
 
     # ------------------------------------------------------------------ template
 
     def start(self, grid) -> FederationResult:
         settings = self.settings
-        shared = SharedModel.get(self.model_config, self.task.taxonomy.n_classes, "cpu")
+        shared = SharedModel.get(self.model_config, self.task.taxonomy.class_names, "cpu")
         template = get_adapter_state(shared.model)
         optimizer = make_optimizer(str(settings["server-optimizer"]), float(settings["server-lr"]))
         weights, history, first = flatten(template), [], 1

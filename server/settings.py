@@ -27,6 +27,7 @@ DEFAULTS: dict[str, object] = {
     "lora-rank": 8,
     "lora-alpha": 16,
     "lora-layers": "",
+    "head-init": "names",
     "plain-lora": False,
     "batch-size": 32,
     "physical-batch-size": 32,
@@ -75,6 +76,8 @@ class FederationSettings:
             raise ConfigError("run config: min-shops must be >= 3 (secure aggregation needs three)")
         if not 0 < float(self["fraction-train"]) <= 1:
             raise ConfigError("run config: fraction-train must be in (0, 1]")
+        if self["head-init"] not in ("names", "random"):
+            raise ConfigError("run config: head-init must be names or random")
         self.lora  # noqa: B018 - validates
         self.training  # noqa: B018
 

@@ -43,7 +43,7 @@ def central_table(
     """Rows: the federated model (``label``), the baselines, optionally the pooled reference."""
     task = prepare_task(table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
     test = even_subset(task.test, max_test)
-    shared = SharedModel.get(model_config, spec.taxonomy.n_classes, train_config.device)
+    shared = SharedModel.get(model_config, spec.taxonomy.class_names, train_config.device)
     template = get_adapter_state(shared.model)
     set_adapter_state(shared.model, unflatten(weights, template))
     data = shared.dataset(test, table.category_names, train_config.max_length)
@@ -55,11 +55,11 @@ def central_table(
             table, state_dir=state_dir or "/nonexistent", privacy=PrivacyConfig(epsilon=None),
             train=train_config, model=model_config, task=spec.config, taxonomy=spec.taxonomy,
             split=spec.split, max_train_examples=reference_examples, max_test_examples=None,
-            shared=SharedModel(model_config, spec.taxonomy.n_classes, train_config.device),
+            shared=SharedModel(model_config, spec.taxonomy.class_names, train_config.device),
         )
         for r in range(reference_rounds):
             reference.train_round(total_rounds=reference_rounds, seed=r)
-        probs = predict_proba(reference.model, reference.shared.dataset(test, table.category_names,
-                                                                      train_config.max_length))
+        # the frozen prefix is the same backbone's, so the encoded test set serves both models
+        probs = predict_proba(reference.model, data)
         rows["centralized reference [NON-PRIVATE]"] = evaluate(probs, test.label, test.current)
     return rows

@@ -1,6 +1,8 @@
 """Shared test set-up: Flower and Hugging Face stay offline and quiet; shared synthetic data."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -9,8 +11,10 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# built artefacts (the tiny backbone) go to a fresh cache, shared with subprocesses
-os.environ.setdefault("FEDINTEREST_CACHE", tempfile.mkdtemp(prefix="fedinterest-cache-"))
+# built artefacts (the tiny backbone) go to a fresh cache, shared with subprocesses, removed at exit
+if "FEDINTEREST_CACHE" not in os.environ:
+    os.environ["FEDINTEREST_CACHE"] = tempfile.mkdtemp(prefix="fedinterest-cache-")
+    atexit.register(shutil.rmtree, os.environ["FEDINTEREST_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

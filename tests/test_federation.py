@@ -172,7 +172,7 @@ def test_the_exported_adapter_reloads_with_peft_and_predicts_the_same(federation
     task = prepare_task(prepared.table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
     test = task.test.subset(np.arange(min(40, len(task.test))))
     settings = FederationSettings.from_run_config(run_config(out / "run"))
-    shared = SharedModel(ModelConfig(backbone="tiny", lora=settings.lora), spec.taxonomy.n_classes, "cpu")
+    shared = SharedModel(ModelConfig(backbone="tiny", lora=settings.lora), spec.taxonomy.class_names, "cpu")
     set_adapter_state(shared.model, unflatten(result.weights, get_adapter_state(shared.model)))
     data = shop_dataset(test, prepared.table.category_names, shared.tokenizer, 48)
     in_memory = predict_proba(shared.model, data)

@@ -141,6 +141,11 @@ def test_dataset_directory_manifest(tmp_path):
     assert set(table.frame.merchant_id.astype(str)) == {"shop_00", "shop_01"}
     assert "running shoes" in table.category_names.values()
     assert len(table.item_titles) > 0
+    # a simulated node reads only its own shop's file
+    one = load_events(tmp_path, LoadOptions(shop="shop_01"))
+    assert set(one.frame.merchant_id.astype(str)) == {"shop_01"}
+    assert len(one) == (table.frame.merchant_id.astype(str) == "shop_01").sum()
+    assert one.category_names == table.category_names
 
 
 @pytest.mark.parametrize("forced", ["tmall", "rees46", "retailrocket"])

@@ -105,13 +105,19 @@ def test_shared_a_and_head_are_seeded(tiny):
     assert np.array_equal(flatten(get_adapter_state(a)), flatten(get_adapter_state(b)))
 
 
-def test_frozen_prefix_path_equals_the_full_model(tiny):
+@pytest.mark.parametrize("layers", [(-1,), (-2, -1)], ids=["top1", "top2"])
+def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
+    """The suffix (cached prefix, [CLS]-only top layer) computes the full model's logits."""
     from client.training import ShopDataset, logits_of
     from common.model.prefix import adapted_layers_start, prefix_hidden_states
 
-    model = build_model(tiny, 7, LoraSettings(layers=(-1,)))
+    model = build_model(tiny, 7, LoraSettings(layers=layers))
+    with torch.no_grad():  # a non-zero adapter, so the LoRA paths count in the comparison
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
     start = adapted_layers_start(model)
-    assert start == model.config.num_hidden_layers - 1
+    assert start == model.config.num_hidden_layers - len(layers)
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 20, size=9)
     ids = np.zeros((9, 20), dtype=np.int64)
@@ -127,7 +133,29 @@ def test_frozen_prefix_path_equals_the_full_model(tiny):
         suffix = cached.network(model)
         got = logits_of(suffix, cached.batch(batch, torch.device("cpu")))
     assert torch.allclose(got, expected, atol=1e-5)
-    assert full.with_prefix(model, start).hidden.dtype == torch.bfloat16  # stored compactly
+    if start:
+        assert full.with_prefix(model, start).hidden.dtype == torch.bfloat16  # stored compactly
     # the suffix trains the peft model's own parameters
     shared = {id(p) for p in suffix.parameters() if p.requires_grad}
     assert shared == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_label_embedding_head_is_centred_scaled_and_exported_with_the_adapter(tiny):
+    from client.shop import ModelConfig, SharedModel
+    from common.model.head import class_representations
+
+    names = ("running shoes", "sports watch", "baby crib", "diapers", "other")
+    shared = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,))), names, "cpu")
+    state = get_adapter_state(shared.model)
+    weight = torch.as_tensor(next(v for k, v in state.items() if k.startswith("base_model.model.classifier") and k.endswith(".weight")))
+    assert weight.shape == (len(names), shared.model.config.hidden_size)
+    assert torch.allclose(weight.norm(dim=1), torch.full((len(names),), 10.0), atol=1e-4)
+    reps = class_representations(shared.model, shared.tokenizer, names)
+    centred = reps - reps.mean(dim=0)
+    cosine = torch.nn.functional.cosine_similarity(weight, centred, dim=1)
+    assert torch.all(cosine > 0.9999)
+    # the same head on every party; a random head is another option
+    again = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,))), names, "cpu")
+    assert np.array_equal(flatten(get_adapter_state(again.model)), flatten(state))
+    rand = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,)), head_init="random"), names, "cpu")
+    assert not np.array_equal(flatten(get_adapter_state(rand.model)), flatten(state))

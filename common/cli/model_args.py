@@ -21,6 +21,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora-layers", default="", metavar="LIST",
                        help="encoder layers with LoRA: all (default), topN (e.g. top2) or indices (=-2,-1); "
                             "the frozen layers below the adapters are computed once per example")
+    group.add_argument("--head-init", choices=("names", "random"), default="names",
+                       help="initial head: the backbone's representation of each class name (default) or random")
     group = parser.add_argument_group("local training")
     group.add_argument("--epochs", type=float, default=t.epochs, help=f"local epochs per round (default {t.epochs:g})")
     group.add_argument("--batch-size", type=int, default=t.batch_size, help=f"expected batch size (default {t.batch_size})")
@@ -68,7 +70,7 @@ def model_config(args: argparse.Namespace, seed: int = 0):
 
     lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, ffa=not args.plain_lora, seed=seed,
                         layers=parse_layers(args.lora_layers))
-    return ModelConfig(backbone=args.backbone, lora=lora)
+    return ModelConfig(backbone=args.backbone, lora=lora, head_init=args.head_init)
 
 
 def privacy_config(args: argparse.Namespace):

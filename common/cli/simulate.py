@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     run_config = {
         "num-server-rounds": args.rounds, "seed": args.seed, "backbone": args.backbone,
         "lora-rank": args.lora_rank, "lora-alpha": args.lora_alpha, "lora-layers": args.lora_layers,
+        "head-init": args.head_init,
         "plain-lora": args.plain_lora, "batch-size": train.batch_size,
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
         "max-steps": train.max_steps or 0, "clip": train.max_grad_norm, "max-length": train.max_length,

@@ -44,6 +44,7 @@ class LoadOptions:
     item_properties: tuple[str | Path, ...] | None = None
     chunk_rows: int = CHUNK_ROWS
     max_bad_fraction: float = MAX_BAD_FRACTION
+    shop: str | None = None  # in a dataset directory: read only this shop's file (else every shop's)
 
 
 def load_events(path: str | Path, options: LoadOptions | None = None) -> EventTable:
@@ -389,6 +390,8 @@ def _load_dataset_dir(path: Path, options: LoadOptions) -> EventTable:
         raise DataError(f"{manifest_path}: not a valid manifest ({exc}); it needs a 'shops' mapping") from None
     if options.format is None and manifest.get("format"):
         options = LoadOptions(**{**options.__dict__, "format": manifest["format"]})
+    if options.shop is not None and options.shop in shops:
+        shops = {options.shop: shops[options.shop]}
     tables = [_load_file(path / rel, options, merchant_id=shop) for shop, rel in shops.items()]
     report = LoadReport(source=str(path), format=tables[0].report.format if tables else "none")
     for t in tables:
