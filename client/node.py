@@ -11,6 +11,7 @@ The server's messages never carry them; its ``epsilon_cap`` can only lower the b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from common.config import ConfigError
@@ -18,8 +19,10 @@ from common.data import LoadOptions, load_events
 from common.settings import RoundConfig, TaskSpec
 
 from .privacy import PrivacyConfig
-from .shop import LocalShop, ModelConfig, SharedModel
-from .training import TrainConfig
+
+if TYPE_CHECKING:  # the trainer (torch, peft, Opacus) loads only in stages that train or evaluate
+    from .shop import LocalShop
+    from .training import TrainConfig
 
 #: node_config keys a shop may set (Flower passes them as str/int/float/bool).
 NODE_KEYS = {
@@ -101,6 +104,8 @@ def _bool(value, key: str) -> bool:
 
 
 def train_config(round_config: RoundConfig, node: NodeSettings) -> TrainConfig:
+    from .training import TrainConfig
+
     t = round_config.training
     return TrainConfig(
         batch_size=t.batch_size, physical_batch_size=t.physical_batch_size, learning_rate=t.learning_rate,
@@ -114,6 +119,8 @@ _SHOPS: dict[tuple, LocalShop] = {}
 
 def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> LocalShop:
     """This process's ``LocalShop`` for the node, built once per (settings, task) and reused."""
+    from .shop import LocalShop, ModelConfig, SharedModel
+
     model = ModelConfig(backbone=round_config.backbone, lora=round_config.lora)
     train = train_config(round_config, node)
     key = (node, model, train, task.fingerprint())

@@ -12,8 +12,12 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads only where tensors are touched (SecAgg-only processes skip it)
+    import torch
 
 AdapterState = "OrderedDict[str, np.ndarray]"
 _DIGITS = re.compile(r"(\d+)")
@@ -34,6 +38,8 @@ def adapter_keys(model: torch.nn.Module) -> list[str]:
 
 
 def get_adapter_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
+    import torch
+
     params = dict(unwrap(model).named_parameters())
     return OrderedDict(
         (k, params[k].detach().to("cpu", torch.float32).numpy().copy()) for k in adapter_keys(model)
@@ -41,6 +47,8 @@ def get_adapter_state(model: torch.nn.Module) -> "OrderedDict[str, np.ndarray]":
 
 
 def set_adapter_state(model: torch.nn.Module, state: "dict[str, np.ndarray]") -> None:
+    import torch
+
     """Load ``state`` into the trainable tensors; keys and shapes must match exactly."""
     params = dict(unwrap(model).named_parameters())
     expected = adapter_keys(model)

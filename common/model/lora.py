@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only when a model is built (settings stay importable without it)
+    import torch
 
 from ..config import ConfigError
 from .backbone import Backbone
@@ -80,6 +82,8 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -98,6 +102,7 @@ def load_tokenizer(backbone: Backbone):
 
 def load_base_model(backbone: Backbone, n_classes: int, device: torch.device, seed: int = 0):
     """The backbone with a freshly initialised (seeded) classification head, on ``device``."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -125,7 +130,7 @@ def build_model(backbone: Backbone, n_classes: int, settings: LoraSettings, devi
     """A peft ``PeftModelForSequenceClassification`` with LoRA on ``settings.targets``."""
     from peft import LoraConfig, get_peft_model
 
-    device = torch.device(device)
+    device = resolve_device(str(device))
     base = load_base_model(backbone, n_classes, device, settings.seed)  # on device before peft
     config = LoraConfig(
         task_type="SEQ_CLS",
@@ -153,6 +158,8 @@ def build_model(backbone: Backbone, n_classes: int, settings: LoraSettings, devi
 
 def _seed_lora_a(model: torch.nn.Module, seed: int) -> None:
     """Give every ``A`` the same values on every machine and device (kaiming-uniform, like peft)."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
