@@ -11,8 +11,8 @@ The server's messages never carry them; its ``epsilon_cap`` can only lower the b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import ConfigError
 from common.data import LoadOptions, load_events

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .prefix import _sequence_classifier
+from .prefix import eval_mode, sequence_classifier
 
 #: The text whose representation stands for a class (the summary the renderer appends).
 CLASS_TEXT = "now {name} for 1 day"
@@ -23,16 +23,12 @@ CLASS_TEXT = "now {name} for 1 day"
 @torch.no_grad()
 def class_representations(model: torch.nn.Module, tokenizer, class_names: list[str] | tuple[str, ...]) -> torch.Tensor:
     """The pooled representation (what the head reads) of ``CLASS_TEXT`` for every class, in order."""
-    inner = _sequence_classifier(model)
+    inner = sequence_classifier(model)
     device = next(model.parameters()).device
     encoded = tokenizer([CLASS_TEXT.format(name=n) for n in class_names], padding=True, return_tensors="pt")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         output = inner.bert(input_ids=encoded["input_ids"].to(device),
                             attention_mask=encoded["attention_mask"].to(device))
-    finally:
-        model.train(was_training)
     pooled = output.pooler_output if output.pooler_output is not None else output.last_hidden_state[:, 0]
     return pooled.float().cpu()
 
@@ -46,7 +42,7 @@ def label_embedding_head(representations: torch.Tensor, scale: float = 10.0) -> 
 def init_head_from_names(model: torch.nn.Module, tokenizer, class_names, scale: float = 10.0) -> None:
     """Set the classifier of ``model`` (a peft or plain BERT classifier) to the label-embedding head."""
     weight = label_embedding_head(class_representations(model, tokenizer, class_names), scale)
-    head = _sequence_classifier(model).classifier
+    head = sequence_classifier(model).classifier
     target = getattr(head, "modules_to_save", None)
     modules = list(target.values()) if target is not None else [head]
     if target is not None and hasattr(head, "original_module"):

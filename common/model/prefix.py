@@ -14,6 +14,7 @@ alone (``cls_only_layer``): the same output, and most of the top layer's cost sa
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,7 +30,18 @@ def adapted_layers_start(model: nn.Module) -> int:
     return min(layers) if layers else 0
 
 
-def _sequence_classifier(model: nn.Module) -> nn.Module:
+@contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def sequence_classifier(model: nn.Module) -> nn.Module:
     """The ``BertForSequenceClassification`` inside a peft model."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not hasattr(inner, "bert"):
@@ -42,7 +54,7 @@ class AdaptedSuffix(nn.Module):
 
     def __init__(self, model: nn.Module, start: int):
         super().__init__()
-        inner = _sequence_classifier(model)
+        inner = sequence_classifier(model)
         self.config = inner.config
         self.layers = nn.ModuleList(list(inner.bert.encoder.layer)[start:])
         self.pooler = inner.bert.pooler
@@ -96,13 +108,11 @@ def prefix_hidden_states(
     """The input of encoder layer ``start`` for every example (frozen layers, eval mode), on CPU."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    inner = _sequence_classifier(model)
+    inner = sequence_classifier(model)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     n, width = input_ids.shape
     out = torch.zeros((n, width, inner.config.hidden_size), dtype=dtype)
-    try:
+    with eval_mode(model):
         for lo in range(0, n, batch_size):
             ids = torch.as_tensor(input_ids[lo : lo + batch_size], device=device)
             lens = torch.as_tensor(lengths[lo : lo + batch_size], device=device)
@@ -112,6 +122,4 @@ def prefix_hidden_states(
             for layer in list(inner.bert.encoder.layer)[:start]:
                 hidden = layer(hidden, mask4)
             out[lo : lo + len(ids)] = hidden.to("cpu", dtype)
-    finally:
-        model.train(was_training)
     return out
