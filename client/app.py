@@ -24,7 +24,7 @@ from common.secagg import (
 )
 from common.settings import RoundConfig, TaskSpec
 
-from .node import NodeSettings, load_shop
+from .node import NodeSettings, load_shop, load_table
 
 log = logging.getLogger("fedinterest.client")
 
@@ -54,20 +54,29 @@ def _randomness(node: NodeSettings, server_round: int, stage: str):
     return SeededRandomness(node.seed, "node", server_round, stage)
 
 
-def _training_seed(node: NodeSettings, server_round: int) -> int:
+def _training_seed(node: NodeSettings, server_round: int) -> int | None:
+    """None on deployed nodes: DP sampling and noise then come from the OS CSPRNG, afresh each step."""
+    if node.seed is None:
+        return None
     return int.from_bytes(_randomness(node, server_round, "train")(8), "big") >> 2
+
+
+def _terms_metrics(ledger) -> dict:
+    """The shop's privacy unit, accountant and δ bucket, once its ledger has fixed them."""
+    terms = ledger.terms if ledger is not None else None
+    return wire.terms_to_metrics(terms.unit, terms.accountant, terms.delta) if terms is not None else {}
 
 
 def _reply(message: Message, records: dict) -> Message:
     return Message(RecordDict(records), reply_to=message)
 
 
-def _save_secagg(context: Context, client: SecAggClient, round_config: RoundConfig | None = None) -> None:
+def _save_secagg(context: Context, client: SecAggClient, server_round: int | None = None) -> None:
     """Keep the SecAgg+ client (secrets included) in the node's own state between stages."""
     previous = dict(context.state[SECRETS].items()) if SECRETS in context.state else {}
     state = {k: v for k, v in previous.items() if k.startswith("round.") or k.startswith("config.")}
-    if round_config is not None:
-        state.update({"round.train": round_config.round})
+    if server_round is not None:
+        state.update({"round.train": server_round})
         state.update({f"config.{k}": (0 if v is None else v) for k, v in client.config.to_dict().items()})
     state.update(client.to_state())
     context.state[SECRETS] = ConfigRecord(state)
@@ -98,10 +107,11 @@ def train(message: Message, context: Context) -> Message:
         seed=_training_seed(node, round_config.round),
         replayable=node.seed is not None,
     )
+    terms = _terms_metrics(shop.ledger)
     if outcome.declined:
         log.warning("declining round %s: %s", round_config.round, outcome.reason)  # stays on the node
         code = wire.DECLINE_BUDGET if outcome.code == "budget" else wire.DECLINE_NO_DATA
-        metrics = {"declined": 1, "decline_code": code}
+        metrics = {"declined": 1, "decline_code": code, **terms}
         if outcome.epsilon is not None:
             metrics["epsilon"] = float(outcome.epsilon)
         return _reply(message, {wire.METRICS: MetricRecord(metrics)})
@@ -112,12 +122,54 @@ def train(message: Message, context: Context) -> Message:
     client = SecAggClient(context.node_id, setup.config, _randomness(node, round_config.round, "keys"))
     advertisement = client.advertise_keys(setup)
     context.state[PENDING] = ArrayRecord({"update": _array(update), "weight": _array(np.array([weight]))})
-    _save_secagg(context, client, round_config)
+    _save_secagg(context, client, round_config.round)
     _audit(node, round_config.round, update, weight)
     metrics = {"declined": 0, "steps": int(outcome.stats.steps), "train_loss": float(outcome.stats.mean_loss),
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, **terms}
     if outcome.epsilon is not None:
         metrics["epsilon"] = float(outcome.epsilon)
+    return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
+
+
+def query(message: Message, context: Context) -> Message:
+    """The federated statistics round: this shop's noised engagement per catalogue category.
+
+    The release is reserved in the shop's ledger first (and declined if over budget); the
+    vector then waits on the node for the SecAgg+ stages, exactly like a training update.
+    """
+    from common.settings import PendingTask
+
+    from .ledger import PrivacyLedger, terms_for
+    from .statistics import release_category_engagement
+
+    node = _settings(context)
+    request = PendingTask.from_record_dict(dict(message.content[wire.TASK].items()))
+    table = load_table(node)
+    if node.privacy.private:
+        from common.task import count_units
+
+        ledger = PrivacyLedger.open(node.state_dir)
+        terms = terms_for(ledger, node.privacy, count_units(table, request.config, request.split, node.privacy.unit))
+        outcome = release_category_engagement(table, request.catalogue, request.split.val_start, ledger=ledger,
+                                              terms=terms, budget=node.privacy.budget(), server_round=0,
+                                              request_sha256=request.fingerprint(), seed=_training_seed(node, 0))
+        if outcome.declined:
+            log.warning("declining the statistics round: %s", outcome.reason)  # stays on the node
+            return _reply(message, {wire.METRICS: MetricRecord(
+                {"declined": 1, "decline_code": wire.DECLINE_BUDGET, "epsilon": float(outcome.epsilon),
+                 **_terms_metrics(ledger)})})
+        vector, epsilon = outcome.vector, outcome.epsilon
+        metrics = {"declined": 0, "epsilon": float(epsilon), **_terms_metrics(ledger)}
+    else:  # a labelled non-private reference run: exact counts
+        from common.stats import category_engagement
+
+        vector = category_engagement(table, request.catalogue, request.split.val_start)
+        metrics = {"declined": 0}
+    setup = wire.secagg_from_content(message.content, RoundSetup)
+    client = SecAggClient(context.node_id, setup.config, _randomness(node, 0, "keys"))
+    advertisement = client.advertise_keys(setup)
+    context.state[PENDING] = ArrayRecord({"update": _array(vector), "weight": _array(np.array([1]))})
+    _save_secagg(context, client, 0)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
 
 
@@ -167,6 +219,10 @@ def build_client_app(mods: tuple = ()) -> ClientApp:
     client_app.train("masked_input")(masked_input)
     client_app.train("unmask")(unmask)
     client_app.evaluate()(evaluate)
+    client_app.query()(query)
+    client_app.query("share_keys")(share_keys)
+    client_app.query("masked_input")(masked_input)
+    client_app.query("unmask")(unmask)
     return client_app
 
 

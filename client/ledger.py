@@ -1,44 +1,100 @@
-"""The shop's persistent privacy ledger: what has been spent, and the round it refuses.
+"""The shop's privacy ledger: the only record of what the shop has released, and what it refuses.
 
-One JSON file per shop (``<state>/privacy_ledger.json``), written atomically (temp file, fsync,
-rename) and sealed with a sha256 of its content. It holds the fixed ``PrivacyPlan``, the Opacus
-accountant history (noise multiplier, sample rate, steps) and the ε after every round. A
-restarted process reads it back; a damaged file is an error, never a silent reset.
+One append-only file per shop, ``<state>/privacy_ledger.jsonl``: one JSON record per line, each
+sealed with a sha256 over its content and the previous record's seal, so an edited, reordered or
+dropped record breaks the chain. Records, in order:
 
-The ledger is written *before* an update leaves the shop, so a crash can only over-count.
+- ``terms``: the privacy unit, δ and accountant, fixed at the shop's first release;
+- ``plan``: the DP-SGD schedule (σ, sample rate, steps, rounds, clip), fixed at the first round;
+- ``release``: one run of a mechanism (its ``(σ, q, steps)`` phases), the ε after it and the budget
+  it was checked against; ``replay`` records a bit-identical repeat of an earlier release.
+
+Every operation takes an exclusive ``fcntl.flock`` on ``privacy_ledger.lock``, re-reads the file,
+decides, and appends (by atomic rewrite: temp file, fsync, rename) before it lets go. Nothing is
+cached between calls, so any number of processes and ``LocalShop`` views on one state directory
+share one budget. A release is reserved before its data is computed or leaves the shop: a crash
+can only over-count. A damaged file is an error, never a silent reset.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from common.atomic import atomic_write_text
 from common.data.schema import DataError
 
-from .privacy import PrivacyPlan, epsilon_spent
+from .privacy import Phase, PrivacyConfig, PrivacyPlan, PrivacyTerms, epsilon_spent
 
-LEDGER_FILE = "privacy_ledger.json"
-FORMAT = "fedinterest-privacy-ledger"
-VERSION = 1
+LEDGER_FILE = "privacy_ledger.jsonl"
+LOCK_FILE = "privacy_ledger.lock"
+FORMAT = "fedinterest-privacy-ledger/2"
+GENESIS = "0" * 64
+KINDS = ("dp-sgd", "statistics", "replay")
 
 
 class LedgerError(DataError):
-    """A ledger file that cannot be trusted; the message says what to do."""
+    """A ledger file that cannot be trusted, or a request it cannot take; the message says what to do."""
 
 
 @dataclass(frozen=True)
-class RoundRecord:
-    round: int
-    server_round: int | None
-    steps: int
-    epsilon: float
-    budget: float
-    recorded_at: float
-    input_sha256: str = ""  # the global adapter the round started from
+class Release:
+    """One release the shop made (or reserved), in ledger order."""
+
+    seq: int
+    kind: str  # "dp-sgd" (one training round), "statistics", "replay" (an earlier release, repeated)
+    phases: tuple[Phase, ...]
+    epsilon: float  # spent after this release
+    budget: float  # the budget it was checked against
+    server_round: int | None = None
+    input_sha256: str = ""  # what the release started from (the global adapter)
+    recorded_at: float = 0.0
+    replay_of: int | None = None
+
+    @property
+    def steps(self) -> int:
+        return sum(int(n) for _, _, n in self.phases)
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """The ledger as read from disk: the terms, the plan and every release, in order."""
+
+    terms: PrivacyTerms | None = None
+    plan: PrivacyPlan | None = None
+    releases: tuple[Release, ...] = ()
+    head: str = GENESIS  # seal of the last record
+
+    @property
+    def history(self) -> list[Phase]:
+        """Every phase released, consecutive equal (σ, q) merged: the accountant's input."""
+        out: list[Phase] = []
+        for release in self.releases:
+            for sigma, rate, steps in release.phases:
+                if out and out[-1][:2] == (sigma, rate):
+                    out[-1] = (sigma, rate, out[-1][2] + steps)
+                else:
+                    out.append((sigma, rate, int(steps)))
+        return out
+
+    @property
+    def spent(self) -> float:
+        """ε after the last release, as accounted when it was recorded (0 before any)."""
+        return self.releases[-1].epsilon if self.releases else 0.0
+
+    @property
+    def rounds(self) -> list[Release]:
+        """The training rounds released (replays of one included: each is a release too)."""
+        def training(r: Release) -> bool:
+            return r.kind == "dp-sgd" or (r.kind == "replay" and training(self.releases[r.replay_of - 1]))
+
+        return [r for r in self.releases if training(r)]
 
 
 @dataclass(frozen=True)
@@ -48,132 +104,256 @@ class Decision:
     epsilon_after: float
     budget: float
     reason: str
+    release: Release | None = None  # the reserved release, when allowed
 
 
-@dataclass
 class PrivacyLedger:
-    path: Path
-    plan: PrivacyPlan | None = None
-    history: list[tuple[float, float, int]] = field(default_factory=list)
-    rounds: list[RoundRecord] = field(default_factory=list)
+    """A handle on one state directory's ledger; every read goes to the file."""
 
-    # ------------------------------------------------------------------ persistence
+    def __init__(self, state_dir: str | Path):
+        self.dir = Path(state_dir)
+        self.path = self.dir / LEDGER_FILE
 
     @classmethod
     def open(cls, state_dir: str | Path) -> "PrivacyLedger":
-        """The shop's ledger, read back from disk, or an empty one if there is none yet."""
-        path = Path(state_dir) / LEDGER_FILE
-        if not path.exists():
-            return cls(path)
-        try:
-            data = json.loads(path.read_text())
-            body = {k: v for k, v in data.items() if k != "sha256"}
-            if data.get("format") != FORMAT:
-                raise ValueError(f"not a {FORMAT} file")
-            if data.get("sha256") != _digest(body):
-                raise ValueError("checksum mismatch: the content was changed or damaged")
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')} is not {VERSION}")
-            plan = PrivacyPlan.from_dict(body["plan"]) if body["plan"] else None
-            history = [(float(s), float(q), int(n)) for s, q, n in body["accountant"]["history"]]
-            rounds = [RoundRecord(**r) for r in body["rounds"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LedgerError(
-                f"{path}: the privacy ledger is damaged ({exc}). It is never reset automatically: "
-                "restore it from a backup; move it away only if you accept that this shop's spent "
-                "privacy is forgotten."
-            ) from None
-        return cls(path, plan, history, rounds)
+        """The shop's ledger (checked now, so a damaged file fails early)."""
+        ledger = cls(state_dir)
+        ledger.read()
+        return ledger
 
-    def save(self) -> None:
-        body = {
-            "format": FORMAT,
-            "version": VERSION,
-            "plan": self.plan.to_dict() if self.plan else None,
-            "accountant": {"mechanism": self.plan.accountant if self.plan else "rdp",
-                           "history": [list(h) for h in self.history]},
-            "rounds": [asdict(r) for r in self.rounds],
-        }
-        atomic_write_text(self.path, json.dumps({**body, "sha256": _digest(body)}, indent=1))
+    # ------------------------------------------------------------------ reading
 
-    # ------------------------------------------------------------------ accounting
+    def read(self) -> LedgerState:
+        """The ledger as it is on disk now, verified record by record."""
+        with self._lock(fcntl.LOCK_SH):
+            return self._load()
 
-    def set_plan(self, plan: PrivacyPlan) -> None:
-        if self.plan is not None:
-            raise LedgerError(f"{self.path}: the privacy plan is fixed once made")
-        self.plan = plan
-        self.save()
+    @property
+    def state(self) -> LedgerState:
+        return self.read()
+
+    @property
+    def plan(self) -> PrivacyPlan | None:
+        return self.read().plan
+
+    @property
+    def terms(self) -> PrivacyTerms | None:
+        return self.read().terms
 
     @property
     def spent(self) -> float:
-        if not self.plan:
-            return 0.0
-        return epsilon_spent(self.history, self.plan.delta, self.plan.accountant)
+        return self.read().spent
 
-    def _with(self, steps: int) -> list[tuple[float, float, int]]:
-        assert self.plan is not None
-        phase = (self.plan.noise_multiplier, self.plan.sample_rate, steps)
-        if self.history and self.history[-1][:2] == phase[:2]:
-            return [*self.history[:-1], (phase[0], phase[1], self.history[-1][2] + steps)]
-        return [*self.history, phase]
+    @property
+    def rounds(self) -> list[Release]:
+        return self.read().rounds
 
-    def check(self, budget: float, steps: int) -> Decision:
-        """Would one more round of ``steps`` steps stay within ``budget``?"""
-        if not self.plan:
-            raise LedgerError(f"{self.path}: no privacy plan yet")
-        now = self.spent
-        after = epsilon_spent(self._with(steps), self.plan.delta, self.plan.accountant)
-        if after > budget * (1 + 1e-9):
-            reason = (f"privacy budget: this round would raise ε from {now:.3f} to {after:.3f}, "
-                      f"above the shop's budget {budget:g} (δ={self.plan.delta:.2e}); declining")
-            return Decision(False, now, after, budget, reason)
-        return Decision(True, now, after, budget, f"ε {now:.3f} -> {after:.3f} of {budget:g}")
+    @property
+    def releases(self) -> tuple[Release, ...]:
+        return self.read().releases
 
-    def replayed(self, server_round: int | None, input_sha256: str) -> RoundRecord | None:
-        """The record of ``server_round`` if it started from the same global adapter."""
-        for record in self.rounds:
-            if server_round is not None and record.server_round == server_round and record.input_sha256 == input_sha256:
-                return record
+    # ------------------------------------------------------------------ fixing terms and plan
+
+    def fix_terms(self, terms: PrivacyTerms) -> PrivacyTerms:
+        """The ledger's terms: ``terms`` on first use; afterwards they must match."""
+        with self._lock(fcntl.LOCK_EX):
+            state = self._load()
+            if state.terms is None:
+                self._append(state, {"kind": "terms", "terms": _asdict(terms)})
+                return terms
+            if state.terms != terms:
+                raise LedgerError(
+                    f"{self.path}: this shop's releases are accounted {state.terms.describe()}; the configuration "
+                    f"asks for {terms.describe()}. Terms are fixed once a release is made: keep them, or use a "
+                    "new state directory only if none of the earlier releases reached anyone"
+                )
+            return state.terms
+
+    def fix_plan(self, make: Callable[[LedgerState], PrivacyPlan]) -> PrivacyPlan:
+        """The ledger's DP-SGD plan; ``make(state)`` builds it (under the lock) on first use."""
+        with self._lock(fcntl.LOCK_EX):
+            state = self._load()
+            if state.plan is not None:
+                return state.plan
+            if state.terms is None:
+                raise LedgerError(f"{self.path}: fix the privacy terms before planning")
+            plan = make(state)
+            if (plan.unit, plan.delta, plan.accountant) != (state.terms.unit, state.terms.delta, state.terms.accountant):
+                raise LedgerError(f"{self.path}: the plan ({plan.describe()}) does not follow the terms "
+                                  f"({state.terms.describe()})")
+            self._append(state, {"kind": "plan", "plan": plan.to_dict()})
+            return plan
+
+    # ------------------------------------------------------------------ releasing
+
+    def reserve(self, kind: str, phases: list[Phase], budget: float, server_round: int | None = None,
+                input_sha256: str = "") -> Decision:
+        """Record a release before it happens, if the ε after it stays within ``budget``.
+
+        Check and record are one step under the lock, against the file as it is now: two
+        processes cannot both spend the last of a budget.
+        """
+        if kind not in KINDS[:2]:
+            raise ValueError(f"release kind must be one of {KINDS[:2]}, got {kind!r}")
+        phases = [(float(s), float(q), int(n)) for s, q, n in phases]
+        with self._lock(fcntl.LOCK_EX):
+            state = self._load()
+            if state.terms is None:
+                raise LedgerError(f"{self.path}: fix the privacy terms before the first release")
+            now = state.spent
+            after = epsilon_spent([*state.history, *phases], state.terms.delta, state.terms.accountant)
+            if not after <= budget * (1 + 1e-9):
+                reason = (f"privacy budget: this {kind} release would raise ε from {now:.3f} to {after:.3f} "
+                          f"{state.terms.describe()}, above the shop's budget {budget:g}; declining")
+                return Decision(False, now, after, budget, reason)
+            release = Release(len(state.releases) + 1, kind, tuple(phases), after, float(budget), server_round,
+                              input_sha256, time.time())
+            self._append(state, {"kind": "release", "release": _asdict(release)})
+            return Decision(True, now, after, budget, f"ε {now:.3f} -> {after:.3f} of {budget:g}", release)
+
+    def find_release(self, server_round: int | None, input_sha256: str, kind: str = "dp-sgd") -> Release | None:
+        """The ``kind`` release for ``server_round`` that started from the same input (adapter or request)."""
+        if server_round is None:
+            return None
+        for release in self.read().releases:
+            if (release.kind == kind and release.server_round == server_round
+                    and release.input_sha256 == input_sha256):
+                return release
         return None
 
-    def commit(self, steps: int, budget: float, server_round: int | None = None,
-               input_sha256: str = "") -> RoundRecord:
-        """Record a round's steps (before its update leaves the shop)."""
-        if not self.plan:
-            raise LedgerError(f"{self.path}: no privacy plan yet")
-        self.history = self._with(steps)
-        record = RoundRecord(
-            round=len(self.rounds) + 1,
-            server_round=server_round,
-            steps=steps,
-            epsilon=epsilon_spent(self.history, self.plan.delta, self.plan.accountant),
-            budget=budget,
-            recorded_at=time.time(),
-            input_sha256=input_sha256,
-        )
-        self.rounds.append(record)
-        self.save()
-        return record
+    def record_replay(self, original: Release) -> Release:
+        """Record that ``original`` is released again, bit for bit (no new privacy loss)."""
+        with self._lock(fcntl.LOCK_EX):
+            state = self._load()
+            release = Release(len(state.releases) + 1, "replay", (), state.spent, original.budget,
+                              original.server_round, original.input_sha256, time.time(), original.seq)
+            self._append(state, {"kind": "release", "release": _asdict(release)})
+            return release
 
     # ------------------------------------------------------------------ reporting
 
     def summary(self, budget: float | None = None) -> str:
-        if not self.plan:
-            return f"{self.path}: no private round yet"
-        budget = budget if budget is not None else (self.rounds[-1].budget if self.rounds else self.plan.epsilon)
-        lines = [f"ledger {self.path}", f"plan: {self.plan.describe()}", "",
-                 f"{'round':>5}  {'server round':>12}  {'steps':>6}  {'ε after':>8}"]
-        for r in self.rounds:
+        state = self.read()
+        if state.terms is None:
+            return f"{self.path}: no release yet"
+        budget = budget if budget is not None else (
+            state.releases[-1].budget if state.releases else (state.plan.epsilon if state.plan else None))
+        lines = [f"ledger {self.path}", f"terms: ε {state.terms.describe()}"]
+        if state.plan:
+            lines.append(f"plan: {state.plan.describe()}")
+        lines += ["", f"{'#':>3}  {'kind':<10}  {'server round':>12}  {'steps':>6}  {'ε after':>8}"]
+        for r in state.releases:
             server = "-" if r.server_round is None else str(r.server_round)
-            lines.append(f"{r.round:>5}  {server:>12}  {r.steps:>6}  {r.epsilon:>8.3f}")
-        spent = self.spent
-        left = max(budget - spent, 0.0)
-        lines += ["", f"budget ε={budget:g}, spent ε={spent:.3f}, left ε={left:.3f} (δ={self.plan.delta:.2e})"]
-        if self.plan and self.rounds:
-            lines.append(f"rounds recorded: {len(self.rounds)} of {self.plan.rounds} planned")
+            kind = r.kind if r.replay_of is None else f"replay of #{r.replay_of}"
+            lines.append(f"{r.seq:>3}  {kind:<10}  {server:>12}  {r.steps:>6}  {r.epsilon:>8.3f}")
+        spent = state.spent
+        lines.append("")
+        if budget is not None:
+            lines.append(f"budget ε={budget:g}, spent ε={spent:.3f}, left ε={max(budget - spent, 0.0):.3f} "
+                         f"({state.terms.describe()})")
+        else:
+            lines.append(f"spent ε={spent:.3f} ({state.terms.describe()})")
+        if state.plan:
+            trained = sum(1 for r in state.releases if r.kind == "dp-sgd")
+            lines.append(f"training rounds recorded: {trained} of {state.plan.rounds} planned")
         return "\n".join(lines)
 
+    # ------------------------------------------------------------------ the file
 
-def _digest(body: dict) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    @contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
+        if mode == fcntl.LOCK_SH and not self.path.exists():
+            yield  # nothing to read yet; writers take the exclusive lock
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle.fileno(), mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _load(self) -> LedgerState:
+        if not self.path.exists():
+            legacy = self.dir / "privacy_ledger.json"
+            if legacy.exists():
+                raise LedgerError(f"{legacy}: a ledger in the old single-file format; it is never converted or "
+                                  "reset automatically: keep it as the record of what this shop spent, and "
+                                  "start this shop on a new state directory")
+            return LedgerState()
+        try:
+            return _parse(self.path.read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LedgerError(
+                f"{self.path}: the privacy ledger is damaged ({exc}). It is never reset automatically: "
+                "restore it from a backup; move it away only if you accept that this shop's spent "
+                "privacy is forgotten."
+            ) from None
+
+    def _append(self, state: LedgerState, body: dict) -> None:
+        """Write the file with one more record (called under the exclusive lock)."""
+        record = {"format": FORMAT, "seq": _count(state), **body, "prev": state.head}
+        record["sha256"] = _digest(record)
+        line = json.dumps(record, sort_keys=True, allow_nan=False)
+        old = self.path.read_text() if self.path.exists() else ""
+        atomic_write_text(self.path, old + line + "\n")
+
+
+def terms_for(ledger: PrivacyLedger, privacy: PrivacyConfig, n_units: int) -> PrivacyTerms:
+    """Fix (or confirm) the ledger's terms for a shop of ``n_units`` units under ``privacy``.
+
+    A default δ, once fixed, stays as long as it is below 1/n (the shop may grow); a δ the
+    merchant set explicitly must match the one fixed.
+    """
+    proposed = privacy.terms(n_units)
+    fixed = ledger.terms
+    if fixed is not None and privacy.delta is None and fixed.delta < 1.0 / max(n_units, 1):
+        proposed = PrivacyTerms(proposed.unit, fixed.delta, proposed.accountant)
+    return ledger.fix_terms(proposed)
+
+
+def _count(state: LedgerState) -> int:
+    return (state.terms is not None) + (state.plan is not None) + len(state.releases)
+
+
+def _parse(text: str) -> LedgerState:
+    """The verified state of a ledger file's text (``ValueError`` naming the first bad record)."""
+    if not text.endswith("\n"):
+        raise ValueError("the last record is incomplete")
+    terms, plan, releases, head = None, None, [], GENESIS
+    for number, line in enumerate(text.splitlines(), start=1):
+        record = json.loads(line)
+        seal = record.pop("sha256", None)
+        if record.get("format") != FORMAT:
+            raise ValueError(f"record {number} is not a {FORMAT} record")
+        if seal != _digest(record):
+            raise ValueError(f"record {number}: checksum mismatch (the content was changed or damaged)")
+        if record.get("prev") != head or record.get("seq") != number - 1:
+            raise ValueError(f"record {number} does not follow record {number - 1} (records removed or reordered)")
+        kind = record["kind"]
+        if kind == "terms" and terms is None and number == 1:
+            terms = PrivacyTerms(**record["terms"])
+        elif kind == "plan" and plan is None and terms is not None:
+            plan = PrivacyPlan.from_dict(record["plan"])
+        elif kind == "release" and terms is not None:
+            fields = dict(record["release"])
+            fields["phases"] = tuple((float(s), float(q), int(n)) for s, q, n in fields["phases"])
+            release = Release(**fields)
+            if release.kind not in KINDS or release.seq != len(releases) + 1:
+                raise ValueError(f"record {number}: release {release.seq} of kind {release.kind!r} is out of place")
+            releases.append(release)
+        else:
+            raise ValueError(f"record {number}: a {kind!r} record is out of place")
+        head = seal
+    return LedgerState(terms, plan, tuple(releases), head)
+
+
+def _asdict(value) -> dict:
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
+def _digest(record: dict) -> str:
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.config import ConfigError
-from common.data import LoadOptions, load_events
+from common.data import EventTable, LoadOptions, load_events
 from common.settings import RoundConfig, TaskSpec
 
 from .privacy import PrivacyConfig
@@ -32,9 +32,9 @@ NODE_KEYS = {
     "state-dir": "directory for the privacy ledger and caches (required)",
     "epsilon": "privacy budget over the whole federation (default 8)",
     "non-private": "true: train without differential privacy (labelled reference runs only)",
-    "delta": "δ (default 1/(10 × users))",
-    "privacy-unit": "example or user (default example)",
-    "accountant": "rdp or prv (default rdp)",
+    "delta": "δ (default 1/(10 × privacy units); must be below 1/units)",
+    "privacy-unit": "user (default: a customer's whole history) or example (one user at one time)",
+    "accountant": "prv (default) or rdp",
     "max-train-examples": "use at most this many training examples per round",
     "device": "cpu, cuda, ... (default: cuda if available)",
     "bf16": "true: bfloat16 autocast on GPU",
@@ -71,8 +71,8 @@ class NodeSettings:
             privacy = PrivacyConfig(
                 epsilon=None if non_private else float(config.get("epsilon", 8.0)),
                 delta=float(config["delta"]) if "delta" in config else None,
-                unit=str(config.get("privacy-unit", "example")),
-                accountant=str(config.get("accountant", "rdp")),
+                unit=str(config.get("privacy-unit", PrivacyConfig.unit)),
+                accountant=str(config.get("accountant", PrivacyConfig.accountant)),
             )
             max_train = int(config["max-train-examples"]) if "max-train-examples" in config else None
             threads = int(config["threads"]) if "threads" in config else None
@@ -115,10 +115,30 @@ def train_config(round_config: RoundConfig, node: NodeSettings) -> TrainConfig:
 
 
 _SHOPS: dict[tuple, LocalShop] = {}
+_TABLES: dict[NodeSettings, EventTable] = {}
+
+
+def load_table(node: NodeSettings) -> EventTable:
+    """This node's events (its shop's only), read once per process."""
+    if node not in _TABLES:
+        table = load_events(node.data_path, LoadOptions(format=node.data_format, shop=node.shop or None))
+        if node.shop:
+            from simulations.partition import partition_events
+
+            shops = partition_events(table, method="natural")
+            if node.shop not in shops:
+                raise ConfigError(f"node config: shop {node.shop!r} is not in {node.data_path}")
+            table = shops[node.shop]
+        _TABLES[node] = table
+    return _TABLES[node]
 
 
 def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> LocalShop:
-    """This process's ``LocalShop`` for the node, built once per (settings, task) and reused."""
+    """This process's ``LocalShop`` for the node, built once per (settings, task) and reused.
+
+    Views are only caches of data and model: the budget lives in the ledger file, which every
+    view re-reads under a lock, so a server that varies the config gains nothing.
+    """
     from .shop import LocalShop, ModelConfig, SharedModel
 
     model = ModelConfig(backbone=round_config.backbone, lora=round_config.lora)
@@ -129,17 +149,9 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             import torch
 
             torch.set_num_threads(node.threads)
-        table = load_events(node.data_path, LoadOptions(format=node.data_format, shop=node.shop or None))
-        if node.shop:
-            from simulations.partition import partition_events
-
-            shops = partition_events(table, method="natural")
-            if node.shop not in shops:
-                raise ConfigError(f"node config: shop {node.shop!r} is not in {node.data_path}")
-            table = shops[node.shop]
         shared = SharedModel.get(model, task.taxonomy.class_names, node.device)
         _SHOPS[key] = LocalShop(
-            table, state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
+            load_table(node), state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
             max_train_examples=node.max_train_examples, shared=shared,
             seed=node.seed or 0,

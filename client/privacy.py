@@ -1,13 +1,19 @@
 """Privacy configuration and planning: σ is planned once for the whole budget over all rounds.
 
 The shop's budget comes from its own configuration; a value sent by the server may lower it,
-never raise it. The plan asks Opacus' ``get_noise_multiplier`` for the σ that spends the budget
-over ``rounds × steps_per_round`` Poisson-sampled steps (RDP by default, PRV as an option), and
-is then fixed in the shop's ledger: ``make_private_with_epsilon`` per round would ignore history.
+never raise it. The plan finds the σ that spends the budget over ``rounds × steps_per_round``
+Poisson-sampled steps, composed with whatever the shop released before (the federated statistics
+round), and is then fixed in the shop's ledger: ``make_private_with_epsilon`` per round would
+ignore history. Planning and reporting use the same accountant: PRV by default (RDP overstates
+ε by about one unit at ε = 8), RDP as an option.
 
-Units: with ``unit="example"`` one example (one user at one prediction time) is protected; a
-user with k examples gets group privacy kε. With ``unit="user"`` each step samples users and
-takes one example per sampled user, so a user's whole history is protected at ε.
+Units (what one protected "record" is):
+- ``user`` (default): one customer of the shop and everything they did. Each step samples users
+  (Poisson) and takes one example per sampled user, so a user changes at most one clipped
+  gradient per step. δ defaults to 1/(10 × users).
+- ``example``: one user at one prediction time. A user with k examples gets only group privacy
+  (about kε). δ defaults to 1/(10 × examples).
+A customer of several shops is protected per shop: their ε composes over those shops.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from dataclasses import asdict, dataclass
 
 from common.config import ConfigError
 
-ACCOUNTANTS = ("rdp", "prv")
-UNITS = ("example", "user")
+ACCOUNTANTS = ("prv", "rdp")
+UNITS = ("user", "example")
+Phase = tuple[float, float, int]  # (noise multiplier σ, sample rate q, steps)
+
+
+class BudgetExhausted(ConfigError):
+    """No noise level fits the rounds into what is left of the budget."""
 
 
 @dataclass(frozen=True)
@@ -27,9 +38,9 @@ class PrivacyConfig:
     """A shop's own privacy settings. ``epsilon=None`` means a labelled non-private run."""
 
     epsilon: float | None = 8.0
-    delta: float | None = None  # default: 1 / (10 * number of users)
-    unit: str = "example"
-    accountant: str = "rdp"
+    delta: float | None = None  # default: 1 / (10 × privacy units)
+    unit: str = "user"
+    accountant: str = "prv"
 
     def __post_init__(self) -> None:
         if self.epsilon is not None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
@@ -53,17 +64,42 @@ class PrivacyConfig:
             return self.epsilon
         return min(self.epsilon, float(server_epsilon))
 
-    def delta_for(self, n_users: int) -> float:
-        return self.delta if self.delta is not None else 1.0 / (10.0 * max(n_users, 1))
+    def delta_for(self, n_units: int) -> float:
+        """δ for a shop with ``n_units`` privacy units: given, or 1/(10 n); always below 1/n."""
+        n = max(int(n_units), 1)
+        if self.delta is None:
+            return 1.0 / (10.0 * n)
+        if self.delta >= 1.0 / n:
+            raise ConfigError(
+                f"privacy: δ={self.delta:g} is not below 1/{n} ({self.unit}s in this shop): such a δ allows "
+                f"releasing a {self.unit}'s data outright; use δ < {1.0 / n:.2e} or leave it to the default"
+            )
+        return float(self.delta)
+
+    def terms(self, n_units: int) -> "PrivacyTerms":
+        return PrivacyTerms(self.unit, self.delta_for(n_units), self.accountant)
 
     def describe(self) -> str:
         if not self.private:
             return "NON-PRIVATE (no differential privacy)"
-        return f"DP ε={self.epsilon:g} ({self.unit}-level, {self.accountant.upper()})"
+        delta = "δ=1/(10·units)" if self.delta is None else f"δ={self.delta:.1e}"
+        return f"DP ε={self.epsilon:g} per {self.unit}, {delta}, {self.accountant.upper()} accountant"
 
     def label(self) -> str:
-        """A short tag for tables: every output says whether it was private."""
-        return "NON-PRIVATE" if not self.private else f"DP ε={self.epsilon:g}"
+        """A short tag for tables: every output says whether it was private, and per what."""
+        return "NON-PRIVATE" if not self.private else f"DP ε={self.epsilon:g}/{self.unit}"
+
+
+@dataclass(frozen=True)
+class PrivacyTerms:
+    """What every release of a shop is accounted under; fixed at the shop's first release."""
+
+    unit: str
+    delta: float
+    accountant: str
+
+    def describe(self) -> str:
+        return f"per {self.unit}, δ={self.delta:.2e}, {self.accountant.upper()} accountant"
 
 
 @dataclass(frozen=True)
@@ -77,8 +113,9 @@ class PrivacyPlan:
     epsilon: float
     delta: float
     max_grad_norm: float
-    accountant: str = "rdp"
-    unit: str = "example"
+    accountant: str = "prv"
+    unit: str = "user"
+    expected_batch_size: float = 1.0  # sample rate × units when planned: the update's divisor
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,10 +124,15 @@ class PrivacyPlan:
     def from_dict(cls, d: dict) -> "PrivacyPlan":
         return cls(**d)
 
+    @property
+    def phase(self) -> Phase:
+        return (self.noise_multiplier, self.sample_rate, self.steps_per_round)
+
     def describe(self) -> str:
-        return (f"σ={self.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f}, "
+        return (f"σ={self.noise_multiplier:.3f}, sample rate {self.sample_rate:.4f} "
+                f"(expected batch {self.expected_batch_size:.1f} {self.unit}s), "
                 f"{self.steps_per_round} steps/round × {self.rounds} rounds, clip {self.max_grad_norm:g}, "
-                f"target ε={self.epsilon:g} at δ={self.delta:.2e} ({self.accountant.upper()}, {self.unit}-level)")
+                f"target ε={self.epsilon:g} per {self.unit} at δ={self.delta:.2e} ({self.accountant.upper()})")
 
 
 def plan_privacy(
@@ -101,43 +143,81 @@ def plan_privacy(
     steps_per_round: int,
     rounds: int,
     max_grad_norm: float,
-    accountant: str = "rdp",
-    unit: str = "example",
+    accountant: str = "prv",
+    unit: str = "user",
+    expected_batch_size: float | None = None,
+    prior: list[Phase] | tuple[Phase, ...] = (),
 ) -> PrivacyPlan:
-    """σ that spends ``epsilon`` over ``rounds`` rounds, within 0.2% of the budget."""
-    from opacus.accountants.utils import get_noise_multiplier
-
+    """The smallest σ (within 0.5% of ε) whose ``rounds`` rounds, after ``prior``, stay within ``epsilon``."""
     if rounds < 1 or steps_per_round < 1:
         raise ConfigError("privacy plan needs at least one round of at least one step")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Optimal order.*")
-            sigma = get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps_per_round * rounds,
-                accountant=accountant,
-                epsilon_tolerance=min(0.01, 0.002 * epsilon),
+    if not 0 < sample_rate <= 1:
+        raise ConfigError(f"privacy plan: sample rate must be in (0, 1], got {sample_rate}")
+    prior = [tuple(p) for p in prior]
+    already = epsilon_spent(prior, delta, accountant)
+    if already >= epsilon:
+        raise BudgetExhausted(f"privacy: ε={already:.3f} is already spent of a budget of {epsilon:g}; "
+                              "no training round fits")
+
+    def eps(sigma: float) -> float:
+        return epsilon_spent([*prior, (sigma, sample_rate, steps_per_round * rounds)], delta, accountant)
+
+    high, e_high = 1.0, eps(1.0)
+    while e_high > epsilon:
+        high *= 2.0
+        if high > 1e4:
+            raise BudgetExhausted(
+                f"privacy: no noise level reaches ε={epsilon:g} at δ={delta:.2e} over {rounds} rounds of "
+                f"{steps_per_round} steps at sample rate {sample_rate:.4f}"
+                + (f" after the ε={already:.3f} already spent" if prior else "")
+                + "; raise the budget, lower rounds or steps"
             )
-    except ValueError as exc:
-        raise ConfigError(
-            f"privacy: no noise level reaches ε={epsilon:g} at δ={delta:.2e} over {rounds} rounds of "
-            f"{steps_per_round} steps at sample rate {sample_rate:.4f} ({exc}); raise the budget, "
-            "lower rounds or steps"
-        ) from None
-    return PrivacyPlan(float(sigma), sample_rate, steps_per_round, rounds, epsilon, delta, max_grad_norm,
-                       accountant, unit)
+        e_high = eps(high)
+    low = high / 2.0
+    while low > 1e-3 and eps(low) <= epsilon:
+        high, low = low, low / 2.0
+    e_high = eps(high)
+    while e_high < 0.995 * epsilon and high - low > 1e-5 * high:  # eps(high) <= epsilon < eps(low)
+        mid = (low + high) / 2.0
+        e_mid = eps(mid)
+        if e_mid <= epsilon:
+            high, e_high = mid, e_mid
+        else:
+            low = mid
+    batch = expected_batch_size if expected_batch_size is not None else sample_rate
+    return PrivacyPlan(float(high), sample_rate, steps_per_round, rounds, epsilon, delta, max_grad_norm,
+                       accountant, unit, float(batch))
 
 
-def epsilon_spent(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
-    """ε of a sequence of (noise multiplier, sample rate, steps) phases."""
+#: Above this ε, PRV's numerical grid grows without bound (memory), and no budget is near: RDP answers.
+PRV_LIMIT = 64.0
+
+
+def epsilon_spent(history: list[Phase] | tuple[Phase, ...], delta: float, accountant: str = "prv") -> float:
+    """ε of a sequence of (noise multiplier, sample rate, steps) phases (∞ where it is unbounded).
+
+    PRV is computed only where RDP's (looser, cheap) bound is at most ``PRV_LIMIT``; beyond it the
+    RDP bound is returned, which is still a valid upper bound and far above any budget.
+    """
+    phases = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    if not phases:
+        return 0.0
+    if accountant == "prv":
+        loose = _epsilon(phases, delta, "rdp")
+        if loose > PRV_LIMIT:
+            return loose
+    return _epsilon(phases, delta, accountant)
+
+
+def _epsilon(phases: list[Phase], delta: float, accountant: str) -> float:
     from opacus.accountants import create_accountant
 
-    if not history:
-        return 0.0
     acc = create_accountant(accountant)
-    acc.history = [tuple(h) for h in history]
+    acc.history = phases
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
-        return float(acc.get_epsilon(delta=delta))
+        warnings.filterwarnings("ignore", category=RuntimeWarning)  # PRV at q = 1 takes log(0) in a masked branch
+        try:
+            return float(acc.get_epsilon(delta=delta))
+        except (ValueError, OverflowError, RuntimeError, FloatingPointError):
+            return math.inf  # the accountant cannot bound it: treat as unbounded

@@ -20,11 +20,14 @@ from common.model import (
 )
 from common.model.head import init_head_from_names
 from common.model.prefix import adapted_layers_start
-from common.task import ExampleSet, TaskData, TemporalSplit, Taxonomy, prepare_task
+from common.task import (
+    Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task,
+)
 from common.text import encode_texts, render_examples
 
-from .ledger import PrivacyLedger
-from .privacy import PrivacyConfig, plan_privacy
+from .ledger import LedgerError, PrivacyLedger, terms_for
+from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
+from .statistics import release_category_engagement
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
 
@@ -112,11 +115,22 @@ class LocalShop:
         max_test_examples: int | None = None,
         seed: int = 0,
         shared: SharedModel | None = None,
+        statistics_seed: int | None = None,
     ):
+        """``taxonomy=None``: a private shop chooses its label space by a DP top-K of its own
+        engagement (charged to its ledger, kept in the state directory); a non-private reference
+        builds it from the data. ``statistics_seed`` seeds that release's noise (simulations only).
+        """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
-        self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split,
-                                           require_examples=taxonomy is None)
+        self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
+        given = taxonomy is not None
+        split = split or default_split(table, task)
+        self.label_space = "given"
+        if not given and privacy.private:
+            taxonomy = self._private_taxonomy(table, task, split, statistics_seed)
+            self.label_space = "dp-top-k"
+        self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split, require_examples=not given)
         rng = np.random.default_rng(seed)
         self.train_examples = _sample(self.task.train, max_train_examples, rng)
         self.test_examples = _sample(self.task.test, max_test_examples, rng)
@@ -129,7 +143,22 @@ class LocalShop:
         self.train_data = self.shared.dataset(self.train_examples, names, train.max_length)
         self._test_sets: dict[int | None, tuple[ExampleSet, ShopDataset]] = {}
         self.n_users = int(len(np.unique(self.task.train.user)))
-        self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
+
+    def _private_taxonomy(self, table: EventTable, task: TaskConfig, split: TemporalSplit,
+                          seed: int | None) -> Taxonomy:
+        """The top-K categories by this shop's noised engagement (one statistics release, kept)."""
+        path = self.state_dir / f"taxonomy-top{task.top_k}.json"
+        if path.is_file():  # post-processing of a release the ledger already holds: free
+            return Taxonomy.load(path)
+        terms = terms_for(self.ledger, self.privacy, count_units(table, task, split, self.privacy.unit))
+        catalogue = Catalogue.of(table)
+        outcome = release_category_engagement(table, catalogue, split.val_start, ledger=self.ledger, terms=terms,
+                                              budget=self.privacy.budget(), seed=seed)
+        if outcome.declined:
+            raise LedgerError(f"{self.ledger.path}: cannot choose the label space privately: {outcome.reason}")
+        taxonomy = catalogue.top_k(outcome.vector, task.top_k)
+        taxonomy.save(path)
+        return taxonomy
 
     # ------------------------------------------------------------------ adapter
 
@@ -141,29 +170,42 @@ class LocalShop:
 
     # ------------------------------------------------------------------ privacy
 
-    def privacy_settings(self, total_rounds: int) -> DPSettings:
-        """This shop's DP-SGD schedule: planned on the first private round, fixed afterwards."""
+    def privacy_terms(self) -> PrivacyTerms:
+        """The unit, δ and accountant of this shop's releases: fixed in the ledger at the first one."""
         assert self.ledger is not None
-        unit = self.privacy.unit
+        return terms_for(self.ledger, self.privacy, self.n_units)
+
+    @property
+    def n_units(self) -> int:
+        """Privacy units (users or examples) in the shop's whole training period: δ is set below 1/n."""
+        train = self.task.train
+        return int(len(np.unique(train.user))) if self.privacy.unit == "user" else len(train)
+
+    def privacy_settings(self, total_rounds: int) -> DPSettings:
+        """This shop's DP-SGD schedule: planned on the first private round, fixed afterwards.
+
+        σ is planned for the shop's whole budget over ``total_rounds`` rounds, after whatever the
+        ledger already holds (the federated statistics). Every view and process reads the same plan.
+        """
+        assert self.ledger is not None
+        terms = self.privacy_terms()
+        unit = terms.unit
         n_units = self.train_data.n_units(unit)
-        if self.ledger.plan is None:
-            self.ledger.set_plan(plan_privacy(
-                epsilon=self.privacy.budget(),
-                delta=self.privacy.delta_for(self.n_users),
-                sample_rate=self.train_config.sample_rate(n_units),
-                steps_per_round=self.train_config.steps_per_round(n_units),
-                rounds=total_rounds,
-                max_grad_norm=self.train_config.max_grad_norm,
-                accountant=self.privacy.accountant,
-                unit=unit,
-            ))
-        plan = self.ledger.plan
-        if plan.unit != unit or plan.accountant != self.privacy.accountant:
-            raise ConfigError(
-                f"{self.ledger.path}: planned for {plan.unit}-level {plan.accountant.upper()}, "
-                f"configured {unit}-level {self.privacy.accountant.upper()}; a plan is fixed once made"
-            )
-        return DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rate, plan.steps_per_round, unit)
+        rate = self.train_config.sample_rate(n_units)
+        plan = self.ledger.fix_plan(lambda state: plan_privacy(
+            epsilon=self.privacy.budget(),
+            delta=terms.delta,
+            sample_rate=rate,
+            steps_per_round=self.train_config.steps_per_round(n_units),
+            rounds=total_rounds,
+            max_grad_norm=self.train_config.max_grad_norm,
+            accountant=terms.accountant,
+            unit=unit,
+            expected_batch_size=rate * n_units,
+            prior=state.history,
+        ))
+        return DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rate, plan.steps_per_round, unit,
+                          plan.expected_batch_size)
 
     # ------------------------------------------------------------------ rounds
 
@@ -177,11 +219,13 @@ class LocalShop:
         seed: int | None = None,
         replayable: bool = False,
     ) -> RoundOutcome:
-        """Load ``global_state``, check the budget, train one round, record it, return the result.
+        """Load ``global_state``, reserve the round in the ledger, train it, return the result.
 
-        ``replayable`` (a node whose randomness is seeded): a round this shop already released,
-        asked again from the same global adapter, is reproduced bit for bit; repeating a release
-        reveals nothing new, so it is not charged again (a server resumed from a checkpoint).
+        The round is written to the ledger before training starts; a round the ledger refuses
+        is declined with its reason. ``replayable`` (a node whose randomness is seeded, i.e. a
+        simulation): a round this shop already released, asked again from the same global
+        adapter, is reproduced bit for bit; repeating a release reveals nothing new, so it is
+        recorded as a replay without new privacy loss (a server resumed from a checkpoint).
         """
         if global_state is not None:
             self.load_adapter(global_state)
@@ -191,18 +235,25 @@ class LocalShop:
         if not self.privacy.private:
             stats = train_round(self.model, self.train_data, self.train_config, None, seed)
             return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats)
-        dp = self.privacy_settings(total_rounds)
-        budget = self.privacy.budget(server_epsilon)
+        try:
+            dp = self.privacy_settings(total_rounds)
+        except BudgetExhausted as exc:
+            return RoundOutcome(True, reason=str(exc), code="budget", epsilon=self.ledger.spent)
         digest = state_digest(global_state) if global_state is not None else ""
-        if replayable and self.ledger.replayed(server_round, digest):
+        original = self.ledger.find_release(server_round, digest) if replayable and seed is not None else None
+        if original is not None:
+            self.ledger.record_replay(original)
             stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
-            return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=self.ledger.spent)
-        decision = self.ledger.check(budget, dp.steps)
+            return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats,
+                                epsilon=self.ledger.spent)
+        budget = self.privacy.budget(server_epsilon)
+        decision = self.ledger.reserve("dp-sgd", [(dp.noise_multiplier, dp.sample_rate, dp.steps)], budget,
+                                       server_round, digest)
         if not decision.allowed:
             return RoundOutcome(True, reason=decision.reason, code="budget", epsilon=decision.epsilon_now)
         stats = train_round(self.model, self.train_data, self.train_config, dp, seed)
-        record = self.ledger.commit(dp.steps, budget, server_round, digest)  # before the update leaves
-        return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats, epsilon=record.epsilon)
+        return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats,
+                            epsilon=decision.epsilon_after)
 
     def test_set(self, limit: int | None = None) -> tuple[ExampleSet, ShopDataset]:
         """All test examples, or an even spread of ``limit``, encoded once and kept."""

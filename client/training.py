@@ -9,12 +9,14 @@ is noise only, as the privacy analysis assumes.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import secrets
+import os
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,7 +74,8 @@ class DPSettings:
     max_grad_norm: float
     sample_rate: float
     steps: int
-    unit: str = "example"
+    unit: str = "user"
+    expected_batch_size: float | None = None  # the planned divisor (None: sample rate × units)
 
 
 class ShopDataset(Dataset):
@@ -139,28 +142,58 @@ class ShopDataset(Dataset):
         return len(np.unique(self.users)) if unit == "user" else len(self)
 
 
+class StepRandomness:
+    """Where a round's sampling and noise come from.
+
+    Without a seed (deployed shops), every draw gets a generator freshly seeded from the OS
+    CSPRNG (``os.urandom``), so no seed for a whole round exists to be guessed. With a seed
+    (simulations and tests only: reproducible, hence never for deployment), the draws follow
+    from it deterministically.
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.seed, self._draws = seed, 0
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed is not None
+
+    def next_seed(self, purpose: str) -> int:
+        """64 fresh bits: from ``os.urandom``, or derived from the seed, the purpose and a counter."""
+        self._draws += 1
+        if self.seed is None:
+            return int.from_bytes(os.urandom(8), "big")
+        digest = hashlib.blake2b(f"{self.seed}/{purpose}/{self._draws}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    def reseed(self, generator: torch.Generator, purpose: str) -> torch.Generator:
+        return generator.manual_seed(self.next_seed(purpose))
+
+
 class PoissonBatchSampler(Sampler):
     """``steps`` batches; each unit joins a batch independently with probability ``sample_rate``.
 
     With ``members`` (user-level), the units are users and each sampled user contributes one of
-    their examples, chosen uniformly.
+    their examples, chosen uniformly. Each step's draws come from a freshly seeded generator.
     """
 
-    def __init__(self, n_units: int, sample_rate: float, steps: int, generator: torch.Generator,
+    def __init__(self, n_units: int, sample_rate: float, steps: int, randomness: StepRandomness,
                  members: list[np.ndarray] | None = None):
         self.n_units, self.sample_rate, self.steps = n_units, sample_rate, steps
-        self.generator, self.members = generator, members
+        self.randomness, self.members = randomness, members
+        self.generator = torch.Generator()
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
         for _ in range(self.steps):
-            chosen = torch.nonzero(torch.rand(self.n_units, generator=self.generator) < self.sample_rate).flatten()
+            generator = self.randomness.reseed(self.generator, "sample")
+            chosen = torch.nonzero(torch.rand(self.n_units, generator=generator) < self.sample_rate).flatten()
             if self.members is None:
                 yield chosen.tolist()
                 continue
-            picks = torch.rand(len(chosen), generator=self.generator).numpy()
+            picks = torch.rand(len(chosen), generator=generator).numpy()
             yield [int(self.members[u][int(r * len(self.members[u]))]) for u, r in zip(chosen.tolist(), picks)]
 
 
@@ -197,39 +230,44 @@ def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool) 
     return F.cross_entropy(logits_of(network, batch, bf16), batch["labels"])  # our loss, on logits
 
 
-def new_seed() -> int:
-    return secrets.randbits(62)
-
-
 def train_round(
     model: torch.nn.Module,
     data: ShopDataset,
     config: TrainConfig,
     dp: DPSettings | None,
     seed: int | None = None,
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> RoundStats:
-    """Train the trainable tensors of ``model`` in place for one round."""
+    """Train the trainable tensors of ``model`` in place for one round (AdamW unless ``make_optimizer``).
+
+    ``seed=None`` (deployed shops): sampling and noise come from the OS CSPRNG, afresh each step.
+    A seed makes the round reproducible: for simulations and tests only.
+    """
     device = next(model.parameters()).device
-    seed = new_seed() if seed is None else seed
+    randomness = StepRandomness(seed)
     unit = dp.unit if dp else "example"
     n_units = data.n_units(unit)
     rate = dp.sample_rate if dp else config.sample_rate(n_units)
     steps = dp.steps if dp else config.steps_per_round(n_units)
+    expected_batch = (dp.expected_batch_size if dp and dp.expected_batch_size else rate * n_units)
     members = data.user_members() if unit == "user" else None
-    sampler = PoissonBatchSampler(n_units, rate, steps, torch.Generator().manual_seed(seed), members)
+    sampler = PoissonBatchSampler(n_units, rate, steps, randomness, members)
     loader = DataLoader(data, batch_sampler=sampler, collate_fn=_identity)
     network = data.network(model)
     params = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if make_optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = make_optimizer(params)
     network.train()
     start = time.perf_counter()
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # dropout draws from the round's seed, not global state
-        torch.manual_seed(seed + 2)
+    with torch.random.fork_rng(devices=devices):  # dropout draws from the round's randomness, not global state
+        torch.manual_seed(randomness.next_seed("dropout"))
         if dp is None:
-            stats = _train_plain(network, data, loader, optimizer, config, rate * n_units, device)
+            stats = _train_plain(network, data, loader, optimizer, config, expected_batch, device)
         else:
-            stats = _train_private(network, data, loader, optimizer, config, dp, rate * n_units, device, seed)
+            stats = _train_private(network, data, loader, optimizer, config, dp, expected_batch, device, randomness)
     stats.seconds = time.perf_counter() - start
     return stats
 
@@ -252,19 +290,19 @@ def _train_plain(model, data, loader, optimizer, config, expected_batch, device)
     return RoundStats(len(loader), samples, empty, sum(losses) / max(samples, 1), 0.0, private=False)
 
 
-def make_private(model, optimizer, loader, dp: DPSettings, expected_batch: float, seed: int):
+def make_private(model, optimizer, loader, dp: DPSettings, expected_batch: float):
     """Opacus hooks-mode wrapping of ``model`` and ``optimizer`` for one round.
 
     The loader already yields Poisson batches (ours), so Opacus keeps it; the optimizer divides
-    by the expected batch size of *our* sampling.
+    the noised sum by the *planned* expected batch size, never by anything the data decides.
+    The noise generator is the caller's to reseed before each step (``StepRandomness``).
     """
     from opacus import PrivacyEngine
 
     device = next(model.parameters()).device
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        engine = PrivacyEngine(accountant="rdp")  # accounting is the ledger's; this one is unused
+        engine = PrivacyEngine(accountant="prv")  # accounting is the ledger's; this one is unused
         private_model, dp_optimizer, dp_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -274,7 +312,7 @@ def make_private(model, optimizer, loader, dp: DPSettings, expected_batch: float
             poisson_sampling=False,
             grad_sample_mode="hooks",
             loss_reduction="mean",
-            noise_generator=noise,
+            noise_generator=torch.Generator(device=device),
         )
     dp_optimizer.expected_batch_size = expected_batch
     return private_model, dp_optimizer, dp_loader
@@ -289,10 +327,10 @@ def release(private_model, model) -> None:
                 delattr(p, attr)
 
 
-def _train_private(model, data, loader, optimizer, config, dp, expected_batch, device, seed) -> RoundStats:
+def _train_private(model, data, loader, optimizer, config, dp, expected_batch, device, randomness) -> RoundStats:
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-    private_model, dp_optimizer, dp_loader = make_private(model, optimizer, loader, dp, expected_batch, seed)
+    private_model, dp_optimizer, dp_loader = make_private(model, optimizer, loader, dp, expected_batch)
     losses, samples, empty = [], 0, 0
     try:
         with warnings.catch_warnings():
@@ -301,6 +339,7 @@ def _train_private(model, data, loader, optimizer, config, dp, expected_batch, d
             with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=config.physical_batch_size,
                                     optimizer=dp_optimizer) as physical_loader:
                 for indices in physical_loader:
+                    randomness.reseed(dp_optimizer.generator, "noise")
                     if not indices:
                         empty += 1
                         noise_only_step(dp_optimizer)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from .config import ConfigError, TaskConfig
 from .model import LoraSettings
-from .task import TemporalSplit, Taxonomy
+from .task import Catalogue, TemporalSplit, Taxonomy
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,16 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """The ``task`` record: the shared label space and the platform-wide split."""
+    """The ``task`` record: the shared label space and the platform-wide split.
+
+    ``label_space`` says where the taxonomy came from: ``published`` (a catalogue file the
+    platform ships) or ``dp-top-k`` (the top K of the shops' noised, securely summed engagement).
+    """
 
     taxonomy: Taxonomy
     split: TemporalSplit
     config: TaskConfig
+    label_space: str = "published"
 
     def to_record_dict(self) -> dict:
         out = {"taxonomy.categories": list(self.taxonomy.categories), "taxonomy.names": list(self.taxonomy.names)}
@@ -88,11 +93,55 @@ class TaskSpec:
     def from_record_dict(cls, record: dict) -> "TaskSpec":
         try:
             taxonomy = Taxonomy(tuple(record["taxonomy.categories"]), tuple(record["taxonomy.names"]))
-            split = TemporalSplit(**{k[6:]: int(v) for k, v in record.items() if k.startswith("split.")})
-            config = TaskConfig.from_dict({k[5:]: v for k, v in record.items() if k.startswith("task.")})
+            split, config = _split_and_config(record)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the server's task record is malformed ({exc})") from None
         return cls(taxonomy, split, config)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_record_dict(), sort_keys=True).encode()).hexdigest()
+        return _fingerprint(self.to_record_dict())
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """A task whose label space is still to be chosen privately from ``catalogue``.
+
+    Its record is the ``task`` record of the ``query`` that asks shops for their noised
+    engagement per catalogue category in the training period.
+    """
+
+    catalogue: Catalogue
+    split: TemporalSplit
+    config: TaskConfig
+
+    def with_taxonomy(self, taxonomy: Taxonomy) -> TaskSpec:
+        return TaskSpec(taxonomy, self.split, self.config, label_space="dp-top-k")
+
+    def to_record_dict(self) -> dict:
+        out = {"catalogue.categories": list(self.catalogue.categories),
+               "catalogue.names": list(self.catalogue.names)}
+        out.update({f"split.{k}": v for k, v in self.split.to_dict().items()})
+        out.update({f"task.{k}": v for k, v in self.config.to_dict().items()})
+        return out
+
+    @classmethod
+    def from_record_dict(cls, record: dict) -> "PendingTask":
+        try:
+            catalogue = Catalogue(tuple(record["catalogue.categories"]), tuple(record["catalogue.names"]))
+            split, config = _split_and_config(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the server's statistics request is malformed ({exc})") from None
+        return cls(catalogue, split, config)
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.to_record_dict())
+
+
+def _split_and_config(record: dict) -> tuple[TemporalSplit, TaskConfig]:
+    split = TemporalSplit(**{k[6:]: int(v) for k, v in record.items() if k.startswith("split.")})
+    config = TaskConfig.from_dict({k[5:]: v for k, v in record.items() if k.startswith("task.")})
+    return split, config
+
+
+def _fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -10,6 +10,14 @@ few whitelisted scalar metrics, never a plaintext update, text, or a user or ite
     train.masked_input    secagg(ShareRelay)                   secagg(MaskedInput fields), masked(uint32)
     train.unmask          secagg(UnmaskRequest)                secagg(UnmaskResponse)
     evaluate              global, config, task                 metrics(EVALUATE)
+    query                 task(catalogue), secagg(setup)       secagg(KeyAdvertisement), metrics(QUERY)
+    query.share_keys      as train.share_keys …
+    query.masked_input    … the masked vector is the shop's noised engagement per catalogue category
+    query.unmask          …
+
+``query`` opens the federated statistics round that chooses the label space before training: each
+shop reserves the release in its ledger, adds its own Gaussian noise, and the four SecAgg+ stages
+sum the noised vectors (weight 1 per shop).
 
 A shop that declines a round (its privacy ledger refuses) answers ``train`` with metrics only:
 ``declined=1`` and a ``decline_code`` from ``DECLINE_REASONS``.
@@ -33,6 +41,14 @@ SHARE_KEYS = "train.share_keys"
 MASKED_INPUT = "train.masked_input"
 UNMASK = "train.unmask"
 EVALUATE = "evaluate"
+QUERY = "query"
+QUERY_SHARE_KEYS = "query.share_keys"
+QUERY_MASKED_INPUT = "query.masked_input"
+QUERY_UNMASK = "query.unmask"
+
+#: The four stages of a secure round: opening (train or query), share keys, masked input, unmask.
+TRAIN_STAGES = (TRAIN, SHARE_KEYS, MASKED_INPUT, UNMASK)
+QUERY_STAGES = (QUERY, QUERY_SHARE_KEYS, QUERY_MASKED_INPUT, QUERY_UNMASK)
 
 # record names inside a message's RecordDict
 GLOBAL = "global"  # ArrayRecord: the global adapter, canonical keys (server -> client)
@@ -44,7 +60,14 @@ METRICS = "metrics"  # MetricRecord: whitelisted scalars (client -> server)
 
 MASKED_ARRAY = "masked"  # the one array inside the MASKED record
 
-TRAIN_METRICS = ("declined", "decline_code", "epsilon", "train_loss", "steps", "seconds")
+#: What a shop says of its guarantee: codes for its privacy unit and accountant, and δ as a power of
+#: ten it stays below (a bucket: the exact δ = 1/(10 × units) would tell the shop's size).
+TERMS_METRICS = ("privacy_unit", "accountant", "delta_log10")
+UNIT_CODES = {"user": 1, "example": 2}
+ACCOUNTANT_CODES = {"prv": 1, "rdp": 2}
+TRAIN_METRICS = ("declined", "decline_code", "epsilon", "train_loss", "steps", "seconds", *TERMS_METRICS)
+QUERY_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
+STATISTICS_CLIP = float(2**20)  # per-element bound of a shop's noised count vector in the secure sum
 EVALUATE_METRICS = (*METRIC_NAMES, "loss", "n", "n_migrating")
 
 DECLINE_BUDGET = 1  # the shop's privacy ledger refuses the round
@@ -53,6 +76,24 @@ DECLINE_REASONS = {
     DECLINE_BUDGET: "privacy budget exhausted",
     DECLINE_NO_DATA: "no training examples",
 }
+
+
+def terms_to_metrics(unit: str, accountant: str, delta: float) -> dict[str, int]:
+    import math
+
+    return {"privacy_unit": UNIT_CODES[unit], "accountant": ACCOUNTANT_CODES[accountant],
+            "delta_log10": int(math.ceil(math.log10(delta)))}
+
+
+def terms_from_metrics(metrics: dict) -> dict | None:
+    """``{"unit", "accountant", "delta_at_most"}`` from a reply's metrics (None if it sent none)."""
+    if not all(k in metrics for k in TERMS_METRICS):
+        return None
+    units = {v: k for k, v in UNIT_CODES.items()}
+    accountants = {v: k for k, v in ACCOUNTANT_CODES.items()}
+    return {"unit": units.get(int(metrics["privacy_unit"]), "unknown"),
+            "accountant": accountants.get(int(metrics["accountant"]), "unknown"),
+            "delta_at_most": 10.0 ** int(metrics["delta_log10"])}
 
 
 @dataclass(frozen=True)
@@ -71,6 +112,10 @@ REQUESTS: dict[str, type | None] = {
     MASKED_INPUT: ShareRelay,
     UNMASK: UnmaskRequest,
     EVALUATE: None,
+    QUERY: RoundSetup,
+    QUERY_SHARE_KEYS: KeyBroadcast,
+    QUERY_MASKED_INPUT: ShareRelay,
+    QUERY_UNMASK: UnmaskRequest,
 }
 
 #: Client -> server: everything a reply may hold. Anything else is a protocol violation.
@@ -83,7 +128,13 @@ REPLIES: dict[str, tuple[Reply, ...]] = {
     MASKED_INPUT: (Reply({SECAGG: "config", MASKED: "array"}, MaskedInput),),
     UNMASK: (Reply({SECAGG: "config"}, UnmaskResponse),),
     EVALUATE: (Reply({METRICS: "metrics"}, None, EVALUATE_METRICS),),
+    QUERY: (
+        Reply({SECAGG: "config", METRICS: "metrics"}, KeyAdvertisement, QUERY_METRICS),
+        Reply({METRICS: "metrics"}, None, QUERY_METRICS),  # declined
+    ),
 }
+for _train, _query in zip(TRAIN_STAGES[1:], QUERY_STAGES[1:]):
+    REPLIES[_query] = REPLIES[_train]
 
 
 def audit_reply(message_type: str, content) -> list[str]:

@@ -1,7 +1,9 @@
-"""The federation driver: rounds of sample → train → secure aggregation → update → evaluate.
+"""The federation driver: label space, then rounds of sample → train → secure aggregation → update → evaluate.
 
-``Federation.start(grid)`` is the template: it builds (or resumes) the global adapter, runs the
-rounds with ``SecureRound``, applies the server optimizer to the securely aggregated mean update,
+``Federation.start(grid)`` is the template: it fixes the label space (the published taxonomy, or
+the top K of the shops' noised engagement from one secure statistics round), builds (or resumes)
+the global adapter, runs the rounds with ``SecureRound``, applies the server optimizer to the
+securely aggregated mean update,
 asks every shop for evaluation metrics (aggregated, weighted by examples), checkpoints after
 every round and exports the final adapter. It never sees one shop's update.
 """
@@ -20,13 +22,13 @@ from client.shop import ModelConfig, SharedModel
 from common import wire
 from common.model import flatten, get_adapter_state, unflatten
 from common.secagg import SecAggConfig, SeededRandomness
-from common.settings import RoundConfig, TaskSpec
+from common.settings import PendingTask, RoundConfig, TaskSpec
 
 from .checkpoint import Checkpoint, config_hash, has_checkpoint
 from .export import export_model
 from .optimizers import make_optimizer
 from .secure_round import ReplyObserver, SecureRound, SecureRoundResult
-from .settings import FederationSettings, save_task_spec
+from .settings import FederationSettings, chosen_task, save_task_spec
 
 log = logging.getLogger("fedinterest.server")
 
@@ -40,6 +42,7 @@ class FederationResult:
     weights: np.ndarray
     history: list[dict] = field(default_factory=list)
     export_dir: str = ""
+    task: TaskSpec | None = None  # the task the run used (its label space included)
 
 
 def weighted_metrics(replies: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -65,15 +68,18 @@ class Federation:
                  progress=print, on_round=None):
         """``observe`` sees every client reply; ``on_round(round, SecureRoundResult, weights)`` each round."""
         self.settings, self.observe, self.progress, self.on_round = settings, observe, progress, on_round
-        self.task: TaskSpec = settings.task_spec()
+        self.spec: TaskSpec | PendingTask = settings.task_spec()
+        self.task: TaskSpec | None = self.spec if isinstance(self.spec, TaskSpec) else None
         self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora,
                                         head_init=str(settings["head-init"]))
-        self.hash = config_hash({**settings.fingerprint_values(), "task": self.task.fingerprint()})
+        self.hash = config_hash({**settings.fingerprint_values(), "task": self.spec.fingerprint()})
 
     # ------------------------------------------------------------------ template
 
     def start(self, grid) -> FederationResult:
         settings = self.settings
+        nodes = self._wait_for_nodes(grid)
+        self.task = self._label_space(grid, nodes)
         shared = SharedModel.get(self.model_config, self.task.taxonomy.class_names, "cpu")
         template = get_adapter_state(shared.model)
         optimizer = make_optimizer(str(settings["server-optimizer"]), float(settings["server-lr"]))
@@ -86,9 +92,6 @@ class Federation:
             self.progress(f"resuming after round {ckpt.round} from {checkpoints}")
         elif has_checkpoint(checkpoints):
             self.progress(f"note: {checkpoints} holds an earlier run; it is replaced (pass resume=true to continue it)")
-        save_task_spec(self.task, settings.out_dir / "task_spec.json")
-
-        nodes = self._wait_for_nodes(grid)
         for server_round in range(first, settings.rounds + 1):
             started = time.perf_counter()
             chosen = self._sample(nodes, server_round)
@@ -106,7 +109,7 @@ class Federation:
         export = export_model(shared.model, unflatten(weights, template), self.task.taxonomy,
                               self._model_card(history), settings.out_dir / EXPORT)
         self.progress(f"exported the global adapter to {export}")
-        return FederationResult(len(history), weights, history, str(export))
+        return FederationResult(len(history), weights, history, str(export), self.task)
 
     # ------------------------------------------------------------------ steps
 
@@ -122,6 +125,39 @@ class Federation:
             raise RuntimeError(f"only {len(nodes)} shops connected; min-shops={need}")
         self.progress(f"{len(nodes)} shops connected")
         return nodes
+
+    def _label_space(self, grid, nodes: list[int]) -> TaskSpec:
+        """The published taxonomy, or the top K of one secure round of the shops' noised engagement.
+
+        Each shop charges its release to its own ledger; the server sees only the sum. The choice
+        is saved in ``out-dir/task_spec.json``, and a resumed run reuses it rather than asking again.
+        """
+        path = self.settings.out_dir / "task_spec.json"
+        if isinstance(self.spec, TaskSpec):
+            save_task_spec(self.spec, path)
+            return self.spec
+        pending = self.spec
+        if self.settings["resume"] and (saved := chosen_task(path, pending)) is not None:
+            self.progress(f"label space: {saved.taxonomy.n_classes - 1} categories chosen earlier in this run")
+            return saved
+        s = self.settings
+        config = SecAggConfig(vector_length=len(pending.catalogue), max_clients=max(len(nodes), 3),
+                              clip=wire.STATISTICS_CLIP, max_weight=1, min_clients=3)
+        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", 0)
+        result = SecureRound(grid, nodes, config, 0, float(s["round-timeout"]), randomness, self.observe,
+                             stages=wire.QUERY_STAGES).run(lambda node: RecordDict(
+                                 {wire.TASK: ConfigRecord(pending.to_record_dict())}))
+        for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
+                          **result.dropped}.items():
+            self.progress(f"  shop {node} left out of the statistics round: {why}")
+        if result.weighted_sum is None or result.aborted:
+            raise RuntimeError(f"the label space could not be chosen privately ({result.aborted or 'no sum'}); "
+                               "publish a taxonomy (task-spec with a taxonomy) or bring more shops")
+        task = pending.with_taxonomy(pending.catalogue.top_k(result.weighted_sum, pending.config.top_k))
+        save_task_spec(task, path, chosen_from=pending.fingerprint())
+        self.progress(f"label space: top {task.taxonomy.n_classes - 1} of {len(pending.catalogue)} catalogue "
+                      f"categories by the noised engagement of {result.total_weight} shops (DP, in each shop's ledger)")
+        return task
 
     def _sample(self, nodes: list[int], server_round: int) -> list[int]:
         k = max(int(self.settings["min-shops"]), int(round(float(self.settings["fraction-train"]) * len(nodes))))
@@ -193,6 +229,8 @@ class Federation:
             "aborted": result.aborted,
             "total_weight": result.total_weight,
             "epsilon": {str(n): m["epsilon"] for n, m in result.train_metrics.items() if "epsilon" in m},
+            "privacy_terms": {str(n): t for n, m in result.train_metrics.items()
+                              if (t := wire.terms_from_metrics(m)) is not None},
             "train_loss": float(np.mean([x for x in losses if x is not None])) if losses else None,
             "eval": evaluation,
             "bytes_up": result.bytes_up,
@@ -219,6 +257,15 @@ class Federation:
         parts.append(f"{entry['seconds']:.0f} s, {(entry['bytes_up'] + entry['bytes_down']) / 1e6:.1f} MB on the wire")
         return ", ".join(parts)
 
+    @staticmethod
+    def _privacy_summary(history: list[dict]) -> dict:
+        """What the shops reported of their guarantee: unit, δ, accountant (each shop's own terms)."""
+        terms = {}
+        for entry in history:
+            terms.update(entry.get("privacy_terms", {}))
+        return {"per_shop": terms,
+                "note": "ε is per shop's privacy unit; a customer of several shops composes ε over them"}
+
     def _model_card(self, history: list[dict]) -> dict:
         epsilon: dict[str, float] = {}
         for entry in history:
@@ -228,6 +275,8 @@ class Federation:
             "backbone": self.settings["backbone"],
             "lora": self.settings.lora.to_dict(),
             "num_labels": self.task.taxonomy.n_classes,
+            "label_space": self.task.label_space,
+            "privacy": self._privacy_summary(history),
             "task": self.task.config.to_dict(),
             "split": self.task.split.to_dict(),
             "rounds": len(history),

@@ -32,6 +32,7 @@ ReplyObserver = Callable[[str, int, RecordDict], None]
 @dataclass
 class SecureRoundResult:
     mean_update: np.ndarray | None = None
+    weighted_sum: np.ndarray | None = None
     total_weight: int = 0
     contributors: list[int] = field(default_factory=list)
     declined: dict[int, int] = field(default_factory=dict)  # node -> decline code
@@ -71,8 +72,11 @@ class SecureRound:
         timeout: float,
         randomness: Randomness,
         observe: ReplyObserver | None = None,
+        stages: tuple[str, str, str, str] = wire.TRAIN_STAGES,
     ):
+        """``stages``: the message types of the four exchanges (``wire.TRAIN_STAGES`` or ``QUERY_STAGES``)."""
         self.grid, self.nodes, self.config, self.round_id = grid, nodes, config, round_id
+        self.stages = stages
         self.timeout, self.observe = timeout, observe
         self.server = SecAggServer(config, round_id, nodes, randomness)
         self.result = SecureRoundResult()
@@ -124,7 +128,7 @@ class SecureRound:
     # ------------------------------------------------------------------ the round
 
     def run(self, train_content: Callable[[int], RecordDict]) -> SecureRoundResult:
-        """``train_content(node)`` builds the ``train`` message (global adapter, config, task)."""
+        """``train_content(node)`` builds the opening message (``train``: global adapter, config, task)."""
         try:
             self._run(train_content)
         except SecAggError as exc:
@@ -141,7 +145,8 @@ class SecureRound:
             for name, record in setup.items():
                 content[name] = record
             contents[node] = content
-        replies = self._exchange(wire.TRAIN, contents)
+        opening, share_keys, masked_input, unmask = self.stages
+        replies = self._exchange(opening, contents)
         for node, content in list(replies.items()):
             metrics = dict(content[wire.METRICS].items()) if wire.METRICS in content else {}
             self.result.train_metrics[node] = metrics
@@ -151,14 +156,15 @@ class SecureRound:
         advertisements = self._parse(replies, KeyAdvertisement)
 
         broadcasts = self.server.collect_keys(advertisements)
-        replies = self._exchange(wire.SHARE_KEYS, self._records(broadcasts))
+        replies = self._exchange(share_keys, self._records(broadcasts))
         relays = self.server.collect_shares(self._parse(replies, ShareDistribution))
-        replies = self._exchange(wire.MASKED_INPUT, self._records(relays))
+        replies = self._exchange(masked_input, self._records(relays))
         requests = self.server.collect_masked_inputs(self._parse(replies, MaskedInput))
-        replies = self._exchange(wire.UNMASK, self._records(requests))
+        replies = self._exchange(unmask, self._records(requests))
         aggregate = self.server.collect_unmask_responses(self._parse(replies, UnmaskResponse))
         self.result.contributors = list(aggregate.contributors)
         self.result.total_weight = int(aggregate.total_weight)
+        self.result.weighted_sum = np.asarray(aggregate.weighted_sum, dtype=np.float64)
         if aggregate.total_weight > 0:
             self.result.mean_update = np.asarray(aggregate.mean, dtype=np.float64)
 

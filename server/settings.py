@@ -13,8 +13,8 @@ from pathlib import Path
 from common.config import ConfigError, TaskConfig
 from common.model import LoraSettings
 from common.model.lora import parse_layers
-from common.settings import LocalTraining, TaskSpec
-from common.task import TemporalSplit, Taxonomy
+from common.settings import LocalTraining, PendingTask, TaskSpec
+from common.task import Catalogue, TemporalSplit, Taxonomy
 
 DEFAULTS: dict[str, object] = {
     "num-server-rounds": 3,
@@ -111,36 +111,62 @@ class FederationSettings:
         """What must match for a checkpoint to be resumed."""
         return {k: v for k, v in self.values.items() if k not in RESUMABLE}
 
-    def task_spec(self) -> TaskSpec:
-        """The shared task: from ``task-spec`` (a JSON file), else built from ``sim-data``."""
+    def task_spec(self) -> "TaskSpec | PendingTask":
+        """The shared task: from ``task-spec`` (a JSON file), else from ``sim-data``.
+
+        Without a published taxonomy the label space is chosen privately at the start of the run
+        (a ``PendingTask``: the catalogue, the split and the task settings).
+        """
         path = str(self["task-spec"]).strip()
         if path:
             return load_task_spec(Path(path))
         from common.data import load_events
-        from common.task import prepare_task
+        from common.task import Catalogue, default_split
 
         data = Path(str(self["sim-data"]))
         if not data.exists():
             raise ConfigError(f"run config: neither task-spec nor sim-data ({data}) is available; "
                               "write one with `fedinterest simulate` or pass task-spec=PATH")
-        task = prepare_task(load_events(data), TaskConfig(top_k=int(self["top-k"])))
-        return TaskSpec(task.taxonomy, task.split, task.config)
+        table = load_events(data)
+        config = TaskConfig(top_k=int(self["top-k"]))
+        return PendingTask(Catalogue.of(table), default_split(table, config), config)
 
 
-def save_task_spec(spec: TaskSpec, path: Path) -> None:
+def save_task_spec(spec: "TaskSpec | PendingTask", path: Path, chosen_from: str = "") -> None:
+    """The task as JSON: a published or chosen taxonomy, or the catalogue it is to be chosen from."""
     from common.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps({"taxonomy": spec.taxonomy.to_dict(), "split": spec.split.to_dict(),
-                                        "task": spec.config.to_dict()}, indent=1))
+    data: dict = {"split": spec.split.to_dict(), "task": spec.config.to_dict()}
+    if isinstance(spec, TaskSpec):
+        data.update(taxonomy=spec.taxonomy.to_dict(), label_space=spec.label_space)
+    else:
+        data.update(catalogue=spec.catalogue.to_dict())
+    if chosen_from:
+        data["chosen_from"] = chosen_from
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def load_task_spec(path: Path) -> TaskSpec:
+def load_task_spec(path: Path) -> "TaskSpec | PendingTask":
     try:
         data = json.loads(path.read_text())
-        return TaskSpec(Taxonomy.from_dict(data["taxonomy"], str(path)), TemporalSplit(**data["split"]),
-                        TaskConfig.from_dict(data["task"]))
+        split, config = TemporalSplit(**data["split"]), TaskConfig.from_dict(data["task"])
+        if "taxonomy" in data:
+            return TaskSpec(Taxonomy.from_dict(data["taxonomy"], str(path)), split, config,
+                            str(data.get("label_space", "published")))
+        return PendingTask(Catalogue.from_dict(data["catalogue"]), split, config)
     except FileNotFoundError:
         raise ConfigError(f"task-spec {path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"task-spec {path}: malformed ({exc}); it needs taxonomy, split and task") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"task-spec {path}: malformed ({exc}); it needs split, task and a taxonomy "
+                          "(published) or a catalogue (the label space is then chosen privately)") from None
 
+
+def chosen_task(path: Path, pending: "PendingTask") -> "TaskSpec | None":
+    """The task a run already chose privately from ``pending`` (saved in its out-dir), if any."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("chosen_from") != pending.fingerprint():
+        return None
+    spec = load_task_spec(path)
+    return spec if isinstance(spec, TaskSpec) else None

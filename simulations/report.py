@@ -14,16 +14,25 @@ from common.atomic import atomic_write_json
 
 
 def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, list[float]]:
-    """ε after each recorded round, per shop, read from each shop's own ledger."""
+    """ε after each release (the statistics round, then every training round), per shop, from its ledger."""
+    return {name: values["epsilon"] for name, values in shop_privacy(node_configs, shops).items()}
+
+
+def shop_privacy(node_configs: dict[int, dict], shops: list[str]) -> dict[str, dict]:
+    """Each shop's ledger in brief: ε after each release, and the unit, δ and accountant behind it."""
     from client.ledger import LEDGER_FILE, PrivacyLedger
 
     out = {}
     for pid, name in enumerate(shops):
         state = Path(node_configs[pid]["state-dir"])
+        entry: dict = {"epsilon": [], "releases": []}
         if (state / LEDGER_FILE).is_file():
-            out[name] = [r.epsilon for r in PrivacyLedger.open(state).rounds]
-        else:
-            out[name] = []
+            ledger = PrivacyLedger.open(state).read()
+            entry["epsilon"] = [r.epsilon for r in ledger.releases]
+            entry["releases"] = [r.kind for r in ledger.releases]
+            if ledger.terms is not None:
+                entry.update(unit=ledger.terms.unit, delta=ledger.terms.delta, accountant=ledger.terms.accountant)
+        out[name] = entry
     return out
 
 
@@ -57,7 +66,7 @@ def plot_rounds(history: list[dict], epsilons: dict[str, list[float]], out: Path
     for name, values in epsilons.items():
         if values:
             ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
-    ax.set_xlabel("round")
+    ax.set_xlabel("release (statistics, then training rounds)")
     ax.set_ylabel("ε spent")
     ax.set_title("privacy spent per shop")
     if any(epsilons.values()):

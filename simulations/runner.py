@@ -2,8 +2,8 @@
 
 ``prepare`` turns a dataset (the default synthetic shops, or any log plus a partitioning) into
 per-shop node configurations, exactly what each merchant would pass to its SuperNode, and the
-platform's task spec (taxonomy and split from the pooled training period: catalogue data and
-calendar dates). ``run_federation`` starts the real ServerApp and ClientApp under
+platform's task: the split (calendar dates) and either a published taxonomy or the catalogue
+(every category of the data's items) that the federation chooses its label space from, privately. ``run_federation`` starts the real ServerApp and ClientApp under
 ``flwr.simulation.run_simulation``; simulated nodes receive their node config through a mod,
 since the engine itself only gives them a partition id.
 """
@@ -20,8 +20,8 @@ from common.atomic import atomic_write_text
 from common.config import ConfigError, TaskConfig
 from common.data import EventTable, LoadOptions, load_events
 from common.data.load import MANIFEST
-from common.settings import TaskSpec
-from common.task import prepare_task
+from common.settings import PendingTask, TaskSpec
+from common.task import Catalogue, Taxonomy, default_split
 
 from .partition import partition_events
 from .synthetic import SynthConfig, write_synthetic
@@ -34,7 +34,7 @@ class Prepared:
     table: EventTable  # pooled events (the simulation's view; no server sees them)
     shops: list[str]
     node_configs: NodeConfigs  # partition id -> node config
-    task: TaskSpec
+    task: TaskSpec | PendingTask  # pending: the federation chooses the label space privately
     data: Path
 
 
@@ -48,12 +48,18 @@ def prepare(
     alpha: float = 0.5,
     seed: int = 0,
     epsilon: float | None = 8.0,
+    privacy: dict | None = None,
+    taxonomy: Taxonomy | None = None,
     max_train_examples: int | None = None,
     threads: int = 1,
     task_config: TaskConfig | None = None,
     synth: SynthConfig | None = None,
 ) -> Prepared:
-    """Data, shops and node configs under ``out``."""
+    """Data, shops and node configs under ``out``.
+
+    ``privacy``: node-config privacy keys every shop gets (``privacy-unit``, ``delta``, ``accountant``).
+    ``taxonomy``: a published label space; without it the federation chooses one privately.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         source = out / "data"
@@ -66,8 +72,9 @@ def prepare(
     parts = partition_events(table, shops=shops, method=partition, alpha=alpha, seed=seed)
     if len(parts) < 3:
         raise ConfigError(f"{len(parts)} shops; secure aggregation needs at least 3")
-    task = prepare_task(table, task_config or TaskConfig())
-    spec = TaskSpec(task.taxonomy, task.split, task.config)
+    config = task_config or TaskConfig()
+    split = default_split(table, config)
+    spec = TaskSpec(taxonomy, split, config) if taxonomy is not None else PendingTask(Catalogue.of(table), split, config)
     natural = table.has_merchants and (source / MANIFEST).is_file() and partition in ("auto", "natural")
     node_configs: NodeConfigs = {}
     for pid, name in enumerate(sorted(parts)):
@@ -81,6 +88,7 @@ def prepare(
             node["non-private"] = True
         else:
             node["epsilon"] = float(epsilon)
+            node.update(privacy or {})
         if max_train_examples:
             node["max-train-examples"] = int(max_train_examples)
         node["threads"] = int(threads)
@@ -164,7 +172,7 @@ def run_federation(
     from server.federation import Federation
     from server.settings import FederationSettings, save_task_spec
 
-    spec_path = Path(run_config["out-dir"]) / "task_spec.json"
+    spec_path = Path(run_config["out-dir"]) / "platform_task.json"  # the run's input; task_spec.json is its choice
     save_task_spec(prepared.task, spec_path)
     settings = FederationSettings.from_run_config({**run_config, "task-spec": str(spec_path)})
     outcome = SimulationOutcome()

@@ -47,13 +47,15 @@ def test_train_local_labels_runs_and_ledger_show(tmp_path, synthetic_dir):
     private = fedinterest(*common, "--epsilon", "4", "--rounds", "2", "--state", str(tmp_path / "dp"),
                           "--json", str(tmp_path / "dp.json"))
     assert private.returncode == 0, private.stderr
-    assert "fedinterest [DP ε=4]" in private.stdout and "privacy plan: σ=" in private.stdout
+    assert "fedinterest [DP ε=4/user]" in private.stdout and "privacy plan: σ=" in private.stdout
+    assert "per user" in private.stdout and "PRV" in private.stdout and "OS CSPRNG" in private.stdout
     rounds = json.loads((tmp_path / "dp.json").read_text())["rounds"]
     assert len(rounds) == 2 and 0 < rounds[0]["epsilon"] < rounds[1]["epsilon"] <= 4.0 * 1.01
 
     shown = fedinterest("ledger", "show", "--state", str(tmp_path / "dp"))
     assert shown.returncode == 0, shown.stderr
     assert "spent ε=" in shown.stdout and "left ε=" in shown.stdout
+    assert "per user" in shown.stdout and "δ=" in shown.stdout and "PRV" in shown.stdout
 
     missing = fedinterest("ledger", "show", "--state", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "no privacy_ledger.json" in missing.stderr
+    assert missing.returncode == 2 and "no privacy_ledger.jsonl" in missing.stderr

@@ -323,6 +323,10 @@ def test_deployed_federation_with_superlink_supernodes_and_flwr_run(tmp_path):
     for entry in card["history"]:
         assert entry["contributors"] == SHOPS and entry["aborted"] is None and not entry["dropped"], entry
         assert entry["eval"]["n"] > 0, entry
+    assert card["label_space"] == "dp-top-k"  # chosen by the shops' noised, securely summed engagement
+    terms = card["privacy"]["per_shop"]
+    assert len(terms) == SHOPS and all(
+        t["unit"] == "user" and t["accountant"] == "prv" and t["delta_at_most"] <= 1e-2 for t in terms.values())
     assert len(card["epsilon_per_shop"]) == SHOPS
     assert all(0 < eps <= EPSILON for eps in card["epsilon_per_shop"].values()), card["epsilon_per_shop"]
     adapter_dir = out / "export" / ADAPTER
@@ -336,6 +340,7 @@ def test_deployed_federation_with_superlink_supernodes_and_flwr_run(tmp_path):
     for pid, node in prepared.node_configs.items():
         ledger = PrivacyLedger.open(node["state-dir"])
         assert [r.server_round for r in ledger.rounds] == list(range(1, ROUNDS + 1)), (pid, ledger.rounds)
+        assert [r.kind for r in ledger.releases] == ["statistics"] + ["dp-sgd"] * ROUNDS
         assert all(r.budget == EPSILON for r in ledger.rounds)
         assert 0 < ledger.spent <= EPSILON, (pid, ledger.spent)
         assert ledger.rounds[-1].epsilon == pytest.approx(ledger.spent)

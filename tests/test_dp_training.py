@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from client.shop import shop_dataset
 from client.training import (
-    DPSettings, PoissonBatchSampler, TrainConfig, logits_of, make_private, release, train_round,
+    DPSettings, PoissonBatchSampler, StepRandomness, TrainConfig, logits_of, make_private, release, train_round,
 )
 from common.model.prefix import adapted_layers_start
 from common.config import TaskConfig
@@ -75,7 +75,7 @@ def test_privatised_gradient_equals_mean_of_clipped_per_example_gradients(shop, 
     optimizer = torch.optim.SGD([p for _, p in trainable(network)], lr=0.0)
     loader = DataLoader(data, batch_sampler=[indices], collate_fn=lambda b: b)
     dp = DPSettings(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, steps=1)
-    private, dp_optimizer, _ = make_private(network, optimizer, loader, dp, expected_batch=len(indices), seed=0)
+    private, dp_optimizer, _ = make_private(network, optimizer, loader, dp, expected_batch=len(indices))
     try:
         F.cross_entropy(logits_of(private, batch), batch["labels"]).backward()
         assert dp_optimizer.pre_step()
@@ -119,18 +119,18 @@ def test_logical_batches_larger_than_physical_ones(shop):
     _, _, data = shop
     model = fresh_model(shop)
     config = TrainConfig(batch_size=40, physical_batch_size=8, max_steps=2)
-    dp = DPSettings(noise_multiplier=0.5, max_grad_norm=1.0, sample_rate=40 / len(data), steps=2)
+    dp = DPSettings(noise_multiplier=0.5, max_grad_norm=1.0, sample_rate=40 / len(data), steps=2, unit="example")
     stats = train_round(model, data, config, dp, seed=3)
     assert stats.steps == 2 and stats.samples > 16  # several physical batches per step
 
 
 def test_poisson_sampler_rate_and_user_level_sampling(shop):
     _, _, data = shop
-    sampler = PoissonBatchSampler(len(data), 0.1, 400, torch.Generator().manual_seed(0))
+    sampler = PoissonBatchSampler(len(data), 0.1, 400, StepRandomness(0))
     sizes = [len(b) for b in sampler]
     assert abs(np.mean(sizes) - 0.1 * len(data)) < 0.1 * len(data) * 0.1
     members = data.user_members()
-    user_sampler = PoissonBatchSampler(len(members), 0.5, 50, torch.Generator().manual_seed(0), members)
+    user_sampler = PoissonBatchSampler(len(members), 0.5, 50, StepRandomness(0), members)
     for batch in user_sampler:
         users = data.users[batch]
         assert len(users) == len(set(users.tolist()))  # at most one example per user per step
@@ -144,3 +144,92 @@ def test_non_private_mode_trains(shop):
     assert not stats.private and stats.steps == 2
     after = get_adapter_state(model)
     assert any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=1.0)  # the parameter change is minus the privatised gradient
+
+
+def flat_trainable(model):
+    return torch.cat([p.detach().flatten().double() for _, p in trainable(model)])
+
+
+def test_physical_batches_add_up_to_the_clipped_sum_over_the_planned_batch(shop):
+    """One logical batch of 40 in physical batches of 8 = brute-force clipped sum / planned batch."""
+    _, _, data = shop
+    data = data.subset(np.arange(40))
+    model = fresh_model(shop)
+    network = data.network(model)
+    network.train()
+    clip, planned = 0.05, 50.0  # the divisor is the plan's, not the 40 examples this step happened to get
+    batch = data.batch(list(range(40)), torch.device("cpu"))
+    expected, _ = manual_clipped_mean(network, batch, clip)
+    assert min(manual_clipped_mean(network, batch, 1e9)[1]) > clip  # clipping binds
+    expected = expected * 40 / planned
+    before = flat_trainable(model)
+    dp = DPSettings(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, steps=1, unit="example",
+                    expected_batch_size=planned)
+    stats = train_round(model, data, TrainConfig(batch_size=40, physical_batch_size=8), dp, seed=5,
+                        make_optimizer=sgd)
+    assert stats.samples == 40 and stats.steps == 1
+    got = before - flat_trainable(model)
+    relative = ((got - expected).norm() / expected.norm()).item()
+    assert relative < 1e-5, relative
+
+
+@pytest.mark.parametrize("seed", [None, 11], ids=["csprng", "seeded"])
+def test_noise_std_is_sigma_clip_over_the_planned_batch(shop, seed):
+    _, _, data = shop
+    model = fresh_model(shop)
+    sigma, clip, planned = 2.0, 0.5, 10.0
+    dp = DPSettings(noise_multiplier=sigma, max_grad_norm=clip, sample_rate=1e-9, steps=1, unit="example",
+                    expected_batch_size=planned)  # an empty batch: the step is noise only
+    noise = []
+    for r in range(8):  # eight noise-only rounds: enough values to pin the std down to a few percent
+        before = flat_trainable(model)
+        stats = train_round(model, data, TrainConfig(), dp, seed=None if seed is None else seed + r,
+                            make_optimizer=sgd)
+        assert stats.empty_batches == 1
+        noise.append((flat_trainable(model) - before).numpy())
+    n = sum(x.size for x in noise)
+    first, noise = noise[0], np.concatenate(noise)
+    expected = sigma * clip / planned
+    assert abs(noise.std() / expected - 1) < 5 / np.sqrt(2 * n)  # std estimate: relative error ~ 1/sqrt(2n)
+    assert abs(noise.mean()) < 5 * expected / np.sqrt(n)
+
+    again = fresh_model(shop)
+    before = flat_trainable(again)
+    train_round(again, data, TrainConfig(), dp, seed=seed, make_optimizer=sgd)
+    same = np.array_equal((flat_trainable(again) - before).numpy(), first)
+    assert same == (seed is not None)  # seeded runs repeat; CSPRNG runs never do
+
+
+def test_poisson_sampling_matches_its_definition(shop):
+    """Inclusion frequencies are q for every unit, independent across steps; one uniform example per user."""
+    _, _, data = shop
+    q, steps = 0.3, 2000
+    counts = np.zeros(len(data))
+    pair = 0
+    for batch in PoissonBatchSampler(len(data), q, steps, StepRandomness(None)):
+        member = np.zeros(len(data), dtype=bool)
+        member[batch] = True
+        counts += member
+        pair += member[0] and member[1]
+    # per-unit inclusion ~ Binomial(steps, q): all within 5 standard deviations
+    sd = np.sqrt(steps * q * (1 - q))
+    assert np.all(np.abs(counts - steps * q) < 5 * sd)
+    assert abs(pair - steps * q * q) < 5 * np.sqrt(steps * q * q)  # independence of two units
+
+    members = data.user_members()
+    big = max(range(len(members)), key=lambda u: len(members[u]))
+    picks = np.zeros(len(members[big]))
+    position = {int(e): i for i, e in enumerate(members[big])}
+    for batch in PoissonBatchSampler(len(members), 1.0, 3000, StepRandomness(3), members):
+        users = data.users[batch]
+        assert len(batch) == len(members) and len(set(users.tolist())) == len(members)  # one example per user
+        chosen = [e for e in batch if e in position]
+        assert len(chosen) == 1
+        picks[position[chosen[0]]] += 1
+    expected = 3000 / len(picks)
+    chi2 = ((picks - expected) ** 2 / expected).sum()
+    assert chi2 < len(picks) + 6 * np.sqrt(2 * len(picks)), chi2  # uniform within the user

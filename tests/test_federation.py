@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from client.ledger import PrivacyLedger
-from client.privacy import plan_privacy
+from client.privacy import PrivacyTerms
 from common import wire
 from simulations.runner import prepare, run_federation
 from simulations.synthetic import SynthConfig
@@ -53,9 +53,8 @@ def federation(tmp_path_factory):
     prepared = prepare(out / "sim", shops=6, synth=SMALL, max_train_examples=120, seed=3)
     # shop 0 spent its whole budget in an earlier federation
     exhausted = PrivacyLedger.open(prepared.node_configs[0]["state-dir"])
-    exhausted.set_plan(plan_privacy(epsilon=8.0, delta=1e-4, sample_rate=0.1, steps_per_round=10, rounds=1,
-                                    max_grad_norm=1.0))
-    exhausted.commit(10, budget=8.0, server_round=1)
+    exhausted.fix_terms(PrivacyTerms("user", 1e-4, "prv"))
+    assert exhausted.reserve("dp-sgd", [(0.6, 0.5, 40)], budget=100.0).epsilon_after > 8.0
     replies, lines, rounds = [], [], {}
 
     def observe(message_type, node, content):
@@ -119,8 +118,7 @@ def test_secure_aggregate_is_the_weighted_mean_of_the_plaintext_updates(federati
 
 def test_wire_audit_only_declared_content_leaves_a_shop(federation):
     replies = federation["replies"]
-    assert {t for t, _, _ in replies} == {wire.TRAIN, wire.SHARE_KEYS, wire.MASKED_INPUT, wire.UNMASK,
-                                          wire.EVALUATE}
+    assert {t for t, _, _ in replies} == {*wire.TRAIN_STAGES, *wire.QUERY_STAGES, wire.EVALUATE}
     masked = []
     for message_type, _, content in replies:
         problems = wire.audit_reply(message_type, content)
@@ -132,6 +130,9 @@ def test_wire_audit_only_declared_content_leaves_a_shop(federation):
                 assert not isinstance(value, str), f"text in {message_type}.{key}"
                 if hasattr(value, "numpy"):
                     assert value.numpy().dtype == np.uint32, f"{message_type}.{key} is not a masked integer vector"
+        if message_type == wire.QUERY_MASKED_INPUT:  # masked counts look uniform in Z_2^32
+            vector = content[wire.MASKED][wire.MASKED_ARRAY].numpy().astype(np.float64) / 2.0**32
+            assert len(vector) > 20 and 0.3 < vector.mean() < 0.7 and vector.std() > 0.2
         if message_type == wire.MASKED_INPUT:
             masked.append(content[wire.MASKED][wire.MASKED_ARRAY].numpy().astype(np.float64))
     plaintext = [np.load(path)["update"] for path in glob.glob(str(federation["audit"] / "*.npz"))]
@@ -152,8 +153,35 @@ def test_wire_audit_only_declared_content_leaves_a_shop(federation):
                 if key.endswith("_ids") or key.endswith("_owners"):
                     assert set(value) <= nodes, (message_type, key)
         if wire.METRICS in content:
-            allowed = wire.TRAIN_METRICS if message_type == wire.TRAIN else wire.EVALUATE_METRICS
+            allowed = {wire.TRAIN: wire.TRAIN_METRICS, wire.QUERY: wire.QUERY_METRICS}.get(
+                message_type, wire.EVALUATE_METRICS)
             assert set(content[wire.METRICS].keys()) <= set(allowed)
+
+
+def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledger(federation):
+    """The statistics round: each shop reserved one release before any training, the server used the sum."""
+    from common.stats import category_engagement
+    from common.task import default_split
+
+    result, prepared = federation["result"], federation["prepared"]
+    assert result.task.label_space == "dp-top-k"
+    assert any("label space: top" in line for line in federation["lines"])
+    for pid in range(1, 6):
+        ledger = PrivacyLedger.open(prepared.node_configs[pid]["state-dir"]).read()
+        kinds = [r.kind for r in ledger.releases]
+        assert kinds[0] == "statistics" and set(kinds[1:]) == {"dp-sgd"}, kinds
+        assert ledger.releases[0].phases[0][1:] == (1.0, 1)  # one Gaussian release, no subsampling
+        assert ledger.plan is not None and ledger.spent <= 8.0
+        assert ledger.terms.unit == "user" and ledger.terms.accountant == "prv"
+    # the query reply of every shop holds only the declared records, its vector only masked
+    queries = [content for t, _, content in federation["replies"] if t == wire.QUERY]
+    assert queries and all(not wire.audit_reply(wire.QUERY, c) for c in queries)
+    # the chosen label space is the top of the true pooled engagement, up to the noise
+    pending_split = default_split(prepared.table, result.task.config)
+    truth = category_engagement(prepared.table, prepared.task.catalogue, pending_split.val_start)
+    true_top = set(prepared.task.catalogue.top_k(truth, result.task.config.top_k).categories)
+    overlap = len(true_top & set(result.task.taxonomy.categories)) / len(true_top)
+    assert overlap > 0.6, overlap
 
 
 def test_the_exported_adapter_reloads_with_peft_and_predicts_the_same(federation):

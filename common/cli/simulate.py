@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .data_args import add_task_arguments, task_config
-from .model_args import add_model_arguments, model_config, train_config
+from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
 
 NAME = "simulate"
 HELP = "simulate the federation (Flower simulation engine): DP shops, secure aggregation, report"
@@ -46,20 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
     group.add_argument("--cpus-per-shop", type=float, default=None,
                        help="CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4))")
-    privacy = parser.add_argument_group("privacy")
-    mode = privacy.add_mutually_exclusive_group()
-    mode.add_argument("--epsilon", type=float, default=8.0, help="every shop's budget (default 8)")
-    mode.add_argument("--non-private", action="store_true", help="shops train without DP (labelled reference runs)")
+    add_privacy_arguments(parser)
     add_model_arguments(parser)
     add_task_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.privacy import PrivacyConfig
     from common.config import ConfigError
     from common.report import format_table
+    from common.task import Taxonomy
     from simulations.central import central_table
-    from simulations.report import plot_rounds, shop_epsilons, write_report
+    from simulations.report import plot_rounds, shop_privacy, write_report
     from simulations.runner import prepare, run_federation
 
     if args.shops < 3:
@@ -69,14 +66,19 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
     started = time.perf_counter()
     out = Path(args.out)
-    epsilon = None if args.non_private else args.epsilon
-    privacy = PrivacyConfig(epsilon=epsilon)
+    privacy = privacy_config(args)
+    epsilon = privacy.epsilon
+    node_privacy = {"privacy-unit": privacy.unit, "accountant": privacy.accountant}
+    if privacy.delta is not None:
+        node_privacy["delta"] = privacy.delta
     cpus = os.cpu_count() or 2
     if args.cpus_per_shop is None:
         args.cpus_per_shop = float(min(cpus, max(2, cpus // 4)))
     threads = max(1, int(args.cpus_per_shop))
     prepared = prepare(out, data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
-                       alpha=args.alpha, seed=args.seed, epsilon=epsilon, max_train_examples=args.max_train,
+                       alpha=args.alpha, seed=args.seed, epsilon=epsilon, privacy=node_privacy,
+                       taxonomy=Taxonomy.load(args.taxonomy) if args.taxonomy else None,
+                       max_train_examples=args.max_train,
                        threads=threads, task_config=task_config(args))
     print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
     train = train_config(args)
@@ -99,22 +101,32 @@ def run(args: argparse.Namespace) -> int:
     label = f"federated [{privacy.label()}, SecAgg+]"
     reference_rounds = args.rounds if args.reference_rounds is None else args.reference_rounds
     pooled_examples = args.reference_examples or (args.max_train * len(prepared.shops) if args.max_train else None)
-    rows = central_table(prepared.table, prepared.task, models, train, result.weights, label,
+    rows = central_table(prepared.table, result.task, models, train, result.weights, label,
                          max_test=args.central_test, reference_rounds=reference_rounds,
                          reference_examples=pooled_examples)
-    epsilons = shop_epsilons(prepared.node_configs, prepared.shops)
+    shop_terms = shop_privacy(prepared.node_configs, prepared.shops)
+    epsilons = {name: entry["epsilon"] for name, entry in shop_terms.items()}
     wire_bytes = sum(h["bytes_up"] + h["bytes_down"] for h in result.history)
     print()
     print(format_table(rows))
     print()
-    for shop, values in epsilons.items():
-        spent = f"ε {values[-1]:.3f} after {len(values)} rounds" if values else "no private round recorded"
+    for shop, entry in shop_terms.items():
+        values = entry["epsilon"]
+        if values:
+            spent = (f"ε {values[-1]:.3f} per {entry['unit']} after {len(values)} releases "
+                     f"({', '.join(entry['releases'])}), δ={entry['delta']:.1e}, {entry['accountant'].upper()}")
+        else:
+            spent = "no private release recorded"
         print(f"  {shop}: {spent}")
+    print(f"label space: {result.task.label_space} ({result.task.taxonomy.n_classes - 1} categories + other)")
     print(f"bytes on the wire: {wire_bytes / 1e6:.2f} MB over {len(result.history)} rounds "
           f"({wire_bytes / max(len(result.history), 1) / max(len(prepared.shops), 1) / 1e6:.2f} MB per shop per round)")
     plots = plot_rounds(result.history, epsilons, out)
     report = {
         "shops": prepared.shops, "rounds": len(result.history), "privacy": privacy.describe(),
+        "privacy_unit": privacy.unit if privacy.private else None,
+        "accountant": privacy.accountant if privacy.private else None,
+        "privacy_per_shop": shop_terms, "label_space": result.task.label_space,
         "table": rows, "epsilon_per_shop": epsilons, "history": result.history, "bytes_on_the_wire": wire_bytes,
         "export": result.export_dir, "seconds": time.perf_counter() - started, "settings": run_config,
     }

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-test", type=int, help="evaluate on at most this many test examples")
     parser.add_argument("--state", metavar="DIR", help="state directory holding the privacy ledger "
                         "(default .fedinterest/train-local/<data>-<shop>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling, noise and initialisation")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="make the run reproducible (sampling, noise, data subsets): for experiments only; "
+                             "by default DP noise and sampling come from the OS CSPRNG")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.data import load_events
     from common.report import format_table
+    from common.task import Taxonomy
 
     if args.rounds < 1:
         raise ConfigError("--rounds must be >= 1")
@@ -50,17 +53,30 @@ def run(args: argparse.Namespace) -> int:
         table = _one_shop(table, args.shop)
     privacy = privacy_config(args)
     state = Path(args.state or default_state_dir(args.data, args.shop))
+    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     shop = LocalShop(
-        table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed),
-        task=task_config(args), max_train_examples=args.max_train, max_test_examples=args.max_test, seed=args.seed,
+        table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed or 0),
+        task=task_config(args), taxonomy=taxonomy, max_train_examples=args.max_train, max_test_examples=args.max_test,
+        seed=args.seed or 0, statistics_seed=args.seed,
     )
     print(shop.task.summary())
-    print(f"training on {len(shop.train_data):,} examples, testing on {len(shop.test_examples):,}; {privacy.describe()}")
+    print("label space: " + {"given": f"published taxonomy {args.taxonomy}",
+                             "dp-top-k": f"top {shop.task.taxonomy.n_classes - 1} categories by this shop's "
+                                         "noised engagement (one DP release, in the ledger)"}.get(
+        shop.label_space, "top categories of this shop's data (NON-PRIVATE run)"))
+    print(f"training on {len(shop.train_data):,} examples, testing on {len(shop.test_examples):,}")
+    if not privacy.private:
+        print(f"privacy: {privacy.describe()}")
+    else:
+        print(f"privacy: DP ε={privacy.epsilon:g} {shop.privacy_terms().describe()}")
+        print("randomness: " + ("OS CSPRNG, fresh each step" if args.seed is None
+                                else f"seeded ({args.seed}): reproducible, for experiments only, never for deployment"))
     if shop.ledger is not None:
         print(f"ledger: {shop.ledger.path}")
     rounds = []
     for r in range(1, args.rounds + 1):
-        outcome = shop.train_round(total_rounds=args.rounds, seed=args.seed * 1000 + r)
+        seed = None if args.seed is None else args.seed * 1000 + r
+        outcome = shop.train_round(total_rounds=args.rounds, seed=seed)
         if outcome.declined:
             print(f"round {r}: declined: {outcome.reason}")
             break
@@ -76,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(results))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"privacy": privacy.describe(), "rounds": rounds,
-                                                 "results": results}, indent=2))
+        terms = shop.ledger.terms if shop.ledger is not None else None
+        atomic_write_text(args.json, json.dumps({
+            "privacy": privacy.describe(), "unit": terms.unit if terms else None,
+            "delta": terms.delta if terms else None, "accountant": terms.accountant if terms else None,
+            "label_space": shop.label_space, "rounds": rounds, "results": results}, indent=2))
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..config import TaskConfig
 from ..data.schema import DataError, EventTable
 from .examples import EventArrays, ExampleSet, build_examples
@@ -46,13 +48,9 @@ def prepare_task(
     ``require_examples=False`` accepts a shop with no training or no test examples (a federated
     shop may hold only recent or only old data).
     """
-    frame = table.frame
     source = table.report.source
-    if not len(frame):
-        raise DataError(f"{source}: no events left after validation")
     if split is None:
-        ts = frame["timestamp"].to_numpy()
-        split = temporal_split(int(ts.min()), int(ts.max()), config, source)
+        split = default_split(table, config)
     if taxonomy is None:
         taxonomy = build_taxonomy(table, config.top_k, before=split.val_start)
     events = EventArrays.from_table(table, taxonomy)
@@ -65,3 +63,18 @@ def prepare_task(
             f"{config.min_history} events before a prediction time and {config.min_target} after it"
         )
     return TaskData(config, taxonomy, split, events, train, val, test, taxonomy.coverage(table))
+
+
+def default_split(table: EventTable, config: TaskConfig) -> TemporalSplit:
+    """The split of ``table``'s own time span at the configured fractions."""
+    frame = table.frame
+    if not len(frame):
+        raise DataError(f"{table.report.source}: no events left after validation")
+    ts = frame["timestamp"].to_numpy()
+    return temporal_split(int(ts.min()), int(ts.max()), config, table.report.source)
+
+
+def count_units(table: EventTable, config: TaskConfig, split: TemporalSplit, unit: str) -> int:
+    """Users (``unit="user"``) or examples with a training example: the same under any taxonomy."""
+    train = build_examples(EventArrays.from_table(table, Taxonomy((), ())), config, split.train)
+    return int(len(np.unique(train.user))) if unit == "user" else len(train)

@@ -1,0 +1,93 @@
+"""A shop's share of private platform statistics: a noised, bounded sum, charged to its ledger.
+
+The platform learns statistics of all shops (which categories engage users, later the flows
+between them) from the secure sum of each shop's noised vector, and nothing per shop. Each shop
+adds its own Gaussian noise, so its users are protected even by its own release alone:
+
+- every user contributes a vector of L2 norm ≤ 1 (``common.stats``), so the sum moves by at most
+  Δ = 1 when a user is added or removed; at example level one example can move its user's
+  vector anywhere in the unit ball, Δ = 2;
+- the noise standard deviation is σ·Δ, where σ makes this one release cost ``share`` of the
+  shop's budget on its own (it composes with training in the ledger, where σ_train is then
+  planned for what is left);
+- the release is reserved in the ledger before anything is computed; noise comes from the OS
+  CSPRNG unless the node is a seeded simulation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.config import ConfigError
+from common.data.schema import EventTable
+from common.stats import category_engagement
+from common.task.catalogue import Catalogue
+
+from .ledger import PrivacyLedger
+from .privacy import PrivacyTerms, plan_privacy
+
+STATISTICS_SHARE = 0.1  # of the shop's budget, per statistics release, on its own
+
+
+@dataclass(frozen=True)
+class StatisticsOutcome:
+    declined: bool
+    reason: str = ""
+    vector: np.ndarray | None = None
+    noise_multiplier: float = 0.0  # σ per unit of sensitivity, as charged to the ledger
+    epsilon: float | None = None  # the shop's ε after the release
+
+
+def sensitivity(unit: str) -> float:
+    """L2 change of a bounded-contribution sum when one privacy unit changes."""
+    return 1.0 if unit == "user" else 2.0
+
+
+def release_noise(budget: float, share: float, terms: PrivacyTerms) -> float:
+    """σ of one Gaussian release that costs ``share × budget`` on its own."""
+    if not 0 < share < 1:
+        raise ConfigError(f"statistics share must be in (0, 1), got {share}")
+    return plan_privacy(epsilon=share * budget, delta=terms.delta, sample_rate=1.0, steps_per_round=1, rounds=1,
+                        max_grad_norm=1.0, accountant=terms.accountant, unit=terms.unit).noise_multiplier
+
+
+def gaussian(size: int, std: float, seed: int | None = None) -> np.ndarray:
+    """Gaussian noise from PCG64 seeded with 256 bits of ``os.urandom`` (or, in simulations, a seed)."""
+    entropy = np.frombuffer(os.urandom(32), dtype=np.uint32) if seed is None else [seed, 0x5747]
+    return np.random.default_rng(entropy).normal(0.0, std, size)
+
+
+def release_category_engagement(
+    table: EventTable,
+    catalogue: Catalogue,
+    before: int,
+    *,
+    ledger: PrivacyLedger,
+    terms: PrivacyTerms,
+    budget: float,
+    share: float = STATISTICS_SHARE,
+    server_round: int | None = None,
+    request_sha256: str = "",
+    seed: int | None = None,
+) -> StatisticsOutcome:
+    """The shop's noised engagement per catalogue category in the training period, or a decline.
+
+    With a ``seed`` (a simulation), a request the ledger already answered is answered again bit
+    for bit and recorded as a replay: the same noise reveals nothing new.
+    """
+    sigma = release_noise(budget, share, terms)
+    original = ledger.find_release(server_round, request_sha256, "statistics") if seed is not None else None
+    if original is not None:
+        ledger.record_replay(original)
+        epsilon = ledger.spent
+    else:
+        decision = ledger.reserve("statistics", [(sigma, 1.0, 1)], budget, server_round, request_sha256)
+        if not decision.allowed:
+            return StatisticsOutcome(True, decision.reason, epsilon=decision.epsilon_now)
+        epsilon = decision.epsilon_after
+    counts = category_engagement(table, catalogue, before)
+    noisy = counts + gaussian(len(counts), sigma * sensitivity(terms.unit), seed)
+    return StatisticsOutcome(False, vector=noisy, noise_multiplier=sigma, epsilon=epsilon)
