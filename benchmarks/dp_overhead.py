@@ -78,7 +78,7 @@ def measure(backbone: Backbone, args, device: torch.device, bf16: bool) -> tuple
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loader = DataLoader(range(args.batch), batch_sampler=[list(range(args.batch))], collate_fn=lambda b: b)
     dp = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1.0, steps=1)
-    private_model, dp_opt, _ = make_private(model, opt, loader, dp, expected_batch=args.batch, seed=0)
+    private_model, dp_opt, _ = make_private(model, opt, loader, dp, expected_batch=args.batch)
     plain_rates, dp_rates = [], []
     try:
         for repeat in range(args.repeats):

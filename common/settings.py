@@ -84,10 +84,8 @@ class TaskSpec:
     label_space: str = "published"
 
     def to_record_dict(self) -> dict:
-        out = {"taxonomy.categories": list(self.taxonomy.categories), "taxonomy.names": list(self.taxonomy.names)}
-        out.update({f"split.{k}": v for k, v in self.split.to_dict().items()})
-        out.update({f"task.{k}": v for k, v in self.config.to_dict().items()})
-        return out
+        return {"taxonomy.categories": list(self.taxonomy.categories), "taxonomy.names": list(self.taxonomy.names),
+                **_split_and_config_record(self.split, self.config)}
 
     @classmethod
     def from_record_dict(cls, record: dict) -> "TaskSpec":
@@ -118,11 +116,8 @@ class PendingTask:
         return TaskSpec(taxonomy, self.split, self.config, label_space="dp-top-k")
 
     def to_record_dict(self) -> dict:
-        out = {"catalogue.categories": list(self.catalogue.categories),
-               "catalogue.names": list(self.catalogue.names)}
-        out.update({f"split.{k}": v for k, v in self.split.to_dict().items()})
-        out.update({f"task.{k}": v for k, v in self.config.to_dict().items()})
-        return out
+        return {"catalogue.categories": list(self.catalogue.categories),
+                "catalogue.names": list(self.catalogue.names), **_split_and_config_record(self.split, self.config)}
 
     @classmethod
     def from_record_dict(cls, record: dict) -> "PendingTask":
@@ -135,6 +130,11 @@ class PendingTask:
 
     def fingerprint(self) -> str:
         return _fingerprint(self.to_record_dict())
+
+
+def _split_and_config_record(split: TemporalSplit, config: TaskConfig) -> dict:
+    return {**{f"split.{k}": v for k, v in split.to_dict().items()},
+            **{f"task.{k}": v for k, v in config.to_dict().items()}}
 
 
 def _split_and_config(record: dict) -> tuple[TemporalSplit, TaskConfig]:

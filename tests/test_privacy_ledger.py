@@ -221,3 +221,47 @@ def test_a_killed_client_does_not_reset_its_epsilon(tmp_path, synthetic_dir):
     kinds = [r.kind for r in PrivacyLedger.open(state).releases]
     assert kinds.count("statistics") == 1  # the label space was chosen once, then reused
     assert after[len(before)]["epsilon"] > before[-1]["epsilon"]
+
+
+def test_shop_views_built_for_configs_the_server_varies_share_one_budget(tmp_path, synthetic_dir):
+    """The reviewer's attack: lr × 1.0001 per message gives a fresh LocalShop view; the ledger still holds."""
+    from client.node import NodeSettings, load_shop
+    from common.config import TaskConfig
+    from common.data import load_events
+    from common.settings import LocalTraining, RoundConfig, TaskSpec
+    from common.task import build_taxonomy, default_split
+
+    table = load_events(synthetic_dir)
+    config = TaskConfig()
+    split = default_split(table, config)
+    spec = TaskSpec(build_taxonomy(table, config.top_k, before=split.val_start), split, config)
+    node = NodeSettings.from_node_config({
+        "data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(tmp_path / "state"),
+        "epsilon": 8.0, "max-train-examples": 64, "seed": 3})
+    released, views = 0, set()
+    for message in range(8):
+        training = LocalTraining(batch_size=16, physical_batch_size=16, learning_rate=0.01 * 1.0001 ** message,
+                                 max_length=32)
+        shop = load_shop(node, RoundConfig(round=message + 1, rounds=2, backbone="tiny", training=training), spec)
+        views.add(id(shop))
+        outcome = shop.train_round(total_rounds=2, server_round=message + 1, seed=message)
+        released += not outcome.declined
+    assert len(views) == 8  # every message really got a view of its own
+    ledger = PrivacyLedger.open(tmp_path / "state")
+    assert released == 2 == len(ledger.rounds)  # the budget was planned for two rounds; every release listed
+    assert ledger.spent <= 8.0
+
+
+def test_two_processes_on_one_state_directory_release_no_more_than_the_plan(tmp_path, synthetic_dir):
+    state = tmp_path / "shop"
+    commands = [train_local(synthetic_dir, state, rounds=3) + ["--lr", lr] for lr in ("0.005", "0.00500001")]
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-2000:]
+    trained = sum(out.count("ε spent") for out, _ in outputs)
+    assert any("declined: privacy budget" in out for out, _ in outputs)  # six rounds asked, the plan holds three
+    ledger = PrivacyLedger.open(state)
+    assert trained == len(ledger.rounds) <= 3  # every round either process trained is in the ledger
+    assert ledger.spent <= 8.0 * (1 + 1e-9)
+    assert [r.seq for r in ledger.releases] == list(range(1, len(ledger.releases) + 1))
