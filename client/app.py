@@ -132,44 +132,29 @@ def train(message: Message, context: Context) -> Message:
 
 
 def query(message: Message, context: Context) -> Message:
-    """The federated statistics round: this shop's noised engagement per catalogue category.
+    """A federated statistics round: this shop's noised vector (``client.statistics.answer_query``).
 
     The release is reserved in the shop's ledger first (and declined if over budget); the
     vector then waits on the node for the SecAgg+ stages, exactly like a training update.
     """
-    from common.settings import PendingTask
-
-    from .ledger import PrivacyLedger, terms_for
-    from .statistics import release_category_engagement
+    from .ledger import PrivacyLedger
+    from .statistics import answer_query
 
     node = _settings(context)
-    request = PendingTask.from_record_dict(dict(message.content[wire.TASK].items()))
-    table = load_table(node)
-    if node.privacy.private:
-        from common.task import count_units
-
-        ledger = PrivacyLedger.open(node.state_dir)
-        terms = terms_for(ledger, node.privacy, count_units(table, request.config, request.split, node.privacy.unit))
-        outcome = release_category_engagement(table, request.catalogue, request.split.val_start, ledger=ledger,
-                                              terms=terms, budget=node.privacy.budget(), server_round=0,
-                                              request_sha256=request.fingerprint(), seed=_training_seed(node, 0))
-        if outcome.declined:
-            log.warning("declining the statistics round: %s", outcome.reason)  # stays on the node
-            return _reply(message, {wire.METRICS: MetricRecord(
-                {"declined": 1, "decline_code": wire.DECLINE_BUDGET, "epsilon": float(outcome.epsilon),
-                 **_terms_metrics(ledger)})})
-        vector, epsilon = outcome.vector, outcome.epsilon
-        metrics = {"declined": 0, "epsilon": float(epsilon), **_terms_metrics(ledger)}
-    else:  # a labelled non-private reference run: exact counts
-        from common.stats import category_engagement
-
-        vector = category_engagement(table, request.catalogue, request.split.val_start)
-        metrics = {"declined": 0}
     setup = wire.secagg_from_content(message.content, RoundSetup)
-    client = SecAggClient(context.node_id, setup.config, _randomness(node, 0, "keys"))
+    _, outcome = answer_query(dict(message.content[wire.TASK].items()), load_table(node), node.privacy,
+                              node.state_dir, seed=_training_seed(node, setup.round_id))
+    ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
+    metrics = {"declined": int(outcome.declined), **_terms_metrics(ledger)}
+    if outcome.epsilon is not None:
+        metrics["epsilon"] = float(outcome.epsilon)
+    if outcome.declined:
+        log.warning("declining the statistics round: %s", outcome.reason)  # stays on the node
+        return _reply(message, {wire.METRICS: MetricRecord({**metrics, "decline_code": wire.DECLINE_BUDGET})})
+    client = SecAggClient(context.node_id, setup.config, _randomness(node, setup.round_id, "keys"))
     advertisement = client.advertise_keys(setup)
-    context.state[PENDING] = ArrayRecord({"update": _array(vector), "weight": _array(np.array([1]))})
-    _save_secagg(context, client, 0)
+    context.state[PENDING] = ArrayRecord({"update": _array(outcome.vector.ravel()), "weight": _array(np.array([1]))})
+    _save_secagg(context, client, setup.round_id)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
 
 

@@ -6,6 +6,7 @@ for every federated round and ``fedinterest train-local`` calls it for a shop on
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +20,19 @@ from common.model import (
     set_adapter_state,
 )
 from common.model.head import init_head_from_names
+from common.atomic import atomic_write_json
+from common.model.scorer import Priors, set_priors
+from common.stats import label_flows, own_flow_corrections, transition_rows
 from common.model.prefix import adapted_layers_start
 from common.task import (
     Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task,
 )
+from common.task.features import history_features
 from common.text import encode_texts, render_examples
 
 from .ledger import LedgerError, PrivacyLedger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
-from .statistics import release_category_engagement
+from .statistics import release_category_engagement, release_label_flows
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
 
@@ -59,9 +64,10 @@ class RoundOutcome:
 
 
 def shop_dataset(examples: ExampleSet, names: dict[str, str], tokenizer, max_length: int) -> ShopDataset:
-    """Render, tokenize and wrap examples for training or prediction."""
+    """Render, tokenize, compute history features and wrap examples for training or prediction."""
     encoded = encode_texts(render_examples(examples, names), tokenizer, max_length)
-    return ShopDataset(encoded.input_ids, encoded.lengths, examples.label, examples.user)
+    return ShopDataset(encoded.input_ids, encoded.lengths, examples.label, examples.user,
+                       history_features(examples), examples.current)
 
 
 class SharedModel:
@@ -116,10 +122,12 @@ class LocalShop:
         seed: int = 0,
         shared: SharedModel | None = None,
         statistics_seed: int | None = None,
+        priors: Priors | None = None,
     ):
         """``taxonomy=None``: a private shop chooses its label space by a DP top-K of its own
-        engagement (charged to its ledger, kept in the state directory); a non-private reference
-        builds it from the data. ``statistics_seed`` seeds that release's noise (simulations only).
+        engagement; ``priors=None``: it releases its own label flows for the scorer's priors. Both
+        releases are charged to its ledger and kept in the state directory; a non-private reference
+        computes them from the data. ``statistics_seed`` seeds their noise (simulations only).
         """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
@@ -132,22 +140,32 @@ class LocalShop:
             self.label_space = "dp-top-k"
         self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split, require_examples=not given)
         rng = np.random.default_rng(seed)
-        self.train_examples = _sample(self.task.train, max_train_examples, rng)
-        self.test_examples = _sample(self.task.test, max_test_examples, rng)
+        # `other` is never a hit, so it is never a training target either
+        named = np.flatnonzero(self.task.train.label != self.task.taxonomy.other)
+        train_index = named[_sample(len(named), max_train_examples, rng)]
+        self.train_examples = self.task.train.subset(train_index)
+        self.test_examples = self.task.test.subset(_sample(len(self.task.test), max_test_examples, rng))
         self.shared = shared or SharedModel(model, self.task.taxonomy.class_names, train.device)
         if self.shared.n_classes != self.task.taxonomy.n_classes:
             raise ConfigError(f"model has {self.shared.n_classes} classes, the taxonomy {self.task.taxonomy.n_classes}")
         self.model = self.shared.model
+        self.priors = priors or self._own_priors(statistics_seed)
+        self.activate()
         names = table.category_names
         self.names = names
         self.train_data = self.shared.dataset(self.train_examples, names, train.max_length)
+        if self.priors.counts is not None:  # the priors hold this shop's own flows: leave each user out
+            own = own_flow_corrections(self.task.train, len(self.priors.transition), self.priors.counts,
+                                       history_features(self.task.train))
+            self.train_data = self.train_data.with_own_corrections(own[0][train_index], own[1][train_index])
         self._test_sets: dict[int | None, tuple[ExampleSet, ShopDataset]] = {}
         self.n_users = int(len(np.unique(self.task.train.user)))
 
     def _private_taxonomy(self, table: EventTable, task: TaskConfig, split: TemporalSplit,
                           seed: int | None) -> Taxonomy:
         """The top-K categories by this shop's noised engagement (one statistics release, kept)."""
-        path = self.state_dir / f"taxonomy-top{task.top_k}.json"
+        size = f"top{task.top_k}" if task.top_k else f"cover{task.coverage:g}"
+        path = self.state_dir / f"taxonomy-{size}.json"
         if path.is_file():  # post-processing of a release the ledger already holds: free
             return Taxonomy.load(path)
         terms = terms_for(self.ledger, self.privacy, count_units(table, task, split, self.privacy.unit))
@@ -156,11 +174,34 @@ class LocalShop:
                                               budget=self.privacy.budget(), seed=seed)
         if outcome.declined:
             raise LedgerError(f"{self.ledger.path}: cannot choose the label space privately: {outcome.reason}")
-        taxonomy = catalogue.top_k(outcome.vector, task.top_k)
+        taxonomy = catalogue.top_k(outcome.vector, task.top_k, task.coverage, task.max_top_k)
         taxonomy.save(path)
         return taxonomy
 
+    def _own_priors(self, seed: int | None) -> Priors:
+        """Priors from this shop's own label flows: a DP release (kept), or exact when non-private."""
+        rows = transition_rows(self.task.taxonomy.n_classes)
+        train = self.task.train
+        if not self.privacy.private:
+            return Priors.from_flows(label_flows(train, rows))
+        path = self.state_dir / f"priors-{_digest(self.task.taxonomy.to_dict())[:16]}.json"
+        if path.is_file():  # post-processing of a release the ledger already holds: free
+            return Priors.from_dict(json.loads(path.read_text()))
+        outcome = release_label_flows(train, rows, ledger=self.ledger, terms=self.privacy_terms(),
+                                      budget=self.privacy.budget(), seed=seed)
+        if outcome.declined:
+            raise LedgerError(f"{self.ledger.path}: cannot release the label flows for the priors: {outcome.reason}")
+        priors = Priors.from_flows(outcome.vector)
+        atomic_write_json(path, priors.to_dict())
+        return priors
+
     # ------------------------------------------------------------------ adapter
+
+    def activate(self) -> None:
+        """Put this shop's platform priors into the (possibly shared) model."""
+        if getattr(self.shared, "priors", None) is not self.priors:
+            set_priors(self.model, self.priors)
+            self.shared.priors = self.priors
 
     def adapter_state(self) -> "dict[str, np.ndarray]":
         return get_adapter_state(self.model)
@@ -227,6 +268,7 @@ class LocalShop:
         adapter, is reproduced bit for bit; repeating a release reveals nothing new, so it is
         recorded as a replay without new privacy loss (a server resumed from a checkpoint).
         """
+        self.activate()
         if global_state is not None:
             self.load_adapter(global_state)
         n = len(self.train_data)
@@ -276,8 +318,9 @@ class LocalShop:
         examples, data = self.test_set(limit)
         if not len(data):
             return {"n": 0.0, "n_migrating": 0.0}
+        self.activate()
         probs = predict_proba(self.model, data, bf16=self.train_config.bf16)
-        metrics = evaluate(probs, examples.label, examples.current)
+        metrics = evaluate(probs, examples.label, examples.current, self.task.taxonomy.other)
         metrics["loss"] = float(-np.mean(np.log(np.maximum(probs[np.arange(len(probs)), examples.label], 1e-12))))
         return metrics
 
@@ -293,8 +336,15 @@ def state_digest(state: "dict[str, np.ndarray]") -> str:
     return h.hexdigest()
 
 
-def _sample(examples: ExampleSet, limit: int | None, rng: np.random.Generator) -> ExampleSet:
-    if limit is None or len(examples) <= limit:
-        return examples
-    return examples.subset(np.sort(rng.choice(len(examples), size=limit, replace=False)))
+def _digest(data: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _sample(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices of all ``n`` items, or of a sorted random ``limit`` of them."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=limit, replace=False))
 

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from common import wire
 from common.config import ConfigError
 from common.data.schema import EventTable
-from common.stats import category_engagement
+from common.stats import category_engagement, label_flows
 from common.task.catalogue import Catalogue
+from common.task.examples import ExampleSet
 
 from .ledger import PrivacyLedger
-from .privacy import PrivacyTerms, plan_privacy
+from .privacy import PrivacyConfig, PrivacyTerms, plan_privacy
 
 STATISTICS_SHARE = 0.1  # of the shop's budget, per statistics release, on its own
 
@@ -54,16 +57,18 @@ def release_noise(budget: float, share: float, terms: PrivacyTerms) -> float:
                         max_grad_norm=1.0, accountant=terms.accountant, unit=terms.unit).noise_multiplier
 
 
-def gaussian(size: int, std: float, seed: int | None = None) -> np.ndarray:
-    """Gaussian noise from PCG64 seeded with 256 bits of ``os.urandom`` (or, in simulations, a seed)."""
-    entropy = np.frombuffer(os.urandom(32), dtype=np.uint32) if seed is None else [seed, 0x5747]
+def gaussian(size: int, std: float, seed: int | None = None, tag: str = "") -> np.ndarray:
+    """Gaussian noise from PCG64 seeded with 256 bits of ``os.urandom`` (or, in simulations, a seed + tag)."""
+    if seed is None:
+        entropy = np.frombuffer(os.urandom(32), dtype=np.uint32)
+    else:
+        entropy = [seed, 0x5747, *tag.encode()]  # a different stream for every kind of release
     return np.random.default_rng(entropy).normal(0.0, std, size)
 
 
-def release_category_engagement(
-    table: EventTable,
-    catalogue: Catalogue,
-    before: int,
+def release(
+    kind: str,
+    compute: Callable[[], np.ndarray],
     *,
     ledger: PrivacyLedger,
     terms: PrivacyTerms,
@@ -73,21 +78,66 @@ def release_category_engagement(
     request_sha256: str = "",
     seed: int | None = None,
 ) -> StatisticsOutcome:
-    """The shop's noised engagement per catalogue category in the training period, or a decline.
+    """One noised release of ``compute()`` (a bounded-contribution sum), reserved in the ledger first.
 
     With a ``seed`` (a simulation), a request the ledger already answered is answered again bit
     for bit and recorded as a replay: the same noise reveals nothing new.
     """
     sigma = release_noise(budget, share, terms)
-    original = ledger.find_release(server_round, request_sha256, "statistics") if seed is not None else None
+    request = f"{kind}:{request_sha256}"
+    original = ledger.find_release(server_round, request, "statistics") if seed is not None else None
     if original is not None:
         ledger.record_replay(original)
         epsilon = ledger.spent
     else:
-        decision = ledger.reserve("statistics", [(sigma, 1.0, 1)], budget, server_round, request_sha256)
+        decision = ledger.reserve("statistics", [(sigma, 1.0, 1)], budget, server_round, request)
         if not decision.allowed:
             return StatisticsOutcome(True, decision.reason, epsilon=decision.epsilon_now)
         epsilon = decision.epsilon_after
-    counts = category_engagement(table, catalogue, before)
-    noisy = counts + gaussian(len(counts), sigma * sensitivity(terms.unit), seed)
+    values = np.asarray(compute(), dtype=np.float64)
+    noisy = values + gaussian(values.size, sigma * sensitivity(terms.unit), seed, kind).reshape(values.shape)
     return StatisticsOutcome(False, vector=noisy, noise_multiplier=sigma, epsilon=epsilon)
+
+
+def release_category_engagement(table: EventTable, catalogue: Catalogue, before: int, **kwargs) -> StatisticsOutcome:
+    """The shop's noised engagement per catalogue category in the training period, or a decline."""
+    return release("engagement", lambda: category_engagement(table, catalogue, before), **kwargs)
+
+
+def release_label_flows(examples: ExampleSet, rows: int, **kwargs) -> StatisticsOutcome:
+    """The shop's noised label flows (transitions and label totals) of its training examples, or a decline."""
+    return release("label-flows", lambda: label_flows(examples, rows), **kwargs)
+
+
+def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_dir: str, seed: int | None = None
+                 ) -> tuple[str, StatisticsOutcome]:
+    """A shop's answer to the server's statistics ``query``: its noised vector, or a decline.
+
+    ``record`` is the query's task record: ``query.kind`` ``engagement`` (per catalogue category,
+    from which the label space is chosen) or ``label-flows`` (transitions and label totals over
+    the chosen taxonomy). A non-private shop (a labelled reference run) answers exactly.
+    """
+    from common.settings import PendingTask, TaskSpec
+    from common.stats import transition_rows
+    from common.task import count_units, prepare_task
+
+    from .ledger import terms_for
+
+    record = dict(record)
+    kind = str(record.pop("query.kind", "engagement"))
+    if kind == "engagement":
+        request = PendingTask.from_record_dict(record)
+        compute = lambda: category_engagement(table, request.catalogue, request.split.val_start)  # noqa: E731
+    elif kind == "label-flows":
+        request = TaskSpec.from_record_dict(record)
+        train = prepare_task(table, request.config, taxonomy=request.taxonomy, split=request.split,
+                             require_examples=False).train
+        compute = lambda: label_flows(train, transition_rows(request.taxonomy.n_classes))  # noqa: E731
+    else:
+        raise ConfigError(f"the server asks for statistics of an unknown kind {kind!r}")
+    if not privacy.private:
+        return kind, StatisticsOutcome(False, vector=np.asarray(compute(), dtype=np.float64))
+    ledger = PrivacyLedger.open(state_dir)
+    terms = terms_for(ledger, privacy, count_units(table, request.config, request.split, privacy.unit))
+    return kind, release(kind, compute, ledger=ledger, terms=terms, budget=privacy.budget(),
+                         server_round=wire.STATISTICS_ROUNDS[kind], request_sha256=request.fingerprint(), seed=seed)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.config import ConfigError
+from common.task.features import HistoryFeatures
 
 
 @dataclass(frozen=True)
@@ -81,23 +82,48 @@ class DPSettings:
 class ShopDataset(Dataset):
     """Encoded examples of one shop; items are indices, batches are built by ``batch``.
 
-    With ``hidden`` (cached outputs of the frozen encoder layers below ``prefix_start``), batches
+    Every example carries its history features and current interest for the scorer. With
+    ``hidden`` (cached outputs of the frozen encoder layers below ``prefix_start``), batches
     carry those instead of token ids and training runs only the adapted suffix.
     """
 
     def __init__(self, input_ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray, users: np.ndarray,
-                 hidden: torch.Tensor | None = None, prefix_start: int = 0):
+                 features: HistoryFeatures, current: np.ndarray, hidden: torch.Tensor | None = None,
+                 prefix_start: int = 0, own: tuple[np.ndarray, np.ndarray] | None = None):
         self.input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.users = np.asarray(users)
+        self.feature_classes = torch.as_tensor(features.classes, dtype=torch.long)
+        self.feature_values = torch.as_tensor(features.values, dtype=torch.float32)
+        self.current = torch.as_tensor(current, dtype=torch.long)
         self.hidden, self.prefix_start = hidden, prefix_start
+        # leave-one-user-out corrections of the priors (training examples; see common.stats)
+        classes, values = own if own is not None else (np.full((len(labels), 1), -1), np.zeros((len(labels), 1, 3)))
+        self.own_classes = torch.as_tensor(classes, dtype=torch.long)
+        self.own_values = torch.as_tensor(values, dtype=torch.float32)
+
+    def with_own_corrections(self, classes: np.ndarray, values: np.ndarray) -> "ShopDataset":
+        out = self._with(None, self.hidden, self.prefix_start)
+        out.own_classes = torch.as_tensor(classes, dtype=torch.long)
+        out.own_values = torch.as_tensor(values, dtype=torch.float32)
+        return out
+
+    @property
+    def features(self) -> HistoryFeatures:
+        return HistoryFeatures(self.feature_classes.numpy(), self.feature_values.numpy())
+
+    def _with(self, idx: torch.Tensor | None, hidden: torch.Tensor | None, start: int) -> "ShopDataset":
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        users = self.users if idx is None else self.users[idx.numpy()]
+        return ShopDataset(pick(self.input_ids).numpy(), pick(self.lengths).numpy(), pick(self.labels).numpy(),
+                           users, HistoryFeatures(pick(self.feature_classes).numpy(), pick(self.feature_values).numpy()),
+                           pick(self.current).numpy(), hidden, start,
+                           (pick(self.own_classes).numpy(), pick(self.own_values).numpy()))
 
     def subset(self, indices: np.ndarray) -> "ShopDataset":
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        hidden = self.hidden[idx] if self.hidden is not None else None
-        return ShopDataset(self.input_ids[idx].numpy(), self.lengths[idx].numpy(), self.labels[idx].numpy(),
-                           self.users[np.asarray(indices)], hidden, self.prefix_start)
+        return self._with(idx, self.hidden[idx] if self.hidden is not None else None, self.prefix_start)
 
     def with_prefix(self, model: torch.nn.Module, start: int) -> "ShopDataset":
         """The same examples with the frozen layers below ``start`` computed once."""
@@ -106,7 +132,7 @@ class ShopDataset(Dataset):
         if start == 0:
             return self
         hidden = prefix_hidden_states(model, self.input_ids.numpy(), self.lengths.numpy(), start)
-        return ShopDataset(self.input_ids.numpy(), self.lengths.numpy(), self.labels.numpy(), self.users, hidden, start)
+        return self._with(None, hidden, start)
 
     def network(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that maps this dataset's batches to logits."""
@@ -125,7 +151,14 @@ class ShopDataset(Dataset):
         width = int(self.lengths[idx].max())
         ids = self.input_ids[idx, :width]
         mask = (torch.arange(width)[None, :] < self.lengths[idx][:, None]).long()
-        batch = {"attention_mask": mask.to(device), "labels": self.labels[idx].to(device)}
+        classes = self.feature_classes[idx]
+        used = max(int((classes >= 0).sum(dim=1).max()), 1)  # history classes of the widest example
+        own = self.own_classes[idx]
+        own_used = max(int((own >= 0).sum(dim=1).max()), 1)
+        batch = {"attention_mask": mask.to(device), "labels": self.labels[idx].to(device),
+                 "feature_classes": classes[:, :used].to(device), "feature_values": self.feature_values[idx, :used].to(device),
+                 "current": self.current[idx].to(device), "own_classes": own[:, :own_used].to(device),
+                 "own_values": self.own_values[idx, :own_used].to(device)}
         if self.hidden is not None:
             batch["hidden_states"] = self.hidden[idx, :width].to(device, torch.float32)
         else:
@@ -216,14 +249,18 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 def logits_of(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
-    """Logits of a batch of token ids (full model) or of cached hidden states (adapted suffix)."""
+    """Class scores of a batch: the head on token ids (full model) or on cached hidden states (adapted
+    suffix), then the interest scorer on the head's logits, the history features and the priors."""
+    from common.model.scorer import scorer_of
+
     device = batch["attention_mask"].device
     with _autocast(device, bf16):
         if "hidden_states" in batch:
-            logits = network(hidden_states=batch["hidden_states"], attention_mask=batch["attention_mask"])
+            head = network(hidden_states=batch["hidden_states"], attention_mask=batch["attention_mask"])
         else:
-            logits = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits.float()
+            head = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return scorer_of(network)(head.float(), batch["feature_classes"], batch["feature_values"], batch["current"],
+                              batch.get("own_classes"), batch.get("own_values"))
 
 
 def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool) -> torch.Tensor:
@@ -377,5 +414,5 @@ def predict_proba(model: torch.nn.Module, data: ShopDataset, batch_size: int = 6
     out = []
     for start in range(0, len(data), batch_size):
         batch = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
-        out.append(torch.softmax(logits_of(network, batch, bf16), dim=-1).cpu().numpy())
+        out.append(torch.softmax(logits_of(network, batch, bf16).double(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))

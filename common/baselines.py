@@ -112,5 +112,5 @@ def run_baselines(train: ExampleSet, test: ExampleSet) -> dict[str, dict[str, fl
     results = {}
     for baseline in all_baselines():
         probs = baseline.fit(train).predict(test)
-        results[baseline.name] = evaluate(probs, test.label, test.current)
+        results[baseline.name] = evaluate(probs, test.label, test.current, other=test.events.n_classes - 1)
     return results

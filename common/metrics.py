@@ -1,7 +1,11 @@
 """Ranking metrics for next-interest prediction, on all and on migrating examples.
 
 Scores are an ``(n, n_classes)`` array (probabilities for ``migration_auroc``). Ties in a row
-are broken towards the lower class index, so every metric is deterministic.
+are broken towards the lower class index, so every metric is deterministic. A NaN score ranks
+last: a model that diverges scores nothing.
+
+``other`` (the class of everything outside the taxonomy) is never a hit: it is never ranked, and
+the headline metrics are over examples with a named label; ``other_share`` says how many were not.
 """
 
 from __future__ import annotations
@@ -10,18 +14,19 @@ import numpy as np
 
 K = 5
 METRIC_NAMES: tuple[str, ...] = (
-    "acc@1", "hr@5", "ndcg@5", "mig_acc@1", "mig_hr@5", "mig_ndcg@5", "mig_auroc",
+    "acc@1", "hr@5", "ndcg@5", "mig_acc@1", "mig_hr@5", "mig_ndcg@5", "mig_auroc", "other_share",
 )
 
 
 def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """1-based rank of each label in its row (ties: lower class index ranks first)."""
-    scores = np.asarray(scores, dtype=np.float64)
+    """1-based rank of each label in its row (ties: lower class index ranks first; NaN ranks last)."""
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf, posinf=np.finfo(np.float64).max)
     labels = np.asarray(labels)
     own = scores[np.arange(len(labels)), labels][:, None]
     classes = np.arange(scores.shape[1])[None, :]
     ahead = (scores > own) | ((scores == own) & (classes < labels[:, None]))
-    return 1 + ahead.sum(axis=1)
+    ranks = 1 + ahead.sum(axis=1)
+    return np.where(np.isneginf(own[:, 0]), scores.shape[1], ranks)  # an unscored label is last
 
 
 def accuracy_at_1(ranks: np.ndarray) -> float:
@@ -63,10 +68,22 @@ def migration_scores(probs: np.ndarray, current: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs)[np.arange(len(current)), current]
 
 
-def evaluate(probs: np.ndarray, labels: np.ndarray, current: np.ndarray) -> dict[str, float]:
-    """All metrics of ``METRIC_NAMES`` plus counts."""
+def evaluate(probs: np.ndarray, labels: np.ndarray, current: np.ndarray, other: int | None = None) -> dict[str, float]:
+    """All metrics of ``METRIC_NAMES`` plus counts, over examples whose label is not ``other``.
+
+    ``other`` is never ranked (its column counts as -inf). ``n`` and ``n_migrating`` count the
+    examples scored; ``other_share`` is the share of all examples left out for an ``other`` label.
+    """
+    probs = np.array(probs, dtype=np.float64)
     labels = np.asarray(labels)
     current = np.asarray(current)
+    total = len(labels)
+    other_share = 0.0
+    if other is not None:
+        probs[:, other] = -np.inf
+        named = labels != other
+        other_share = float(1 - named.mean()) if total else 0.0
+        probs, labels, current = probs[named], labels[named], current[named]
     ranks = label_ranks(probs, labels)
     mig = labels != current
     return {
@@ -76,7 +93,12 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, current: np.ndarray) -> dict
         "mig_acc@1": accuracy_at_1(ranks[mig]),
         "mig_hr@5": hit_rate_at_k(ranks[mig]),
         "mig_ndcg@5": ndcg_at_k(ranks[mig]),
-        "mig_auroc": auroc(migration_scores(probs, current), mig),
+        "mig_auroc": auroc(np.nan_to_num(migration_scores(_finite(probs), current), nan=0.0), mig),
         "n": float(len(labels)),
         "n_migrating": float(mig.sum()),
+        "other_share": other_share,
     }
+
+
+def _finite(probs: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(probs), probs, 0.0)

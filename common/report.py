@@ -14,6 +14,7 @@ COLUMN_TITLES = {
     "mig_hr@5": "mig HR@5",
     "mig_ndcg@5": "mig NDCG@5",
     "mig_auroc": "mig AUROC",
+    "other_share": "other",
 }
 
 

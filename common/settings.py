@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from .config import ConfigError, TaskConfig
 from .model import LoraSettings
 from .task import Catalogue, TemporalSplit, Taxonomy
+from .task.priors import Priors
 
 
 @dataclass(frozen=True)
@@ -82,19 +83,36 @@ class TaskSpec:
     split: TemporalSplit
     config: TaskConfig
     label_space: str = "published"
+    priors: Priors | None = None  # the platform statistics the scorer uses (None: uniform)
 
     def to_record_dict(self) -> dict:
-        return {"taxonomy.categories": list(self.taxonomy.categories), "taxonomy.names": list(self.taxonomy.names),
-                **_split_and_config_record(self.split, self.config)}
+        out = {"taxonomy.categories": list(self.taxonomy.categories), "taxonomy.names": list(self.taxonomy.names),
+               **_split_and_config_record(self.split, self.config)}
+        if self.priors is not None:
+            out["priors.popularity"] = [float(x) for x in self.priors.popularity]
+            out["priors.transition"] = [float(x) for x in self.priors.transition.ravel()]
+            if self.priors.counts is not None:
+                out["priors.counts"] = [float(x) for x in self.priors.counts.ravel()]
+        return out
 
     @classmethod
     def from_record_dict(cls, record: dict) -> "TaskSpec":
         try:
             taxonomy = Taxonomy(tuple(record["taxonomy.categories"]), tuple(record["taxonomy.names"]))
             split, config = _split_and_config(record)
+            priors = None
+            if "priors.popularity" in record:
+                priors = Priors.from_dict({"popularity": record["priors.popularity"],
+                                           "transition": record["priors.transition"],
+                                           "counts": record.get("priors.counts")})
+                if len(priors.popularity) != taxonomy.n_classes:
+                    raise ValueError(f"priors over {len(priors.popularity)} classes, taxonomy of {taxonomy.n_classes}")
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the server's task record is malformed ({exc})") from None
-        return cls(taxonomy, split, config)
+        return cls(taxonomy, split, config, priors=priors)
+
+    def with_priors(self, priors: Priors) -> "TaskSpec":
+        return TaskSpec(self.taxonomy, self.split, self.config, self.label_space, priors)
 
     def fingerprint(self) -> str:
         return _fingerprint(self.to_record_dict())

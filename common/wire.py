@@ -15,9 +15,11 @@ few whitelisted scalar metrics, never a plaintext update, text, or a user or ite
     query.masked_input    … the masked vector is the shop's noised engagement per catalogue category
     query.unmask          …
 
-``query`` opens the federated statistics round that chooses the label space before training: each
-shop reserves the release in its ledger, adds its own Gaussian noise, and the four SecAgg+ stages
-sum the noised vectors (weight 1 per shop).
+``query`` opens a federated statistics round before training (``query.kind`` in its task record):
+``engagement`` per catalogue category, from which the label space is chosen, then ``label-flows``
+(transitions and label totals over the taxonomy) for the scorer's priors. Each shop reserves the
+release in its ledger, adds its own Gaussian noise, and the four SecAgg+ stages sum the noised
+vectors (weight 1 per shop).
 
 A shop that declines a round (its privacy ledger refuses) answers ``train`` with metrics only:
 ``declined=1`` and a ``decline_code`` from ``DECLINE_REASONS``.
@@ -68,6 +70,8 @@ ACCOUNTANT_CODES = {"prv": 1, "rdp": 2}
 TRAIN_METRICS = ("declined", "decline_code", "epsilon", "train_loss", "steps", "seconds", *TERMS_METRICS)
 QUERY_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
 STATISTICS_CLIP = float(2**20)  # per-element bound of a shop's noised count vector in the secure sum
+#: SecAgg+ round ids of the statistics rounds (``query.kind``): apart from training rounds 1, 2, ...
+STATISTICS_ROUNDS = {"engagement": 2**40, "label-flows": 2**40 + 1}
 EVALUATE_METRICS = (*METRIC_NAMES, "loss", "n", "n_migrating")
 
 DECLINE_BUDGET = 1  # the shop's privacy ledger refuses the round

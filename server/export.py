@@ -18,14 +18,21 @@ import numpy as np
 from common.atomic import atomic_write_json
 from common.model import set_adapter_state
 from common.task import Taxonomy
+from common.task.priors import Priors
 
 ADAPTER = "adapter"
 TAXONOMY = "taxonomy.json"
+PRIORS = "priors.json"
 MODEL_CARD = "model_card.json"
 
 
-def export_model(model, state: "dict[str, np.ndarray]", taxonomy: Taxonomy, card: dict, out: str | Path) -> Path:
-    """Write ``out`` (replacing an older export) and return it."""
+def export_model(model, state: "dict[str, np.ndarray]", taxonomy: Taxonomy, card: dict, out: str | Path,
+                 priors: Priors | None = None) -> Path:
+    """Write ``out`` (replacing an older export) and return it.
+
+    The scorer's weights travel in the peft adapter (``modules_to_save``); its platform priors,
+    buffers that peft does not save, in ``priors.json``.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -33,6 +40,8 @@ def export_model(model, state: "dict[str, np.ndarray]", taxonomy: Taxonomy, card
         set_adapter_state(model, state)
         model.save_pretrained(staging / ADAPTER)
         taxonomy.save(staging / TAXONOMY)
+        if priors is not None:
+            atomic_write_json(staging / PRIORS, priors.to_dict())
         atomic_write_json(staging / MODEL_CARD, card)
         if out.exists():
             retired = out.with_name(f".{out.name}.old")
@@ -46,6 +55,11 @@ def export_model(model, state: "dict[str, np.ndarray]", taxonomy: Taxonomy, card
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def read_priors(directory: str | Path) -> Priors | None:
+    path = Path(directory) / PRIORS
+    return Priors.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
 def read_model_card(directory: str | Path) -> dict:

@@ -23,6 +23,9 @@ from common import wire
 from common.model import flatten, get_adapter_state, unflatten
 from common.secagg import SecAggConfig, SeededRandomness
 from common.settings import PendingTask, RoundConfig, TaskSpec
+from common.stats import transition_rows
+from common.model.scorer import set_priors
+from common.task.priors import Priors
 
 from .checkpoint import Checkpoint, config_hash, has_checkpoint
 from .export import export_model
@@ -79,8 +82,9 @@ class Federation:
     def start(self, grid) -> FederationResult:
         settings = self.settings
         nodes = self._wait_for_nodes(grid)
-        self.task = self._label_space(grid, nodes)
+        self.task = self._task(grid, nodes)
         shared = SharedModel.get(self.model_config, self.task.taxonomy.class_names, "cpu")
+        set_priors(shared.model, self.task.priors or Priors.uniform(self.task.taxonomy.n_classes))
         template = get_adapter_state(shared.model)
         optimizer = make_optimizer(str(settings["server-optimizer"]), float(settings["server-lr"]))
         weights, history, first = flatten(template), [], 1
@@ -107,7 +111,7 @@ class Federation:
             Checkpoint(server_round, weights, self.hash, optimizer.state_dict(), history).save(checkpoints)
             self.progress(self._progress_line(entry))
         export = export_model(shared.model, unflatten(weights, template), self.task.taxonomy,
-                              self._model_card(history), settings.out_dir / EXPORT)
+                              self._model_card(history), settings.out_dir / EXPORT, self.task.priors)
         self.progress(f"exported the global adapter to {export}")
         return FederationResult(len(history), weights, history, str(export), self.task)
 
@@ -126,38 +130,53 @@ class Federation:
         self.progress(f"{len(nodes)} shops connected")
         return nodes
 
-    def _label_space(self, grid, nodes: list[int]) -> TaskSpec:
-        """The published taxonomy, or the top K of one secure round of the shops' noised engagement.
+    def _task(self, grid, nodes: list[int]) -> TaskSpec:
+        """The task with its label space and the scorer's priors, from the shops' private statistics.
 
-        Each shop charges its release to its own ledger; the server sees only the sum. The choice
-        is saved in ``out-dir/task_spec.json``, and a resumed run reuses it rather than asking again.
+        Label space: the published taxonomy, or the top of one secure round of the shops' noised
+        engagement. Priors: one secure round of their noised label flows. Each shop charges its
+        releases to its own ledger; the server sees only sums. The result is saved in
+        ``out-dir/task_spec.json``; a resumed run reuses it rather than asking again.
         """
         path = self.settings.out_dir / "task_spec.json"
-        if isinstance(self.spec, TaskSpec):
-            save_task_spec(self.spec, path)
-            return self.spec
-        pending = self.spec
-        if self.settings["resume"] and (saved := chosen_task(path, pending)) is not None:
-            self.progress(f"label space: {saved.taxonomy.n_classes - 1} categories chosen earlier in this run")
+        if self.settings["resume"] and (saved := chosen_task(path, self.spec)) is not None:
+            self.progress(f"task: {saved.taxonomy.n_classes - 1} categories and priors chosen earlier in this run")
             return saved
+        task = self.spec if isinstance(self.spec, TaskSpec) else self._choose_labels(grid, nodes, self.spec)
+        if task.priors is None:
+            rows, n_classes = transition_rows(task.taxonomy.n_classes), task.taxonomy.n_classes
+            flows = self._statistics(grid, nodes, "label-flows", task.to_record_dict(), (rows + 1) * n_classes)
+            task = task.with_priors(Priors.from_flows(flows.reshape(rows + 1, n_classes)))
+            self.progress(f"priors: popularity and transitions from {rows} interests, from the shops' noised "
+                          "label flows (DP, in each shop's ledger)")
+        save_task_spec(task, path, chosen_from=self.spec.fingerprint())
+        return task
+
+    def _choose_labels(self, grid, nodes: list[int], pending: PendingTask) -> TaskSpec:
+        total = self._statistics(grid, nodes, "engagement", pending.to_record_dict(), len(pending.catalogue))
+        c = pending.config
+        task = pending.with_taxonomy(pending.catalogue.top_k(total, c.top_k, c.coverage, c.max_top_k))
+        self.progress(f"label space: top {task.taxonomy.n_classes - 1} of {len(pending.catalogue)} catalogue "
+                      "categories by the shops' noised engagement (DP, in each shop's ledger)")
+        return task
+
+    def _statistics(self, grid, nodes: list[int], kind: str, record: dict, length: int) -> np.ndarray:
+        """The secure sum of every shop's noised ``kind`` vector (a ``query`` round)."""
         s = self.settings
-        config = SecAggConfig(vector_length=len(pending.catalogue), max_clients=max(len(nodes), 3),
-                              clip=wire.STATISTICS_CLIP, max_weight=1, min_clients=3)
-        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", 0)
-        result = SecureRound(grid, nodes, config, 0, float(s["round-timeout"]), randomness, self.observe,
-                             stages=wire.QUERY_STAGES).run(lambda node: RecordDict(
-                                 {wire.TASK: ConfigRecord(pending.to_record_dict())}))
+        round_id = wire.STATISTICS_ROUNDS[kind]
+        config = SecAggConfig(vector_length=length, max_clients=max(len(nodes), 3), clip=wire.STATISTICS_CLIP,
+                              max_weight=1, min_clients=3)
+        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", round_id)
+        content = RecordDict({wire.TASK: ConfigRecord({**record, "query.kind": kind})})
+        result = SecureRound(grid, nodes, config, round_id, float(s["round-timeout"]), randomness, self.observe,
+                             stages=wire.QUERY_STAGES).run(lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
-            self.progress(f"  shop {node} left out of the statistics round: {why}")
+            self.progress(f"  shop {node} left out of the {kind} statistics: {why}")
         if result.weighted_sum is None or result.aborted:
-            raise RuntimeError(f"the label space could not be chosen privately ({result.aborted or 'no sum'}); "
-                               "publish a taxonomy (task-spec with a taxonomy) or bring more shops")
-        task = pending.with_taxonomy(pending.catalogue.top_k(result.weighted_sum, pending.config.top_k))
-        save_task_spec(task, path, chosen_from=pending.fingerprint())
-        self.progress(f"label space: top {task.taxonomy.n_classes - 1} of {len(pending.catalogue)} catalogue "
-                      f"categories by the noised engagement of {result.total_weight} shops (DP, in each shop's ledger)")
-        return task
+            raise RuntimeError(f"the {kind} statistics could not be summed securely ({result.aborted or 'no sum'}); "
+                               "publish a taxonomy and priors (task-spec) or bring more shops")
+        return result.weighted_sum
 
     def _sample(self, nodes: list[int], server_round: int) -> list[int]:
         k = max(int(self.settings["min-shops"]), int(round(float(self.settings["fraction-train"]) * len(nodes))))
@@ -276,6 +295,8 @@ class Federation:
             "lora": self.settings.lora.to_dict(),
             "num_labels": self.task.taxonomy.n_classes,
             "label_space": self.task.label_space,
+            "priors": "platform statistics: noised, securely summed label flows" if self.task.priors is not None
+            else "uniform",
             "privacy": self._privacy_summary(history),
             "task": self.task.config.to_dict(),
             "split": self.task.split.to_dict(),

@@ -15,6 +15,7 @@ from common.model import LoraSettings
 from common.model.lora import parse_layers
 from common.settings import LocalTraining, PendingTask, TaskSpec
 from common.task import Catalogue, TemporalSplit, Taxonomy
+from common.task.priors import Priors
 
 DEFAULTS: dict[str, object] = {
     "num-server-rounds": 3,
@@ -45,7 +46,7 @@ DEFAULTS: dict[str, object] = {
     "sim-data": "data/synthetic",
     "out-dir": "runs/federation",
     "resume": False,
-    "top-k": 50,
+    "top-k": 0,
 }
 
 #: Keys that may change between a run and its resumption.
@@ -139,6 +140,8 @@ def save_task_spec(spec: "TaskSpec | PendingTask", path: Path, chosen_from: str 
     data: dict = {"split": spec.split.to_dict(), "task": spec.config.to_dict()}
     if isinstance(spec, TaskSpec):
         data.update(taxonomy=spec.taxonomy.to_dict(), label_space=spec.label_space)
+        if spec.priors is not None:
+            data["priors"] = spec.priors.to_dict()
     else:
         data.update(catalogue=spec.catalogue.to_dict())
     if chosen_from:
@@ -151,8 +154,9 @@ def load_task_spec(path: Path) -> "TaskSpec | PendingTask":
         data = json.loads(path.read_text())
         split, config = TemporalSplit(**data["split"]), TaskConfig.from_dict(data["task"])
         if "taxonomy" in data:
+            priors = Priors.from_dict(data["priors"]) if data.get("priors") else None
             return TaskSpec(Taxonomy.from_dict(data["taxonomy"], str(path)), split, config,
-                            str(data.get("label_space", "published")))
+                            str(data.get("label_space", "published")), priors)
         return PendingTask(Catalogue.from_dict(data["catalogue"]), split, config)
     except FileNotFoundError:
         raise ConfigError(f"task-spec {path}: no such file") from None
@@ -161,12 +165,12 @@ def load_task_spec(path: Path) -> "TaskSpec | PendingTask":
                           "(published) or a catalogue (the label space is then chosen privately)") from None
 
 
-def chosen_task(path: Path, pending: "PendingTask") -> "TaskSpec | None":
-    """The task a run already chose privately from ``pending`` (saved in its out-dir), if any."""
+def chosen_task(path: Path, spec: "TaskSpec | PendingTask") -> "TaskSpec | None":
+    """The task (label space and priors) a run already completed from ``spec`` (saved in its out-dir), if any."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    if data.get("chosen_from") != pending.fingerprint():
+    if data.get("chosen_from") != spec.fingerprint():
         return None
     spec = load_task_spec(path)
     return spec if isinstance(spec, TaskSpec) else None

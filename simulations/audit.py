@@ -158,7 +158,7 @@ def run_audit(base: EventTable, config: AuditConfig, task: TaskConfig | None = N
     rng = np.random.default_rng(np.frombuffer(os.urandom(32), dtype=np.uint32) if config.seed is None
                                 else [config.seed, 0xA0D17])
     split = default_split(base, task)
-    shop_labels = build_taxonomy(base, task.top_k, before=split.val_start)
+    shop_labels = build_taxonomy(base, task.top_k, split.val_start, task.coverage, task.max_top_k)
     canaries, taxonomy = canary_table(shop_labels, split, config.canaries, config.per_canary, rng)
     canaries.category_names = dict(base.category_names)
     included = rng.random(config.canaries) < 0.5

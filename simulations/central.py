@@ -16,6 +16,8 @@ from common.baselines import run_baselines
 from common.data import EventTable
 from common.metrics import evaluate
 from common.model import get_adapter_state, set_adapter_state, unflatten
+from common.model.scorer import set_priors
+from common.task.priors import Priors
 from common.settings import TaskSpec
 from common.task import ExampleSet, prepare_task
 
@@ -40,14 +42,16 @@ def central_table(
     state_dir=None,
     progress=print,
 ) -> dict[str, dict[str, float]]:
-    """Rows: the federated model (``label``), the baselines, optionally the pooled reference."""
+    """Rows: the federated model (``label``), the baselines, optionally the pooled reference.
+
+    The reference is the same model trained on all shops' training examples pooled, without DP,
+    with priors counted exactly from them.
+    """
     task = prepare_task(table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
     test = even_subset(task.test, max_test)
-    shared = SharedModel.get(model_config, spec.taxonomy.class_names, train_config.device)
-    template = get_adapter_state(shared.model)
-    set_adapter_state(shared.model, unflatten(weights, template))
-    data = shared.dataset(test, table.category_names, train_config.max_length)
-    rows = {label: evaluate(predict_proba(shared.model, data), test.label, test.current)}
+    other = spec.taxonomy.other
+    shared, data = _scoring_model(table, spec, model_config, train_config, test)
+    rows = {label: _score(shared, weights, data, test, other)}
     rows.update(run_baselines(task.train, test))
     if reference_rounds > 0:
         progress(f"training the centralized non-private reference on pooled data ({reference_rounds} rounds)")
@@ -61,5 +65,27 @@ def central_table(
             reference.train_round(total_rounds=reference_rounds, seed=r)
         # the frozen prefix is the same backbone's, so the encoded test set serves both models
         probs = predict_proba(reference.model, data)
-        rows["centralized reference [NON-PRIVATE]"] = evaluate(probs, test.label, test.current)
+        rows["centralized reference [NON-PRIVATE]"] = evaluate(probs, test.label, test.current, other)
     return rows
+
+
+def score_weights(table: EventTable, spec: TaskSpec, model_config: ModelConfig, train_config: TrainConfig,
+                  weights: np.ndarray, max_test: int | None = 2000) -> dict[str, float]:
+    """Metrics of a federated model (its flat adapter ``weights`` under ``spec``) on the pooled test set."""
+    task = prepare_task(table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
+    test = even_subset(task.test, max_test)
+    shared, data = _scoring_model(table, spec, model_config, train_config, test)
+    return _score(shared, weights, data, test, spec.taxonomy.other)
+
+
+def _scoring_model(table, spec: TaskSpec, model_config: ModelConfig, train_config: TrainConfig, test: ExampleSet):
+    shared = SharedModel.get(model_config, spec.taxonomy.class_names, train_config.device)
+    priors = spec.priors or Priors.uniform(spec.taxonomy.n_classes)
+    set_priors(shared.model, priors)
+    shared.priors = priors
+    return shared, shared.dataset(test, table.category_names, train_config.max_length)
+
+
+def _score(shared: SharedModel, weights: np.ndarray, data, test: ExampleSet, other: int) -> dict[str, float]:
+    set_adapter_state(shared.model, unflatten(weights, get_adapter_state(shared.model)))
+    return evaluate(predict_proba(shared.model, data), test.label, test.current, other)

@@ -325,9 +325,10 @@ def shop_name(index: int) -> str:
     return f"shop_{index:02d}"
 
 
-def bayes_accuracy_since(ground_truth: dict, start_ts: int) -> float:
-    """The Bayes-optimal acc@1 over prediction times ``t >= start_ts`` (e.g. a test period)."""
-    days = [d for d in ground_truth["bayes_optimal"]["by_day"] if d["t"] >= start_ts]
+def bayes_accuracy_since(ground_truth: dict, start_ts: int, last_ts: int | None = None) -> float:
+    """The Bayes-optimal acc@1 over prediction times ``start_ts <= t <= last_ts`` (e.g. a test period)."""
+    days = [d for d in ground_truth["bayes_optimal"]["by_day"]
+            if d["t"] >= start_ts and (last_ts is None or d["t"] <= last_ts)]
     points = sum(d["points"] for d in days)
     return sum(d["points"] * d["accuracy"] for d in days) / points if points else float("nan")
 

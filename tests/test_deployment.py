@@ -340,7 +340,7 @@ def test_deployed_federation_with_superlink_supernodes_and_flwr_run(tmp_path):
     for pid, node in prepared.node_configs.items():
         ledger = PrivacyLedger.open(node["state-dir"])
         assert [r.server_round for r in ledger.rounds] == list(range(1, ROUNDS + 1)), (pid, ledger.rounds)
-        assert [r.kind for r in ledger.releases] == ["statistics"] + ["dp-sgd"] * ROUNDS
+        assert [r.kind for r in ledger.releases] == ["statistics"] * 2 + ["dp-sgd"] * ROUNDS  # labels, priors
         assert all(r.budget == EPSILON for r in ledger.rounds)
         assert 0 < ledger.spent <= EPSILON, (pid, ledger.spent)
         assert ledger.rounds[-1].epsilon == pytest.approx(ledger.spent)

@@ -146,8 +146,8 @@ def test_non_private_mode_trains(shop):
     assert any(not np.array_equal(before[k], after[k]) for k in before)
 
 
-def sgd(params):
-    return torch.optim.SGD(params, lr=1.0)  # the parameter change is minus the privatised gradient
+def sgd(params, lr=1.0):
+    return torch.optim.SGD(params, lr=lr)  # the parameter change is minus lr × the privatised gradient
 
 
 def flat_trainable(model):
@@ -161,7 +161,7 @@ def test_physical_batches_add_up_to_the_clipped_sum_over_the_planned_batch(shop)
     model = fresh_model(shop)
     network = data.network(model)
     network.train()
-    clip, planned = 0.05, 50.0  # the divisor is the plan's, not the 40 examples this step happened to get
+    clip, planned = 0.01, 50.0  # the divisor is the plan's, not the 40 examples this step happened to get
     batch = data.batch(list(range(40)), torch.device("cpu"))
     expected, _ = manual_clipped_mean(network, batch, clip)
     assert min(manual_clipped_mean(network, batch, 1e9)[1]) > clip  # clipping binds
@@ -169,10 +169,11 @@ def test_physical_batches_add_up_to_the_clipped_sum_over_the_planned_batch(shop)
     before = flat_trainable(model)
     dp = DPSettings(noise_multiplier=0.0, max_grad_norm=clip, sample_rate=1.0, steps=1, unit="example",
                     expected_batch_size=planned)
+    lr = 1e4  # a large step keeps the change far above float32 rounding of the weights
     stats = train_round(model, data, TrainConfig(batch_size=40, physical_batch_size=8), dp, seed=5,
-                        make_optimizer=sgd)
+                        make_optimizer=lambda params: sgd(params, lr))
     assert stats.samples == 40 and stats.steps == 1
-    got = before - flat_trainable(model)
+    got = (before - flat_trainable(model)) / lr
     relative = ((got - expected).norm() / expected.norm()).item()
     assert relative < 1e-5, relative
 

@@ -165,12 +165,15 @@ def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledge
 
     result, prepared = federation["result"], federation["prepared"]
     assert result.task.label_space == "dp-top-k"
+    priors = result.task.priors  # the scorer's priors, from the second statistics round
+    assert priors is not None and len(priors.popularity) == result.task.taxonomy.n_classes
+    assert np.allclose(priors.transition.sum(axis=1), 1.0) and len(priors.transition) > 0
     assert any("label space: top" in line for line in federation["lines"])
     for pid in range(1, 6):
         ledger = PrivacyLedger.open(prepared.node_configs[pid]["state-dir"]).read()
         kinds = [r.kind for r in ledger.releases]
-        assert kinds[0] == "statistics" and set(kinds[1:]) == {"dp-sgd"}, kinds
-        assert ledger.releases[0].phases[0][1:] == (1.0, 1)  # one Gaussian release, no subsampling
+        assert kinds[:2] == ["statistics"] * 2 and set(kinds[2:]) == {"dp-sgd"}, kinds  # engagement, label flows
+        assert all(r.phases[0][1:] == (1.0, 1) for r in ledger.releases[:2])  # Gaussian releases, no subsampling
         assert ledger.plan is not None and ledger.spent <= 8.0
         assert ledger.terms.unit == "user" and ledger.terms.accountant == "prv"
     # the query reply of every shop holds only the declared records, its vector only masked
@@ -179,7 +182,8 @@ def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledge
     # the chosen label space is the top of the true pooled engagement, up to the noise
     pending_split = default_split(prepared.table, result.task.config)
     truth = category_engagement(prepared.table, prepared.task.catalogue, pending_split.val_start)
-    true_top = set(prepared.task.catalogue.top_k(truth, result.task.config.top_k).categories)
+    c = result.task.config
+    true_top = set(prepared.task.catalogue.top_k(truth, c.top_k, c.coverage, c.max_top_k).categories)
     overlap = len(true_top & set(result.task.taxonomy.categories)) / len(true_top)
     assert overlap > 0.6, overlap
 

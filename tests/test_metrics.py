@@ -93,3 +93,27 @@ def test_recency_frequency_prefers_recent_heavy_actions():
     x, y = events.cls[examples.hist_start[first]], events.cls[examples.hist_start[first] + 2]
     assert scores[first, x] == pytest.approx(0.75)
     assert scores[first, y] == pytest.approx(3.0)
+
+
+def test_a_nan_score_is_never_a_hit():
+    nan = np.full((3, 4), np.nan)
+    assert label_ranks(nan, np.array([0, 1, 3])).tolist() == [4, 4, 4]
+    m = evaluate(nan, np.array([0, 1, 3]), current=np.array([0, 0, 0]))
+    assert m["acc@1"] == 0.0 and m["hr@5"] == 1.0 * (4 <= 5)  # 4 classes: last is still within 5
+    wide = np.full((2, 10), np.nan)
+    wide[1, 2] = 0.3  # one finite score beats every NaN
+    m = evaluate(wide, np.array([2, 2]), current=np.array([0, 0]))
+    assert m["acc@1"] == 0.5 and m["hr@5"] == 0.5
+    assert label_ranks(wide, np.array([2, 2])).tolist() == [10, 1]
+
+
+def test_other_is_never_a_hit_and_never_takes_a_slot():
+    # class 3 is `other`; example 0's label is other, example 1's label is 2 behind a high `other`
+    probs = np.array([[0.1, 0.1, 0.1, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    labels, current = np.array([3, 2]), np.array([0, 0])
+    plain = evaluate(probs, labels, current)
+    assert plain["acc@1"] == 0.5  # without the rule, predicting `other` scores
+    m = evaluate(probs, labels, current, other=3)
+    assert m["n"] == 1 and m["other_share"] == 0.5  # the `other` example is left out and reported
+    assert m["acc@1"] == 1.0  # `other` no longer ranks ahead of the named label
+    assert label_ranks(np.array([[0.1, 0.2, 0.3, -np.inf]]), np.array([2])).tolist() == [1]

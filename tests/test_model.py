@@ -47,11 +47,17 @@ def test_hub_id_offline_is_a_clear_error():
         build_model(backbone, 5, LoraSettings())
 
 
-def test_ffa_lora_trains_only_b_and_the_head(tiny):
+def test_ffa_lora_trains_only_b_and_the_scorer(tiny):
     model = build_model(tiny, 7, LoraSettings())
     keys = adapter_keys(model)
     assert keys, "no trainable tensors"
-    assert all("lora_B" in k or "classifier.modules_to_save" in k for k in keys)
+    assert all("lora_B" in k or "scorer.modules_to_save" in k for k in keys)
+    assert not any("classifier" in k for k in keys)  # the label-embedding head is fixed
+    def scorer_size(m):
+        state = get_adapter_state(m)
+        return sum(v.size for k, v in state.items() if "scorer" in k)
+
+    assert 0 < scorer_size(model) == scorer_size(build_model(tiny, 40, LoraSettings())) < 500  # shared, not per class
     n_layers = model.config.num_hidden_layers
     assert sum("lora_B" in k for k in keys) == 2 * n_layers  # query and value in every layer
     state = get_adapter_state(model)
@@ -111,11 +117,15 @@ def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
     from client.training import ShopDataset, logits_of
     from common.model.prefix import adapted_layers_start, prefix_hidden_states
 
+    from common.task.features import FEATURE_NAMES, HistoryFeatures
+
     model = build_model(tiny, 7, LoraSettings(layers=layers))
-    with torch.no_grad():  # a non-zero adapter, so the LoRA paths count in the comparison
+    with torch.no_grad():  # a non-zero adapter and semantic weight, so the LoRA paths count in the comparison
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
+            if "scorer" in name and "dense" in name:
+                param.normal_(0, 1.0)
     start = adapted_layers_start(model)
     assert start == model.config.num_hidden_layers - len(layers)
     rng = np.random.default_rng(0)
@@ -123,9 +133,11 @@ def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
     ids = np.zeros((9, 20), dtype=np.int64)
     for row, n in enumerate(lengths):
         ids[row, :n] = rng.integers(5, 90, size=n)
-    full = ShopDataset(ids, lengths, np.zeros(9), np.arange(9))
+    features = HistoryFeatures(rng.integers(-1, 7, size=(9, 4)), rng.random((9, 4, len(FEATURE_NAMES))).astype(np.float32))
+    current = rng.integers(0, 7, size=9)
+    full = ShopDataset(ids, lengths, np.zeros(9), np.arange(9), features, current)
     exact = prefix_hidden_states(model, ids, lengths, start, dtype=torch.float32)
-    cached = ShopDataset(ids, lengths, np.zeros(9), np.arange(9), hidden=exact, prefix_start=start)
+    cached = ShopDataset(ids, lengths, np.zeros(9), np.arange(9), features, current, hidden=exact, prefix_start=start)
     model.eval()
     with torch.no_grad():
         batch = list(range(9))
@@ -140,14 +152,18 @@ def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
     assert shared == {id(p) for p in model.parameters() if p.requires_grad}
 
 
-def test_label_embedding_head_is_centred_scaled_and_exported_with_the_adapter(tiny):
+def test_label_embedding_head_is_centred_scaled_and_the_same_for_every_party(tiny):
     from client.shop import ModelConfig, SharedModel
     from common.model.head import class_representations
 
     names = ("running shoes", "sports watch", "baby crib", "diapers", "other")
+    from common.model.prefix import sequence_classifier
+
+    def head(model):
+        return sequence_classifier(model).classifier.modules_to_save["default"].weight.detach().clone()
+
     shared = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,))), names, "cpu")
-    state = get_adapter_state(shared.model)
-    weight = torch.as_tensor(next(v for k, v in state.items() if k.startswith("base_model.model.classifier") and k.endswith(".weight")))
+    weight = head(shared.model)
     assert weight.shape == (len(names), shared.model.config.hidden_size)
     assert torch.allclose(weight.norm(dim=1), torch.full((len(names),), 10.0), atol=1e-4)
     reps = class_representations(shared.model, shared.tokenizer, names)
@@ -156,6 +172,6 @@ def test_label_embedding_head_is_centred_scaled_and_exported_with_the_adapter(ti
     assert torch.all(cosine > 0.9999)
     # the same head on every party; a random head is another option
     again = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,))), names, "cpu")
-    assert np.array_equal(flatten(get_adapter_state(again.model)), flatten(state))
+    assert torch.equal(head(again.model), weight)
     rand = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,)), head_init="random"), names, "cpu")
-    assert not np.array_equal(flatten(get_adapter_state(rand.model)), flatten(state))
+    assert not torch.equal(head(rand.model), weight)

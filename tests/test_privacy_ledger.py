@@ -219,7 +219,7 @@ def test_a_killed_client_does_not_reset_its_epsilon(tmp_path, synthetic_dir):
     seqs = [r["seq"] for r in after]
     assert seqs == list(range(seqs[0], seqs[0] + len(before) + 2))  # nothing lost, nothing in between
     kinds = [r.kind for r in PrivacyLedger.open(state).releases]
-    assert kinds.count("statistics") == 1  # the label space was chosen once, then reused
+    assert kinds.count("statistics") == 2  # label space and priors were released once, then reused
     assert after[len(before)]["epsilon"] > before[-1]["epsilon"]
 
 
@@ -234,7 +234,7 @@ def test_shop_views_built_for_configs_the_server_varies_share_one_budget(tmp_pat
     table = load_events(synthetic_dir)
     config = TaskConfig()
     split = default_split(table, config)
-    spec = TaskSpec(build_taxonomy(table, config.top_k, before=split.val_start), split, config)
+    spec = TaskSpec(build_taxonomy(table, 20, before=split.val_start), split, config)
     node = NodeSettings.from_node_config({
         "data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(tmp_path / "state"),
         "epsilon": 8.0, "max-train-examples": 64, "seed": 3})

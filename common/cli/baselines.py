@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_baselines(task.train, task.test)
     print()
     print(format_table(results))
-    bayes = synthetic_bayes_accuracy(Path(args.data), task.split.test_start)
+    bayes = synthetic_bayes_accuracy(Path(args.data), task.split.test_start,
+                                     task.split.end - task.config.window_seconds)
     if bayes is not None:
         print(f"\nBayes-optimal acc@1 of the generating process on the test period: {bayes:.3f}")
     if args.json:
@@ -50,14 +51,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def synthetic_bayes_accuracy(data: Path, test_start: int) -> float | None:
+def synthetic_bayes_accuracy(data: Path, test_start: int, last_t: int | None = None) -> float | None:
     """The generator's Bayes-optimal acc@1 for the test period, if ``data`` is synthetic."""
     from simulations.synthetic import bayes_accuracy_since
 
     truth = data / "ground_truth.json" if data.is_dir() else None
     if truth is None or not truth.is_file():
         return None
-    return bayes_accuracy_since(json.loads(truth.read_text()), test_start)
+    return bayes_accuracy_since(json.loads(truth.read_text()), test_start, last_t)
 
 
 def _split_line(split) -> str:

@@ -6,6 +6,7 @@ import argparse
 
 from ..config import DAY, TaskConfig
 from ..data import FORMAT_NAMES, LoadOptions
+from ..data.window import parse_time
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -23,12 +24,18 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument("--item-titles", metavar="CSV", help="item_id,title file")
     group.add_argument("--item-properties", metavar="CSV", nargs="+",
                        help="RetailRocket item_properties files (default: item_properties*.csv beside events)")
+    group.add_argument("--start", metavar="DATE", help="keep events from this date or time (e.g. 2017-11-25 or "
+                       "2017-11-25T00:00+08:00); default: the data's documented window or its robust span")
+    group.add_argument("--end", metavar="DATE", help="keep events before this date or time")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     d = TaskConfig()
     group = parser.add_argument_group("task")
-    group.add_argument("--top-k", type=int, default=d.top_k, help=f"taxonomy size before 'other' (default {d.top_k})")
+    group.add_argument("--top-k", type=int, default=d.top_k,
+                       help="taxonomy size before 'other' (default 0: as many categories as cover --coverage)")
+    group.add_argument("--coverage", type=float, default=d.coverage,
+                       help=f"share of training engagement the taxonomy covers when --top-k is 0 (default {d.coverage:g})")
     group.add_argument("--taxonomy", metavar="JSON", help="use this taxonomy file instead of building one")
     group.add_argument("--history", type=int, default=d.history_events,
                        help=f"events of history per example (default {d.history_events})")
@@ -42,6 +49,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"share of the time span used for testing (default {d.test_fraction})")
     group.add_argument("--val-fraction", type=float, default=d.val_fraction,
                        help=f"share of the time span used for validation (default {d.val_fraction})")
+    group.add_argument("--timezone", default="UTC", metavar="ZONE", type=utc_offset,
+                       help="time zone of the daily prediction grid: UTC (default), +08:00, UTC+8, -05:00")
 
 
 def load_options(args: argparse.Namespace) -> LoadOptions:
@@ -52,6 +61,8 @@ def load_options(args: argparse.Namespace) -> LoadOptions:
         category_names=args.category_names,
         item_titles=args.item_titles,
         item_properties=tuple(args.item_properties) if args.item_properties else None,
+        start=parse_time(args.start, "--start") if getattr(args, "start", None) else None,
+        end=parse_time(args.end, "--end") if getattr(args, "end", None) else None,
     )
 
 
@@ -62,9 +73,24 @@ def task_config(args: argparse.Namespace) -> TaskConfig:
         stride_seconds=int(round(args.stride_days * DAY)),
         min_history=args.min_history,
         top_k=args.top_k,
+        coverage=args.coverage,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        utc_offset=args.timezone,
     )
+
+
+def utc_offset(text: str) -> int:
+    """``UTC``, ``+08:00``, ``UTC+8``, ``-05:30`` as seconds east of UTC."""
+    import re
+
+    match = re.fullmatch(r"(?:UTC|GMT)?\s*(?:([+-])(\d{1,2})(?::?(\d{2}))?)?", text.strip(), flags=re.IGNORECASE)
+    if not match or (not match.group(1) and text.strip().upper() not in ("UTC", "GMT", "Z", "")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time zone; use UTC, +08:00, UTC+8 or -05:00")
+    if not match.group(1):
+        return 0
+    seconds = int(match.group(2)) * 3600 + int(match.group(3) or 0) * 60
+    return seconds if match.group(1) == "+" else -seconds
 
 
 def _mapping(text: str) -> dict[str, str]:

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from common.data import load_events
     from common.data.schema import DataError
     from common.task import EventArrays, Taxonomy, latest_examples
-    from server.export import ADAPTER, TAXONOMY, read_model_card
+    from common.model.scorer import set_priors
+    from server.export import ADAPTER, TAXONOMY, read_model_card, read_priors
 
     export = Path(args.adapter)
     if export.name == ADAPTER:
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     card = read_model_card(export)
     taxonomy = Taxonomy.load(export / TAXONOMY)
     model, tokenizer = load_exported(export, card, taxonomy, args.device)
+    priors = read_priors(export)
+    if priors is not None:
+        set_priors(model, priors)
     config = TaskConfig.from_dict(card["task"])
     table = load_events(args.data, load_options(args))
     print(table.report.summary())
@@ -58,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     max_length = int(card.get("settings", {}).get("max-length", 128))
     probs = predict_proba(model, shop_dataset(examples, table.category_names, tokenizer, max_length))
     names = np.array(taxonomy.class_names, dtype=object)
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    named = probs.copy()
+    named[:, taxonomy.other] = -1.0  # `other` is never a prediction
+    top = np.argsort(-named, axis=1, kind="stable")[:, :5]
     rows = {
         "user_id": events.user_ids[examples.user],
         "prediction_time": pd.to_datetime(examples.t, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -45,6 +45,8 @@ class SourceFormat:
     example: str = ""
     required: tuple[str, ...] = ("user_id", "item_id", "category", "action", "timestamp")
     extra: dict[str, str] = field(default_factory=dict)
+    window: tuple[int, int] | None = None  # the period the dataset documents, [start, end) Unix seconds
+    utc_offset: int = 0  # the source's local time zone (seconds east of UTC): its days start there
 
     def raw_required(self) -> list[str]:
         return [self.columns[c] for c in self.required if c in self.columns]
@@ -95,6 +97,8 @@ TAOBAO = SourceFormat(
     actions={"pv": Action.VIEW, "fav": Action.FAV, "cart": Action.CART, "buy": Action.BUY},
     parse_timestamp=timestamps.unix_seconds,
     example="1,2268318,2520377,pv,1511544070",
+    window=(1511539200, 1512316800),  # 2017-11-25 00:00 .. 2017-12-04 00:00, UTC+8 (the dataset's documentation)
+    utc_offset=8 * 3600,
 )
 
 TMALL = SourceFormat(
@@ -113,6 +117,7 @@ TMALL = SourceFormat(
     actions={"0": Action.VIEW, "1": Action.CART, "2": Action.BUY, "3": Action.FAV},
     parse_timestamp=lambda raw: timestamps.month_day(raw, year=2014),
     example="328862,323294,833,2882,2661,0829,0",
+    window=(1399766400, 1415750400),  # 2014-05-11 .. 2014-11-12: six months up to Double 11 (dates only)
 )
 
 REES46 = SourceFormat(

@@ -3,7 +3,8 @@
 ``load_events(path)`` takes a CSV/CSV.gz/Parquet file in any supported format, or a dataset
 directory with a ``dataset.json`` manifest (what ``fedinterest synth`` writes). Bad rows are
 skipped and counted per reason; an empty file, a file of the wrong format, or one that is mostly
-bad raises ``DataError`` with the file name and what to do.
+bad raises ``DataError`` with the file name and what to do. Rows outside the data's time window
+(``common.data.window``) are dropped and reported the same way, with their line numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pandas.api.types import union_categoricals
 
 from .formats import RETAILROCKET, SourceFormat, detect_format, resolve_format
 from .schema import CATEGORICAL_COLUMNS, DataError, EventTable, LoadReport, empty_frame
+from .window import choose_window
 
 CHUNK_ROWS = 500_000
 #: A file where more than this fraction of rows is bad is rejected as a whole.
@@ -45,6 +47,8 @@ class LoadOptions:
     chunk_rows: int = CHUNK_ROWS
     max_bad_fraction: float = MAX_BAD_FRACTION
     shop: str | None = None  # in a dataset directory: read only this shop's file (else every shop's)
+    start: int | None = None  # keep events from here (Unix seconds); with ``end``: the window by hand
+    end: int | None = None  # keep events before here
 
 
 def load_events(path: str | Path, options: LoadOptions | None = None) -> EventTable:
@@ -93,7 +97,30 @@ def _load_file(path: Path, options: LoadOptions, merchant_id: str | None = None)
             f"{path}: {bad:,} of {report.rows_read:,} rows are bad, too many to use "
             f"({_reasons(report)}). Check --format (read as {fmt.name}: {fmt.description})."
         )
-    return EventTable(frame=concat_frames(frames), report=report, category_names=names, item_titles=titles)
+    frame = keep_window(concat_frames(frames), fmt, options, report)
+    if report.rows_kept == 0:
+        raise DataError(f"{path}: no rows inside the time window ({report.notes[-1]}); check --start/--end")
+    return EventTable(frame=frame, report=report, category_names=names, item_titles=titles)
+
+
+def keep_window(frame: pd.DataFrame, fmt: SourceFormat, options: LoadOptions, report: LoadReport) -> pd.DataFrame:
+    """The rows inside the time window; the rest are reported as skipped with their line numbers."""
+    ts = frame["timestamp"].to_numpy()
+    window = choose_window(ts, fmt.window, options.start, options.end, fmt.utc_offset)
+    lines = frame.pop("line").to_numpy() if "line" in frame else np.zeros(len(frame), dtype=np.int64)
+    if window is None:
+        return frame
+    inside = window.inside(ts)
+    report.notes.append(f"time window {window.describe()}")
+    if inside.all():
+        return frame
+    report.skip(f"outside the time window {window.describe()}", np.sort(lines[~inside]))
+    report.rows_kept -= int((~inside).sum())
+    frame = frame[inside].reset_index(drop=True)
+    for column in CATEGORICAL_COLUMNS:
+        if column in frame and hasattr(frame[column], "cat"):
+            frame[column] = frame[column].cat.remove_unused_categories()
+    return frame
 
 
 def canonicalize(
@@ -140,6 +167,7 @@ def canonicalize(
             "category": pd.Categorical(np.asarray(category)[keep]),
             "action": action[keep].astype(np.int8),
             "timestamp": seconds[keep].astype(np.int64),
+            "line": np.asarray(lines)[keep].astype(np.int64),  # for the window report; dropped after
         }
     )
     if "merchant_id" in cols and cols["merchant_id"] in raw.columns:

@@ -99,7 +99,7 @@ class LoadReport:
             lines.append(f"  skipped {n:,} rows: {reason} (first at line {where})")
         for reason, n in sorted(self.ignored.items()):
             lines.append(f"  ignored {n:,} rows: {reason}")
-        lines.extend(f"  note: {note}" for note in self.notes)
+        lines.extend(f"  note: {note}" for note in dict.fromkeys(self.notes))
         return "\n".join(lines)
 
 

@@ -1,4 +1,8 @@
-"""The classifier every shop trains: a frozen BERT, LoRA on attention, a head over the taxonomy.
+"""The model every shop trains: a frozen BERT, LoRA on attention, and the interest scorer.
+
+The scorer (``common.model.scorer``) ranks the taxonomy's classes from the user's own history,
+the platform priors and the head's semantic term; the head itself is the frozen label-embedding
+head, kept in the peft export with the scorer (``modules_to_save``).
 
 FFA-LoRA (the default) freezes the LoRA ``A`` matrices at a seeded random initialisation shared
 by every shop and trains only ``B`` and the head: DP noise enters linearly and averaging ``B``
@@ -21,7 +25,7 @@ if TYPE_CHECKING:  # torch loads only when a model is built (settings stay impor
 from ..config import ConfigError
 from .backbone import Backbone
 
-HEAD_MODULES = ("classifier",)
+HEAD_MODULES = ("classifier", "scorer")
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,14 @@ def load_base_model(backbone: Backbone, n_classes: int, device: torch.device, se
         hf_logging.enable_progress_bar()
     if model.config.model_type != "bert":
         raise ConfigError(f"backbone {backbone.spec} is a {model.config.model_type} model; fedinterest needs a BERT")
+    from .scorer import InterestScorer
+
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         head = model.classifier
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * model.config.initializer_range)
         head.bias.zero_()
+    model.scorer = InterestScorer(n_classes)
     return model.to(device)
 
 
@@ -153,6 +160,8 @@ def build_model(backbone: Backbone, n_classes: int, settings: LoraSettings, devi
     for name, param in model.named_parameters():
         if "lora_A" in name:
             param.requires_grad_(not settings.ffa)
+        if ".classifier." in name:
+            param.requires_grad_(False)  # the label-embedding head is fixed: the scorer weighs it
     return model
 
 

@@ -50,7 +50,7 @@ def sequence_classifier(model: nn.Module) -> nn.Module:
 
 
 class AdaptedSuffix(nn.Module):
-    """Encoder layers ``start..`` + pooler + dropout + head, fed with cached hidden states."""
+    """Encoder layers ``start..`` + pooler + dropout + head, fed with cached hidden states (and the scorer)."""
 
     def __init__(self, model: nn.Module, start: int):
         super().__init__()
@@ -60,6 +60,7 @@ class AdaptedSuffix(nn.Module):
         self.pooler = inner.bert.pooler
         self.dropout = inner.dropout
         self.classifier = inner.classifier
+        self.scorer = inner.scorer  # called by ``client.training.logits_of``; a submodule for Opacus' hooks
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask

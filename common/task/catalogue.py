@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.schema import EventTable
-from .taxonomy import Taxonomy, category_token
+from .taxonomy import Taxonomy, category_token, taxonomy_size
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,16 @@ class Catalogue:
         out[codes >= 0] = per_code[codes[codes >= 0]]
         return out
 
-    def top_k(self, scores: np.ndarray, k: int) -> Taxonomy:
-        """The taxonomy of the ``k`` highest-scoring categories (ties: by id, so it is deterministic)."""
+    def top_k(self, scores: np.ndarray, k: int = 0, coverage: float = 0.9, cap: int = 2000) -> Taxonomy:
+        """The taxonomy of the ``k`` highest-scoring categories (``k=0``: as many as cover ``coverage``).
+
+        Ties go by id, so it is deterministic.
+        """
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(self),):
             raise ValueError(f"{scores.shape} scores for a catalogue of {len(self)} categories")
-        order = sorted(range(len(self)), key=lambda i: (-scores[i], self.categories[i]))[: max(int(k), 1)]
+        size = taxonomy_size(scores, k, coverage, cap)
+        order = sorted(range(len(self)), key=lambda i: (-scores[i], self.categories[i]))[:size]
         return Taxonomy(tuple(self.categories[i] for i in order), tuple(self.names[i] for i in order))
 
     def to_dict(self) -> dict:

@@ -169,13 +169,13 @@ class TimeRange:
 
 
 def prediction_grid(events: EventArrays, config: TaskConfig, span: TimeRange) -> np.ndarray:
-    """Grid times (multiples of the stride, UTC-aligned) inside ``span``."""
+    """Grid times (multiples of the stride from midnight at the configured UTC offset) inside ``span``."""
     if not len(events):
         return np.array([], dtype=np.int64)
-    stride = config.stride_seconds
+    stride, offset = config.stride_seconds, config.utc_offset
     first = max(span.start, int(events.timestamp.min()) + 1)
-    first = -(-first // stride) * stride
-    last = span.end - config.window_seconds
+    first = -(-(first + offset) // stride) * stride - offset
+    last = span.end - config.window_seconds  # the whole label window lies inside the span
     return np.arange(first, last + 1, stride, dtype=np.int64)
 
 

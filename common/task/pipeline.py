@@ -52,7 +52,7 @@ def prepare_task(
     if split is None:
         split = default_split(table, config)
     if taxonomy is None:
-        taxonomy = build_taxonomy(table, config.top_k, before=split.val_start)
+        taxonomy = build_taxonomy(table, config.top_k, split.val_start, config.coverage, config.max_top_k)
     events = EventArrays.from_table(table, taxonomy)
     train = build_examples(events, config, split.train)
     val = build_examples(events, config, split.val)

@@ -38,11 +38,14 @@ class TemporalSplit:
 
 
 def temporal_split(first_ts: int, last_ts: int, config: TaskConfig, source: str = "data") -> TemporalSplit:
-    """Stride-aligned cut points at the configured fractions of the time span."""
-    stride = config.stride_seconds
-    start = (first_ts // stride) * stride
-    end = -(-(last_ts + 1) // stride) * stride  # the stride holding the last event ends the data
-    strides = (end - start) // stride
+    """Stride-aligned cut points at the configured fractions of the time span.
+
+    The split ends just after the last event, so no label window runs past the end of the data.
+    """
+    stride, offset = config.stride_seconds, config.utc_offset
+    start = ((first_ts + offset) // stride) * stride - offset
+    aligned_end = -(-(last_ts + 1 + offset) // stride) * stride - offset  # the stride holding the last event
+    strides = (aligned_end - start) // stride
     test_strides = max(1, round(config.test_fraction * strides))
     val_strides = round(config.val_fraction * strides)
     train_strides = strides - test_strides - val_strides
@@ -54,4 +57,4 @@ def temporal_split(first_ts: int, last_ts: int, config: TaskConfig, source: str 
         )
     test_start = start + (strides - test_strides) * stride
     val_start = test_start - val_strides * stride
-    return TemporalSplit(start=start, val_start=val_start, test_start=test_start, end=end)
+    return TemporalSplit(start=start, val_start=val_start, test_start=test_start, end=last_ts + 1)

@@ -97,10 +97,23 @@ class Taxonomy:
         return cls.from_dict(data, source=str(path))
 
 
-def build_taxonomy(table: EventTable, top_k: int, before: int | None = None) -> Taxonomy:
-    """Top-``top_k`` categories by engagement weight in events before ``before`` (all if None).
+def taxonomy_size(weights: np.ndarray, top_k: int = 0, coverage: float = 0.9, cap: int = 2000) -> int:
+    """``top_k`` if set, else the smallest K whose top categories hold ``coverage`` of ``weights`` (≤ ``cap``)."""
+    if top_k > 0:
+        return int(top_k)
+    w = np.sort(np.clip(np.asarray(weights, dtype=np.float64), 0, None))[::-1]
+    if not len(w) or w.sum() <= 0:
+        return min(len(w), cap) or 1
+    k = int(np.searchsorted(np.cumsum(w) / w.sum(), coverage - 1e-12)) + 1
+    return max(1, min(k, cap, len(w)))
 
-    Ties are broken by category id so the result is deterministic.
+
+def build_taxonomy(table: EventTable, top_k: int = 0, before: int | None = None, coverage: float = 0.9,
+                   cap: int = 2000) -> Taxonomy:
+    """The top categories by engagement weight in events before ``before`` (all if None).
+
+    ``top_k`` of them, or (``top_k=0``) as many as cover ``coverage`` of the engagement, at most
+    ``cap``. Ties are broken by category id so the result is deterministic.
     """
     frame = table.frame
     if before is not None:
@@ -110,7 +123,8 @@ def build_taxonomy(table: EventTable, top_k: int, before: int | None = None) -> 
     weights = pd.Series(ACTION_WEIGHTS[frame["action"].to_numpy()]).groupby(
         np.asarray(frame["category"].astype(str))
     ).sum()
-    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = ranked[: taxonomy_size(np.array([w for _, w in ranked]), top_k, coverage, cap)]
     categories = tuple(c for c, _ in ranked)
     names = tuple(table.category_names.get(c) or category_token(c) for c in categories)
     return Taxonomy(categories, names)

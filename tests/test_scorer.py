@@ -1,0 +1,64 @@
+"""The interest scorer: it starts exactly at recency-weighted frequency and learns from there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.baselines import RecencyFrequency
+from common.config import TaskConfig
+from common.task import prepare_task
+from common.task.features import BASELINE_FEATURE, FEATURE_NAMES, baseline_scores, history_features
+from common.task.priors import Priors
+from test_task import hand_examples
+
+
+def test_history_features_by_hand():
+    _, examples = hand_examples()
+    features = history_features(examples)
+    for i in range(len(examples)):
+        history = examples.history_classes(i)
+        named = features.classes[i][features.classes[i] >= 0]
+        assert sorted(named.tolist()) == sorted(set(history.tolist()))  # one slot per distinct history class
+        for slot, cls in enumerate(features.classes[i]):
+            if cls < 0:
+                continue
+            values = dict(zip(FEATURE_NAMES, features.values[i, slot]))
+            assert values["is_current"] == float(cls == examples.current[i])
+            assert values["is_last"] == float(cls == history[-1])
+            assert values["share@1"] == pytest.approx(
+                examples.events.weight[examples.hist_start[i]:examples.hist_end[i]][history == cls].sum()
+                / examples.events.weight[examples.hist_start[i]:examples.hist_end[i]].sum(), rel=1e-6)
+        assert features.values[i, :, BASELINE_FEATURE].sum() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_the_untrained_model_ranks_exactly_like_recency_weighted_frequency(tiny_shop_table):
+    from client.shop import ModelConfig, SharedModel
+    from client.training import predict_proba
+    from common.model import LoraSettings
+    from common.model.scorer import set_priors
+
+    task = prepare_task(tiny_shop_table, TaskConfig())
+    test = task.test.subset(np.arange(min(300, len(task.test))))
+    baseline = RecencyFrequency().fit(task.train)
+    shared = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,))),
+                         task.taxonomy.class_names, "cpu")
+    set_priors(shared.model, Priors(baseline.popularity, np.zeros((0, task.taxonomy.n_classes))))
+    probs = predict_proba(shared.model, shared.dataset(test, tiny_shop_table.category_names, 48))
+    expected = baseline.predict(test)
+    assert np.array_equal(np.argsort(-probs, axis=1, kind="stable"), np.argsort(-expected, axis=1, kind="stable"))
+    # and the features alone reproduce the baseline's evidence, up to each example's scale
+    evidence = baseline.scores(test)
+    assert np.allclose(baseline_scores(history_features(test), task.taxonomy.n_classes)
+                       * evidence.sum(axis=1, keepdims=True), evidence, rtol=1e-5, atol=1e-8)
+
+
+def test_priors_from_noised_flows_are_probabilities():
+    flows = np.array([[3.0, -1.0, 0.5], [0.0, 2.0, 2.0], [5.0, -4.0, 1.0]])  # two transition rows, then totals
+    priors = Priors.from_flows(flows)
+    assert np.all(priors.popularity > 0) and priors.popularity.sum() == pytest.approx(1.0)
+    assert priors.transition.shape == (2, 3) and np.allclose(priors.transition.sum(axis=1), 1.0)
+    logs = priors.log_matrix()
+    assert logs.shape == (3, 3) and np.allclose(logs[2], np.log(priors.popularity))  # no row: popularity
+    back = Priors.from_dict(priors.to_dict())
+    assert np.array_equal(back.transition, priors.transition)
