@@ -32,7 +32,9 @@ from common.task.examples import ExampleSet
 from .ledger import PrivacyLedger
 from .privacy import PrivacyConfig, PrivacyTerms, plan_privacy
 
-STATISTICS_SHARE = 0.1  # of the shop's budget, per statistics release, on its own
+#: Of the shop's budget, what each statistics release may cost on its own: the label space needs
+#: only the order of the top categories; the scorer's priors need their values.
+STATISTICS_SHARES = {"engagement": 0.05, "label-flows": 0.5}
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def release(
     ledger: PrivacyLedger,
     terms: PrivacyTerms,
     budget: float,
-    share: float = STATISTICS_SHARE,
+    share: float | None = None,
     server_round: int | None = None,
     request_sha256: str = "",
     seed: int | None = None,
@@ -83,7 +85,7 @@ def release(
     With a ``seed`` (a simulation), a request the ledger already answered is answered again bit
     for bit and recorded as a replay: the same noise reveals nothing new.
     """
-    sigma = release_noise(budget, share, terms)
+    sigma = release_noise(budget, share if share is not None else STATISTICS_SHARES[kind], terms)
     request = f"{kind}:{request_sha256}"
     original = ledger.find_release(server_round, request, "statistics") if seed is not None else None
     if original is not None:

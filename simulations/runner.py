@@ -54,13 +54,21 @@ def prepare(
     threads: int = 1,
     task_config: TaskConfig | None = None,
     synth: SynthConfig | None = None,
+    fresh: bool = False,
 ) -> Prepared:
     """Data, shops and node configs under ``out``.
 
     ``privacy``: node-config privacy keys every shop gets (``privacy-unit``, ``delta``, ``accountant``).
     ``taxonomy``: a published label space; without it the federation chooses one privately.
+    ``fresh``: the simulated shops start with empty state (ledgers) instead of continuing the ones
+    an earlier simulation in ``out`` left: a new simulation is new shops.
     """
     out.mkdir(parents=True, exist_ok=True)
+    if fresh and (out / "shops").is_dir():
+        import shutil
+
+        for state in sorted((out / "shops").glob("*/state")):
+            shutil.rmtree(state)
     if data is None:
         source = out / "data"
         config = synth or SynthConfig(shops=shops, seed=seed)

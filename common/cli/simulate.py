@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(out, data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
                        alpha=args.alpha, seed=args.seed, epsilon=epsilon, privacy=node_privacy,
                        taxonomy=Taxonomy.load(args.taxonomy) if args.taxonomy else None,
-                       max_train_examples=args.max_train,
+                       max_train_examples=args.max_train, fresh=not args.resume,
                        threads=threads, task_config=task_config(args))
     print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
     train = train_config(args)

@@ -25,10 +25,14 @@ class Priors:
 
     @classmethod
     def from_flows(cls, flows: np.ndarray, alpha: float = 1.0) -> "Priors":
-        """From ``common.stats.label_flows``: transition rows, then the label totals as the last row."""
-        flows = np.asarray(flows, dtype=np.float64)
+        """From ``common.stats.label_flows``: transition rows, then the label totals as the last row.
+
+        Noised counts are denoised first (``denoise``): true counts are never negative, so the
+        negative cells show the noise level, and every cell is shrunk by it.
+        """
+        flows = denoise(np.asarray(flows, dtype=np.float64))
         priors = cls.from_counts(flows[-1], flows[:-1], alpha)
-        return cls(priors.popularity, priors.transition, np.clip(flows, 0, None))
+        return cls(priors.popularity, priors.transition, flows)
 
     @classmethod
     def uniform(cls, n_classes: int) -> "Priors":
@@ -66,3 +70,16 @@ class Priors:
         counts = data.get("counts")
         return cls(pop, np.asarray(data["transition"], dtype=np.float64).reshape(-1, len(pop)),
                    None if counts is None or not len(counts) else np.asarray(counts, dtype=np.float64).reshape(-1, len(pop)))
+
+
+def denoise(counts: np.ndarray, min_negatives: int = 20) -> np.ndarray:
+    """Soft-thresholded counts: ``max(x - σ̂, 0)``, with σ̂ the noise level the negative cells imply.
+
+    Where true counts are zero, Gaussian noise is negative half the time, and the mean square of
+    the negative cells is σ². Counts with too few negative cells to tell are only clipped at 0.
+    """
+    negative = counts[counts < 0]
+    if len(negative) < min_negatives:
+        return np.clip(counts, 0, None)
+    sigma = float(np.sqrt(np.mean(negative**2)))
+    return np.clip(counts - sigma, 0, None)
