@@ -119,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
             spent = "no private release recorded"
         print(f"  {shop}: {spent}")
     print(f"label space: {result.task.label_space} ({result.task.taxonomy.n_classes - 1} categories + other)")
+    flows = top_flows(result.task)
+    if flows:
+        print("top migration flows of all shops (noised, securely summed):")
+        for flow in flows[:10]:
+            print(f"  {flow['from']} -> {flow['to']}: {flow['share']:.1%} of moves from {flow['from']}")
     print(f"bytes on the wire: {wire_bytes / 1e6:.2f} MB over {len(result.history)} rounds "
           f"({wire_bytes / max(len(result.history), 1) / max(len(prepared.shops), 1) / 1e6:.2f} MB per shop per round)")
     plots = plot_rounds(result.history, epsilons, out)
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "shops": prepared.shops, "rounds": len(result.history), "privacy": privacy.describe(),
         "privacy_unit": privacy.unit if privacy.private else None,
         "accountant": privacy.accountant if privacy.private else None,
-        "privacy_per_shop": shop_terms, "label_space": result.task.label_space,
+        "privacy_per_shop": shop_terms, "label_space": result.task.label_space, "top_flows": flows,
         "table": rows, "epsilon_per_shop": epsilons, "history": result.history, "bytes_on_the_wire": wire_bytes,
         "export": result.export_dir, "seconds": time.perf_counter() - started, "settings": run_config,
     }
@@ -134,3 +139,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {path}; plots: {', '.join(str(p) for p in plots)}; adapter: {result.export_dir}")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def top_flows(task, limit: int = 20) -> list[dict]:
+    """The largest (current interest -> next interest) moves in the platform's private label flows."""
+    priors = task.priors
+    if priors is None or priors.counts is None or len(priors.counts) < 2:
+        return []
+    moves = priors.counts[:-1].copy()
+    rows = len(moves)
+    moves[range(rows), range(rows)] = 0.0  # staying is not a migration
+    moves[:, task.taxonomy.other] = 0.0
+    totals = moves.sum(axis=1, keepdims=True)
+    names = task.taxonomy.class_names
+    order = sorted(((i, j) for i in range(rows) for j in range(moves.shape[1]) if moves[i, j] > 0),
+                   key=lambda ij: -moves[ij])[:limit]
+    return [{"from": names[i], "to": names[j], "mass": float(moves[i, j]), "share": float(moves[i, j] / totals[i, 0])}
+            for i, j in order]
