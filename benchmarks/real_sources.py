@@ -102,6 +102,24 @@ SOURCES: tuple[RealSource, ...] = (
         header=False,
     ),
     RealSource(
+        name="taobao_tail",
+        repo="betashepherd/HotItems",
+        commit="c7c2d28e15fcad625590672d607cd49827d8121b",
+        parts=(("src/main/resources/UserBehavior.csv", "bff8365771b085996f3584ab9adf41cfd3f94f65"),),
+        fmt="taobao",
+        output="UserBehavior.csv",
+        dataset="Taobao UserBehavior (Alibaba Tianchi), 2017-11-25..2017-12-03 UTC+8",
+        licence=TAOBAO_LICENCE,
+        official=TAOBAO_OFFICIAL,
+        notes=("10,000 rows that end the official file (grouped by user, users in string order; the "
+               "copy ends with user 999999), as copied into a Flink HotItems demo: histories of 114 "
+               "users (999477..999999), none shared with taobao_head. The first user (999477) starts "
+               "2017-11-28 and was probably cut at the start of the copy; the script cannot drop a "
+               "first user, so it is kept. Small: a disjoint-user check only, not a training set. "
+               "Headerless; --format taobao. Holds genuine out-of-window rows (before 2017-11-25 UTC+8)."),
+        header=False,
+    ),
+    RealSource(
         name="rees46_head",
         repo="ibrhmspl/Team11_Customer_Segmentation",
         commit="b2d3e846e15a9e5f91d5e04793ffee218715b22e",

@@ -87,6 +87,7 @@ class SharedModel:
         if config.head_init == "names":
             init_head_from_names(self.model, self.tokenizer, self.class_names)
         self.prefix_start = adapted_layers_start(self.model)  # layers below carry no adapter
+        self.priors: Priors | None = None  # the priors its scorer holds now (shops with one task share them)
 
     _instances: dict[tuple, "SharedModel"] = {}
 
@@ -199,7 +200,7 @@ class LocalShop:
 
     def activate(self) -> None:
         """Put this shop's platform priors into the (possibly shared) model."""
-        if getattr(self.shared, "priors", None) is not self.priors:
+        if self.shared.priors is not self.priors:
             set_priors(self.model, self.priors)
             self.shared.priors = self.priors
 
