@@ -22,6 +22,7 @@ from common.model import (
 from common.model.head import init_head_from_names
 from common.atomic import atomic_write_json
 from common.model.scorer import Priors, set_priors
+from common.task.priors import SELECTION_THRESHOLD, denoise
 from common.stats import label_flows, own_flow_corrections, transition_rows
 from common.model.prefix import adapted_layers_start
 from common.task import (
@@ -175,7 +176,8 @@ class LocalShop:
                                               budget=self.privacy.budget(), seed=seed)
         if outcome.declined:
             raise LedgerError(f"{self.ledger.path}: cannot choose the label space privately: {outcome.reason}")
-        taxonomy = catalogue.top_k(outcome.vector, task.top_k, task.coverage, task.max_top_k)
+        taxonomy = catalogue.top_k(denoise(outcome.vector, threshold=SELECTION_THRESHOLD), task.top_k,
+                                   task.coverage, task.max_top_k)
         taxonomy.save(path)
         return taxonomy
 

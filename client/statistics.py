@@ -34,7 +34,7 @@ from .privacy import PrivacyConfig, PrivacyTerms, plan_privacy
 
 #: Of the shop's budget, what each statistics release may cost on its own: the label space needs
 #: only the order of the top categories; the scorer's priors need their values.
-STATISTICS_SHARES = {"engagement": 0.05, "label-flows": 0.5}
+STATISTICS_SHARES = {"engagement": 0.15, "label-flows": 0.5}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from common.secagg import SecAggConfig, SeededRandomness
 from common.settings import PendingTask, RoundConfig, TaskSpec
 from common.stats import transition_rows
 from common.model.scorer import set_priors
-from common.task.priors import Priors
+from common.task.priors import SELECTION_THRESHOLD, Priors, denoise
 
 from .checkpoint import Checkpoint, config_hash, has_checkpoint
 from .export import export_model
@@ -155,7 +155,8 @@ class Federation:
     def _choose_labels(self, grid, nodes: list[int], pending: PendingTask) -> TaskSpec:
         total = self._statistics(grid, nodes, "engagement", pending.to_record_dict(), len(pending.catalogue))
         c = pending.config
-        task = pending.with_taxonomy(pending.catalogue.top_k(total, c.top_k, c.coverage, c.max_top_k))
+        task = pending.with_taxonomy(pending.catalogue.top_k(denoise(total, threshold=SELECTION_THRESHOLD), c.top_k,
+                                                             c.coverage, c.max_top_k))
         self.progress(f"label space: top {task.taxonomy.n_classes - 1} of {len(pending.catalogue)} catalogue "
                       "categories by the shops' noised engagement (DP, in each shop's ledger)")
         return task

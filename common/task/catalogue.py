@@ -58,6 +58,8 @@ class Catalogue:
         if scores.shape != (len(self),):
             raise ValueError(f"{scores.shape} scores for a catalogue of {len(self)} categories")
         size = taxonomy_size(scores, k, coverage, cap)
+        if not k:  # by coverage: only categories with evidence
+            size = max(1, min(size, int((scores > 0).sum())))
         order = sorted(range(len(self)), key=lambda i: (-scores[i], self.categories[i]))[:size]
         return Taxonomy(tuple(self.categories[i] for i in order), tuple(self.names[i] for i in order))
 

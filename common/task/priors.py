@@ -72,8 +72,12 @@ class Priors:
                    None if counts is None or not len(counts) else np.asarray(counts, dtype=np.float64).reshape(-1, len(pop)))
 
 
-def denoise(counts: np.ndarray, min_negatives: int = 20) -> np.ndarray:
-    """Soft-thresholded counts: ``max(x - σ̂, 0)``, with σ̂ the noise level the negative cells imply.
+#: A category enters the label space only with noised engagement this many noise levels above zero.
+SELECTION_THRESHOLD = 1.0
+
+
+def denoise(counts: np.ndarray, min_negatives: int = 20, threshold: float = 1.0) -> np.ndarray:
+    """Soft-thresholded counts: ``max(x - threshold·σ̂, 0)``, σ̂ the noise level the negative cells imply.
 
     Where true counts are zero, Gaussian noise is negative half the time, and the mean square of
     the negative cells is σ². Counts with too few negative cells to tell are only clipped at 0.
@@ -82,4 +86,4 @@ def denoise(counts: np.ndarray, min_negatives: int = 20) -> np.ndarray:
     if len(negative) < min_negatives:
         return np.clip(counts, 0, None)
     sigma = float(np.sqrt(np.mean(negative**2)))
-    return np.clip(counts - sigma, 0, None)
+    return np.clip(counts - threshold * sigma, 0, None)
