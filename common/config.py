@@ -27,7 +27,7 @@ class TaskConfig:
     the last ``recent_events`` history events. The grid is aligned to midnight at ``utc_offset``.
     """
 
-    history_events: int = 50
+    history_events: int = 200
     recent_events: int = 10
     window_seconds: int = DAY
     stride_seconds: int = DAY

@@ -102,8 +102,9 @@ def own_flow_corrections(examples: ExampleSet, rows: int, counts: np.ndarray, sh
             share = {int(h): float(w) for h, w in zip(shares.classes[e], shares.values[e, :, BASELINE_FEATURE])
                      if 0 <= h < rows}
             for h, c, v in zip(row, cls, own):
-                if int(h) in share:
-                    delta.setdefault(int(c), [0.0, 0.0, 0.0])[2] += share[int(h)] * v / row_totals[h]
+                if int(h) in share:  # never below what the cell holds: noised counts can be smaller than v
+                    mass = min(v, counts[h, c])
+                    delta.setdefault(int(c), [0.0, 0.0, 0.0])[2] += share[int(h)] * mass / row_totals[h]
         pairs.extend((e, c, *d) for c, d in delta.items())
     table = np.array(pairs, dtype=np.float64).reshape(-1, 5)
     example = table[:, 0].astype(np.int64)

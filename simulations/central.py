@@ -45,7 +45,7 @@ def central_table(
     """Rows: the federated model (``label``), the baselines, optionally the pooled reference.
 
     The reference is the same model trained on all shops' training examples pooled, without DP,
-    with priors counted exactly from them.
+    with priors counted exactly from them, kept at its best round on the pooled validation days.
     """
     task = prepare_task(table, spec.config, taxonomy=spec.taxonomy, split=spec.split)
     test = even_subset(task.test, max_test)
@@ -61,8 +61,18 @@ def central_table(
             split=spec.split, max_train_examples=reference_examples, max_test_examples=None,
             shared=SharedModel(model_config, spec.taxonomy.class_names, train_config.device),
         )
+        val = even_subset(task.val, max_test)
+        val_data = reference.shared.dataset(val, table.category_names, train_config.max_length)
+        best, best_state = -1.0, None
         for r in range(reference_rounds):
             reference.train_round(total_rounds=reference_rounds, seed=r)
+            # early stopping on the pooled validation days: a reference may look at them, a shop's
+            # federated model does not (it trains a fixed number of rounds)
+            score = evaluate(predict_proba(reference.model, val_data), val.label, val.current, other)["hr@5"]
+            if score > best:
+                best, best_state = score, reference.adapter_state()
+        if best_state is not None:
+            reference.load_adapter(best_state)
         # the frozen prefix is the same backbone's, so the encoded test set serves both models
         probs = predict_proba(reference.model, data)
         rows["centralized reference [NON-PRIVATE]"] = evaluate(probs, test.label, test.current, other)

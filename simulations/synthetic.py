@@ -10,6 +10,12 @@ The process, one step per UTC day for every user:
 * on an active day the user makes 1 + Poisson events, ``focus`` of them on the current interest
   and the rest on the shop's other categories.
 
+``SynthConfig.realistic()`` makes the hard case that real logs are (the Taobao sample): a long tail
+of ``tail_categories`` categories that take ``tail_share`` of the off-interest events (Zipf), so
+the top 50 categories hold about half of the engagement and most days' labels differ from the
+current interest; anonymous numeric categories (no names, no titles); and ``outliers`` events
+with timestamps far outside the data's window, as real exports have.
+
 The output is Taobao UserBehavior layout (one CSV per shop), English category names and item
 titles, a ``dataset.json`` manifest and ``ground_truth.json`` with the Bayes-optimal next-interest
 accuracy: the accuracy of a predictor that knows every user's hidden state and the process. No
@@ -58,6 +64,21 @@ class SynthConfig:
     events_per_day: float = 6.0
     items_per_category: int = 20
     start: str = "2025-09-01"
+    tail_categories: int = 0  # extra categories no interest chain holds, hit by off-interest events
+    tail_share: float = 0.0  # of the off-interest events, the share that falls in the tail
+    tail_exponent: float = 1.05  # Zipf exponent of the tail's popularity
+    personal_tail: int = 8  # tail categories each user returns to (drawn from the Zipf tail)
+    anonymous: bool = False  # no category names or item titles: categories are numbers only
+    outliers: int = 0  # events moved to timestamps far outside the window
+
+    @classmethod
+    def realistic(cls, **overrides) -> "SynthConfig":
+        """Shops as hard as the real Taobao sample: anonymous ids, out-of-window rows, and matched to its
+        shape, not to any model (taobao_head: top 50 of 2,910 categories hold 50% of engagement, 85%
+        of labels migrate at the full taxonomy; these shops: 52% and 85%; Markov is weak on both)."""
+        settings = dict(tail_categories=2000, tail_share=0.9, tail_exponent=0.8, personal_tail=20,
+                        focus=0.35, chain_follow=0.4, migration_rate=0.45, anonymous=True, outliers=40)
+        return cls(**{**settings, **overrides})
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +92,12 @@ class SynthConfig:
             (0 < self.activity < 1, "activity must be in (0, 1)"),
             (self.events_per_day > 1, "events_per_day must be > 1"),
             (self.items_per_category >= 1, "items_per_category must be >= 1"),
+            (self.tail_categories >= 0, "tail_categories must be >= 0"),
+            (0 <= self.tail_share < 1, "tail_share must be in [0, 1)"),
+            (self.tail_share == 0 or self.tail_categories > 0, "tail_share needs tail_categories > 0"),
+            (self.tail_exponent > 0, "tail_exponent must be > 0"),
+            (self.personal_tail >= 1, "personal_tail must be >= 1"),
+            (self.outliers >= 0, "outliers must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,10 +118,16 @@ class World:
     chain_len: np.ndarray
     shop_chain: np.ndarray  # (shops, chains) chain weights
     shop_background: np.ndarray  # (shops, categories) noise distribution
+    tail_cumulative: np.ndarray  # cumulative Zipf distribution over the tail (empty: no tail)
 
     @property
     def n_categories(self) -> int:
         return len(self.names)
+
+    @property
+    def n_interests(self) -> int:
+        """Categories an interest can sit on (the chains'); the tail follows them."""
+        return len(self.names) - len(self.tail_cumulative)
 
 
 def category_id(index: int | np.ndarray) -> np.ndarray:
@@ -116,7 +149,33 @@ def make_world(config: SynthConfig, rng: np.random.Generator) -> World:
         members = chain_cat[c, : chain_len[c]]
         np.add.at(background, (slice(None), members), shop_chain[:, [c]] / chain_len[c])
     background /= background.sum(axis=1, keepdims=True)
-    return World(names, tuple(n for n, _ in chains), chain_cat, chain_len, shop_chain, background)
+    tail = 1.0 / np.arange(1, config.tail_categories + 1) ** config.tail_exponent
+    if config.tail_categories:
+        names = (*names, *(f"assorted goods {i + 1}" for i in range(config.tail_categories)))
+        background = np.pad(background, ((0, 0), (0, config.tail_categories)))
+    return World(names, tuple(n for n, _ in chains), chain_cat, chain_len, shop_chain, background,
+                 np.cumsum(tail / tail.sum()) if config.tail_categories else np.zeros(0))
+
+
+def off_interest(world: World, config: SynthConfig, shops: np.ndarray, rng: np.random.Generator,
+                 tails: np.ndarray | None = None) -> np.ndarray:
+    """Categories of off-interest events: the shop's other categories, or with ``tail_share`` one of
+    the event's user's own tail categories (``tails``, one row per event; default: fresh draws)."""
+    e = len(shops)
+    noise = _sample_rows(np.cumsum(world.shop_background, axis=1), shops, rng.random(e))
+    if not config.tail_categories:
+        return noise
+    if tails is None:
+        tails = draw_tails(world, config, e, rng)
+    tail = tails[np.arange(e), rng.integers(0, tails.shape[1], size=e)]
+    return np.where(rng.random(e) < config.tail_share, tail, noise)
+
+
+def draw_tails(world: World, config: SynthConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, personal_tail) tail categories per user, by the tail's Zipf popularity."""
+    u = rng.random((n, config.personal_tail))
+    return world.n_interests + np.minimum(np.searchsorted(world.tail_cumulative, u, side="right"),
+                                          config.tail_categories - 1)
 
 
 def hazard(dwell: np.ndarray, rate: float) -> np.ndarray:
@@ -141,6 +200,7 @@ class Users:
     chain: np.ndarray
     pos: np.ndarray
     dwell: np.ndarray
+    tails: np.ndarray | None = None  # (n, personal_tail) the user's own tail categories
 
 
 def make_users(config: SynthConfig, world: World, rng: np.random.Generator) -> Users:
@@ -155,7 +215,8 @@ def make_users(config: SynthConfig, world: World, rng: np.random.Generator) -> U
     chain = _sample_rows(np.cumsum(world.shop_chain, axis=1), shop, rng.random(n))
     pos = np.floor(rng.random(n) * world.chain_len[chain]).astype(np.int64)
     dwell = rng.integers(1, len(DWELL_HAZARD) + 1, size=n)
-    return Users(shop, activity, rate, chain, pos, dwell)
+    tails = draw_tails(world, config, n, rng) if config.tail_categories else None
+    return Users(shop, activity, rate, chain, pos, dwell, tails)
 
 
 def step_interests(users: Users, world: World, config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -186,7 +247,7 @@ def day_events(
     owner = np.repeat(np.arange(n), counts)
     e = len(owner)
     interest = world.chain_cat[users.chain, users.pos]
-    noise = _sample_rows(np.cumsum(world.shop_background, axis=1), users.shop[owner], rng.random(e))
+    noise = off_interest(world, config, users.shop[owner], rng, None if users.tails is None else users.tails[owner])
     category = np.where(rng.random(e) < config.focus, interest[owner], noise)
     action = np.searchsorted(np.cumsum(ACTION_PROBS), rng.random(e), side="right").clip(0, 3)
     rank = np.minimum(rng.geometric(0.3, size=e) - 1, config.items_per_category - 1)
@@ -212,11 +273,11 @@ def label_given_state(
     m = ORACLE_SAMPLES
     for s in range(n_shops):
         rates = users.rate[users.shop == s]
-        for k in range(n_cat):
+        for k in range(world.n_interests):  # the tail is never an interest
             counts = 1 + rng.poisson(rng.choice(rates, size=m))
             owner = np.repeat(np.arange(m), counts)
             e = len(owner)
-            noise = _sample_rows(np.cumsum(world.shop_background[[s]], axis=1), np.zeros(e, dtype=np.int64), rng.random(e))
+            noise = off_interest(world, config, np.full(e, s, dtype=np.int64), rng)
             category = np.where(rng.random(e) < config.focus, k, noise)
             action = np.searchsorted(np.cumsum(ACTION_PROBS), rng.random(e), side="right").clip(0, 3)
             weight = ACTION_WEIGHTS[action]
@@ -290,7 +351,21 @@ def generate(config: SynthConfig) -> SyntheticData:
         frames.append(events)
     events = pd.concat(frames, ignore_index=True)
     events["shop"] = users.shop[events["user"].to_numpy()]
+    if config.outliers:
+        events = _with_outliers(events, config, np.random.default_rng([config.seed, 2]))
     return SyntheticData(config, world, events, _ground_truth(config, world, users, events, by_day, moves))
+
+
+def _with_outliers(events: pd.DataFrame, config: SynthConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """``config.outliers`` events moved far outside the window: most to 60-90 days before it (a
+    clock reset, as in the Taobao file), a few to a year after it."""
+    events = events.copy()
+    pick = rng.choice(len(events), size=min(config.outliers, len(events)), replace=False)
+    before = rng.random(len(pick)) < 0.8
+    shift = np.where(before, -rng.integers(60, 90, size=len(pick)) * DAY,
+                     (config.days + 365) * DAY)
+    events.loc[events.index[pick], "timestamp"] = events["timestamp"].to_numpy()[pick] + shift
+    return events
 
 
 def _ground_truth(config, world, users, events, by_day, moves) -> dict:
@@ -312,7 +387,9 @@ def _ground_truth(config, world, users, events, by_day, moves) -> dict:
         "daily_migration_rate": float(np.mean(moves)) if moves else 0.0,
         "bayes_optimal": {
             "description": "expected acc@1 of a predictor that knows each user's hidden interest state "
-            "and the process; an upper bound in expectation for any model of the events",
+            "and the process; an upper bound in expectation for any model of the events"
+            + ("" if not config.tail_categories else
+               " (approximate with a long tail: it draws tail events afresh, not from each user's own tail)"),
             "task": ORACLE_TASK,
             "accuracy": overall,
             "points": points,
@@ -354,25 +431,24 @@ def write_synthetic(out: str | Path, config: SynthConfig) -> SyntheticData:
         name = f"{shop_name(s)}.csv"
         atomic_write_text(out / name, csv.to_csv(header=False, index=False))
         shops[shop_name(s)] = name
-    names = pd.DataFrame({"category_id": category_id(np.arange(data.world.n_categories)), "category_name": data.world.names})
-    atomic_write_text(out / "categories.csv", names.to_csv(index=False))
-    k = np.arange(data.world.n_categories * config.items_per_category)
-    items = pd.DataFrame(
-        {
-            "item_id": 100_000 + k,
-            "category_id": category_id(k // config.items_per_category),
-            "title": [catalog.item_title(data.world.names[i // config.items_per_category], i % config.items_per_category) for i in k],
-        }
-    )
-    atomic_write_text(out / "items.csv", items.to_csv(index=False))
+    manifest = {"format": "taobao", "shops": shops}
+    if not config.anonymous:
+        names = pd.DataFrame({"category_id": category_id(np.arange(data.world.n_categories)),
+                              "category_name": data.world.names})
+        atomic_write_text(out / "categories.csv", names.to_csv(index=False))
+        k = np.arange(data.world.n_categories * config.items_per_category)
+        items = pd.DataFrame(
+            {
+                "item_id": 100_000 + k,
+                "category_id": category_id(k // config.items_per_category),
+                "title": [catalog.item_title(data.world.names[i // config.items_per_category],
+                                             i % config.items_per_category) for i in k],
+            }
+        )
+        atomic_write_text(out / "items.csv", items.to_csv(index=False))
+        manifest.update(category_names="categories.csv", item_titles="items.csv")
     atomic_write_text(out / "ground_truth.json", json.dumps(data.ground_truth, indent=1))
-    manifest = {
-        "format": "taobao",
-        "shops": shops,
-        "category_names": "categories.csv",
-        "item_titles": "items.csv",
-        "ground_truth": "ground_truth.json",
-    }
+    manifest["ground_truth"] = "ground_truth.json"
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return data
 

@@ -96,3 +96,12 @@ def test_bad_dates_are_clear_errors():
 
     with pytest.raises(DataError, match="--start 'yesterday-ish': not a date"):
         parse_time("yesterday-ish", "--start")
+
+
+def test_robust_span_cuts_outliers_beyond_the_quantile_tail():
+    core = np.arange(100 * DAY, 130 * DAY, 600)  # 4,320 events
+    stray = np.arange(40 * DAY, 50 * DAY, 86_400 // 2)[:20]  # 0.5% of the events, 50+ days before
+    window = robust_window(np.r_[stray, core, 400 * DAY])
+    assert (window.start, window.end) == (100 * DAY, 130 * DAY)
+    weekly = np.r_[core, core + 40 * DAY]  # a log with a long gap but two big runs keeps both
+    assert robust_window(weekly).inside(weekly).all()

@@ -6,7 +6,9 @@ event would then put everything in one period. Loaders drop such rows and report
 
 The robust span takes the 0.1%–99.9% quantiles of the timestamps as a core, then widens it day
 by day while the next day with events lies within ``GAP_DAYS`` of the span: a continuous log
-keeps everything, while isolated days far out are cut.
+keeps everything, while isolated days far out are cut. Isolated runs at either end that hold
+under 1% of the events are set aside first, so a file with more outliers than the quantile
+tail (a clock reset on many devices) still loses only them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 DAY = 86_400
 GAP_DAYS = 3
 TAIL = 0.001
+SMALL_RUN = 0.01  # an isolated run of days at either end with less than this share of events is cut
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,19 @@ def robust_window(timestamps: np.ndarray, gap_days: int = GAP_DAYS, tail: float 
                   utc_offset: int = 0) -> TimeWindow:
     """The quantile core widened over days that lie within ``gap_days`` of it (see module doc).
 
-    Days are the source's local days (``utc_offset`` seconds east of UTC).
+    Days are the source's local days (``utc_offset`` seconds east of UTC). Before the quantiles,
+    runs of days cut off by a gap of more than ``gap_days`` at either end that hold less than
+    ``SMALL_RUN`` of the events are set aside, so outliers above the quantile tail still go.
     """
     ts = np.asarray(timestamps, dtype=np.int64) + utc_offset
+    days, counts = np.unique(ts // DAY, return_counts=True)
+    runs = np.split(np.arange(len(days)), np.nonzero(np.diff(days) > gap_days)[0] + 1)
+    while len(runs) > 1 and counts[runs[0]].sum() < SMALL_RUN * len(ts):
+        runs.pop(0)
+    while len(runs) > 1 and counts[runs[-1]].sum() < SMALL_RUN * len(ts):
+        runs.pop()
+    kept = days[np.concatenate(runs)]
+    ts = ts[(ts // DAY >= kept[0]) & (ts // DAY <= kept[-1])]
     days = np.unique(ts // DAY)
     low, high = np.quantile(ts, [tail, 1 - tail]) // DAY
     first = last = None

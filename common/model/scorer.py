@@ -25,7 +25,7 @@ from ..task.priors import Priors
 
 DENSE_FEATURES = ("semantic", "popularity", "transition", "history_transition")
 INITIAL_SHARE_WEIGHT = 8.0
-TIE_BREAK = 1e-3  # popularity weight at initialisation: orders the classes the history does not name
+TIE_BREAK = 1e-6  # popularity weight at initialisation: orders the classes the history does not name
 PRIOR_SCALE = 10.0  # log-probabilities are divided by this, so every input is of order one
 HEAD_SCALE = 10.0  # the label-embedding head's row norm (``common.model.head``)
 HIDDEN = 16
