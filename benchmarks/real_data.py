@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--lora-layers", default="top1")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--max-train", type=int, default=None, help="training examples per shop and round")

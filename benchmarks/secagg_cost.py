@@ -4,7 +4,7 @@ For each number of clients and adapter size, one complete in-memory round (commo
 ``run_round``: every client, every stage, every message through its record form — nothing
 sampled or extrapolated) reports:
 
-- bytes per client: everything that client sends and receives in the four stages (record keys
+- bytes per client: everything that client sends and receives in the five stages (record keys
   plus payload, see ``record_nbytes``), averaged over clients, against the plaintext float32
   adapter (4 bytes x params); goal: ratio <= 1.05;
 - client compute: protocol time of one client in the round (all stages, quantization and
@@ -18,10 +18,19 @@ set beside ours: Flower's wall seconds of the fit round (after a warm-up, so wit
 start-up), its bytes per client (measured on its messages), its server and per-client time, and
 the ratios ours / Flower's.
 
+Then what the defences against a malicious server cost (``--overhead``, default 100 clients x
+300k parameters), side by side in one round: the round's protocol compute, the part spent in
+Ed25519 signatures and verifications (advertisements, survivor sets) and in the consistency
+stage, and the round without them (the protocol before those defences); goal: at most +10%.
+And how a client's bytes and compute grow with the number of clients (``--scale``, default 10,
+100 and 1,000 clients x 100k parameters): with log n, not n (the degree k follows Bell et al.'s
+bounds, see ``common/secagg/graph``).
+
 Usage::
 
     python benchmarks/secagg_cost.py [--clients 10 100] [--params 300000 1000000] [--dropout 0.1]
                                      [--quick] [--skip-flower] [--flower-timeout 300]
+                                     [--overhead 100 300000] [--scale 10 100 1000] [--scale-params 100000]
 """
 
 from __future__ import annotations
@@ -78,11 +87,17 @@ def measure(clients: int, params: int, dropout: float, seed: int) -> dict:
     seconds = [trace.client_seconds[k] for k in live]
     return {
         "clients": clients, "params": params, "dropped": len(dropped),
-        "degree": neighbour_graph(range(clients), bytes(32)).degree,
+        "degree": round_graph(clients).degree, "threshold": round_graph(clients).threshold,
         "bytes": float(np.mean(per_client)), "ratio": float(np.mean(per_client)) / (4 * params),
         "client_mean": float(np.mean(seconds)), "client_max": float(np.max(seconds)),
         "server": trace.server_seconds, "wall": wall, "error": error, "bound": bound, "frac_bits": config.frac_bits,
     }
+
+
+def round_graph(clients: int):
+    """The graph (degree, threshold) our rounds use for ``clients``: Bell et al.'s bounds at the defaults."""
+    defaults = SecAggConfig(vector_length=1, max_clients=max(clients, 2))
+    return neighbour_graph(range(clients), bytes(32), None, defaults.corrupt_fraction, defaults.dropout_fraction)
 
 
 FLOWER_RUNNER = Path(__file__).with_name("_flower_secaggplus_run.py")
@@ -154,7 +169,7 @@ def compare_with_flower_secaggplus(clients: int, params: int, *, seed: int = 0, 
     (per client, both directions, measured) and ``error``, plus ``ratio`` = bytes / (4 x params)
     like :func:`measure`; on failure ``reason`` says why.
     """
-    graph = neighbour_graph(range(clients), bytes(32))
+    graph = round_graph(clients)
     with tempfile.TemporaryDirectory(prefix="flwr_secaggplus_") as tmp:
         out, log_path = Path(tmp) / "result.json", Path(tmp) / "flower.log"
         command = [
@@ -257,7 +272,18 @@ def parse_args() -> argparse.Namespace:
                         help="seconds one Flower run (Ray start-up included) may take before it is killed")
     parser.add_argument("--flower-client-cpus", type=float, default=1.0,
                         help="Ray num_cpus per Flower client actor (1.0: as many concurrent clients as cores)")
+    parser.add_argument("--overhead", type=int, nargs=2, default=None, metavar=("CLIENTS", "PARAMS"),
+                        help="time the malicious-server defences in one round (default 100 300000; 0 0: skip)")
+    parser.add_argument("--scale", type=int, nargs="*", default=None,
+                        help="clients for the per-client scaling table (default 10 100 1000; none: skip)")
+    parser.add_argument("--scale-params", type=int, default=100_000)
     args = parser.parse_args()
+    if args.overhead is None:
+        args.overhead = (20, 20_000) if args.quick else (100, 300_000)
+    if args.overhead == [0, 0]:
+        args.overhead = None
+    if args.scale is None:
+        args.scale = [5, 10, 20] if args.quick else [10, 100, 1000]
     args.clients = args.clients or (QUICK_CLIENTS if args.quick else FULL_CLIENTS)
     args.params = args.params or (QUICK_PARAMS if args.quick else FULL_PARAMS)
     return args
@@ -266,7 +292,7 @@ def parse_args() -> argparse.Namespace:
 def print_our_table(args: argparse.Namespace) -> dict[tuple[int, int], dict]:
     """Measure and print our rounds; returns the rows without dropout, keyed by (clients, params)."""
     print(f"our SecAgg+ core, exact full rounds (every client run and timed); CPU cores: {os.cpu_count()}")
-    print("bytes/client = all four stages, both directions; plaintext = 4 B x params (float32 adapter); "
+    print("bytes/client = all five stages, both directions; plaintext = 4 B x params (float32 adapter); "
           "client s = one client's protocol time in the round; round wall s also includes making the updates")
     header = (f"{'clients':>7} {'params':>9} {'drop':>4} {'k':>3} {'t':>2} {'bytes/client':>13} {'ratio':>7} "
               f"{'client s mean':>13} {'client s max':>12} {'server s':>8} {'round wall s':>12} "
@@ -279,7 +305,7 @@ def print_our_table(args: argparse.Namespace) -> dict[tuple[int, int], dict]:
     rows: dict[tuple[int, int], dict] = {}
     for clients, params, dropout in settings:
         r = measure(clients, params, dropout, args.seed)
-        print(f"{r['clients']:>7} {r['params']:>9} {r['dropped']:>4} {r['degree']:>3} {r['degree'] // 2 + 1:>2} "
+        print(f"{r['clients']:>7} {r['params']:>9} {r['dropped']:>4} {r['degree']:>3} {r['threshold']:>2} "
               f"{r['bytes']:>13,.0f} {r['ratio']:>7.4f} {r['client_mean']:>13.3f} {r['client_max']:>12.3f} "
               f"{r['server']:>8.3f} {r['wall']:>12.1f} {r['error']:>9.2e} {r['bound']:>9.2e}", flush=True)
         assert r["error"] < r["bound"] + 1e-12, "aggregate outside the stated quantization bound"
@@ -288,9 +314,116 @@ def print_our_table(args: argparse.Namespace) -> dict[tuple[int, int], dict]:
     return rows
 
 
+class SignatureClock:
+    """Times every Ed25519 signature and verification of a round (wrapping them for the benchmark only)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.count = 0.0, 0
+
+    def __enter__(self) -> "SignatureClock":
+        from common.secagg import client, identity, server
+
+        self._saved = (identity.Identity.sign, client.verify, server.verify)
+        sign, verify = self._saved[0], self._saved[1]
+
+        def timed(function):
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - start
+                    self.count += 1
+            return call
+
+        identity.Identity.sign = timed(sign)
+        client.verify = server.verify = timed(verify)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from common.secagg import client, identity, server
+
+        identity.Identity.sign, client.verify, server.verify = self._saved
+
+
+def defence_overhead(clients: int, params: int, seed: int) -> dict:
+    """One round with every stage timed: Ed25519 work and the consistency stage against the rest.
+
+    The defences' cost = all signature and verification time + the consistency stage's other
+    work; the round without them is what the protocol cost before the defences.
+    """
+    from common.secagg import Identity, Roster, SecAggClient, SecAggPolicy, SecAggServer, SeededRandomness
+
+    config = SecAggConfig(vector_length=params, max_clients=clients, clip=1.0, max_weight=10_000)
+    updates = LazyUpdates(clients, params, seed)
+    keys = {i: Identity.generate(SeededRandomness(seed, "identity", i)) for i in range(clients)}
+    roster = Roster({f"shop-{i}": keys[i].public_key for i in range(clients)})
+    policy = SecAggPolicy(max_clip=config.clip, max_weight=config.max_weight)
+    server = SecAggServer(config, 1, range(clients), 0, roster)
+    parties = {i: SecAggClient(i, keys[i], roster, policy, 0, SeededRandomness(seed, "client", i))
+               for i in range(clients)}
+    seconds: dict[str, float] = {}
+    signing: dict[str, float] = {}
+
+    with SignatureClock() as clock:
+        def stage(name, collect, requests, act):
+            before, replies = clock.seconds, []
+            for i, request in requests.items():
+                update = (updates[i],) if name == "masked input" else ()  # making the update is not protocol
+                begun = time.perf_counter()
+                replies.append(act(parties[i], request, *update))
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begun
+            begun = time.perf_counter()
+            out = collect(replies)
+            seconds[name] += time.perf_counter() - begun
+            signing[name] = clock.seconds - before
+            return out
+
+        setup = server.setup()
+        ads = stage("advertise", server.collect_keys, {i: setup for i in parties}, lambda c, m: c.advertise_keys(m))
+        relays = stage("share keys", server.collect_shares, ads, lambda c, m: c.share_keys(m))
+        checks = stage("masked input", server.collect_masked_inputs, relays, lambda c, m, x: c.mask_input(m, x, 100))
+        requests = stage("consistency", server.collect_signatures, checks, lambda c, m: c.sign_survivors(m))
+        result = stage("unmask", server.collect_unmask_responses, requests, lambda c, m: c.unmask(m))
+    assert result.total_weight == 100 * clients
+    total = sum(seconds.values())
+    added = sum(signing.values()) + seconds["consistency"] - signing["consistency"]
+    return {"clients": clients, "params": params, "round": total, "signatures": sum(signing.values()),
+            "signature_ops": clock.count, "consistency": seconds["consistency"], "added": added,
+            "before": total - added, "stages": seconds}
+
+
+def print_defence_overhead(args: argparse.Namespace) -> None:
+    clients, params = args.overhead
+    r = defence_overhead(clients, params, args.seed)
+    print()
+    print(f"defences against a malicious server, one round of {clients} clients x {params:,} parameters "
+          "(protocol compute of all clients and the server, one core):")
+    print("  " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in r["stages"].items()))
+    print(f"  Ed25519: {r['signature_ops']:,} signatures and verifications, {r['signatures']:.2f} s; "
+          f"consistency stage {r['consistency']:.2f} s")
+    print(f"  round {r['round']:.2f} s = without the defences {r['before']:.2f} s + defences {r['added']:.2f} s "
+          f"-> +{100 * r['added'] / r['before']:.1f}% (goal <= 10%)")
+
+
+def print_scaling(args: argparse.Namespace) -> None:
+    print()
+    print(f"per-client cost against the number of clients, {args.scale_params:,} parameters, no dropout "
+          "(k, t from Bell et al.'s bounds at corrupt fraction 0.2, dropout 0.1):")
+    print(f"{'clients':>7} {'k':>4} {'t':>3} {'bytes/client':>13} {'ratio':>7} {'client s mean':>13} {'server s':>8}")
+    for clients in args.scale:
+        r = measure(clients, args.scale_params, 0.0, args.seed)
+        print(f"{clients:>7} {r['degree']:>4} {r['threshold']:>3} {r['bytes']:>13,.0f} {r['ratio']:>7.3f} "
+              f"{r['client_mean']:>13.3f} {r['server']:>8.2f}", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     ours = print_our_table(args)
+    if args.overhead:
+        print_defence_overhead(args)
+    if args.scale:
+        print_scaling(args)
     if not args.skip_flower:
         print_flower_comparison(ours, args)
 

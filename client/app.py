@@ -1,30 +1,35 @@
 """The shop's Flower ClientApp (Message API).
 
 ``train`` trains one private round, keeps the update on the node and opens a SecAgg+ round by
-advertising keys; the next three ``train.*`` stages share keys, send the masked update and help
-unmask. ``evaluate`` scores the global adapter on the shop's test period. Replies hold only what
-``common.wire`` declares. Between stages the update and the SecAgg+ secrets live in the node's
-own ``context.state``, never in a message.
+advertising keys signed with the shop's identity key; the next four ``train.*`` stages share keys,
+send the masked update, sign the survivor set and help unmask. ``evaluate`` scores the global
+adapter on the shop's test period. Replies hold only what ``common.wire`` declares; a refused or
+failed request answers with an error code from ``wire.ERROR_CODES``, and the reason stays in this
+node's log. Between stages the update and the SecAgg+ secrets live in the node's own
+``context.state``, never in a message; a refused round is marked failed there, so it cannot be
+retried.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common import wire
+from common.config import ConfigError
 from common.model import flatten
 from common.secagg import (
-    KeyBroadcast, RoundSetup, SecAggClient, SecAggConfig, SeededRandomness, ShareRelay, UnmaskRequest,
+    ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SeededRandomness,
+    ShareRelay, UnmaskRequest,
 )
 from common.settings import RoundConfig, TaskSpec
 
 from .node import NodeSettings, load_shop, load_table
+from .rounds import claim_round
 
 log = logging.getLogger("fedinterest.client")
 
@@ -71,32 +76,37 @@ def _reply(message: Message, records: dict) -> Message:
     return Message(RecordDict(records), reply_to=message)
 
 
-def _save_secagg(context: Context, client: SecAggClient, server_round: int | None = None) -> None:
+def _save_secagg(context: Context, client: SecAggClient) -> None:
     """Keep the SecAgg+ client (secrets included) in the node's own state between stages."""
-    previous = dict(context.state[SECRETS].items()) if SECRETS in context.state else {}
-    state = {k: v for k, v in previous.items() if k.startswith("round.") or k.startswith("config.")}
-    if server_round is not None:
-        state.update({"round.train": server_round})
-        state.update({f"config.{k}": (0 if v is None else v) for k, v in client.config.to_dict().items()})
-    state.update(client.to_state())
-    context.state[SECRETS] = ConfigRecord(state)
+    context.state[SECRETS] = ConfigRecord(client.to_state())
 
 
 def _restore_secagg(context: Context, stage: str) -> SecAggClient:
     if SECRETS not in context.state:
-        raise RuntimeError("no SecAgg+ round in progress on this node")
+        raise SecAggError("no SecAgg+ round in progress on this node")
     state = dict(context.state[SECRETS].items())
-    fields = {k[7:]: v for k, v in state.items() if k.startswith("config.")}
-    fields["degree"] = fields.get("degree") or None
-    randomness = _randomness(_settings(context), int(state["round.train"]), stage)
-    return SecAggClient.from_state(SecAggConfig(**fields), state, randomness)
+    node = _settings(context)
+    identity, roster, policy = node.secagg_parties()
+    randomness = _randomness(node, int(state.get("round_id", 0)), stage)
+    return SecAggClient.from_state(state, identity, roster, policy, randomness)
+
+
+def _open_round(message: Message, context: Context, node: NodeSettings) -> tuple[RoundSetup, SecAggClient]:
+    """The round's setup and a new SecAgg+ client, after the replay check (before any data is read)."""
+    setup = wire.secagg_from_content(message.content, RoundSetup)
+    identity, roster, policy = node.secagg_parties()
+    client = SecAggClient(context.node_id, identity, roster, policy, run_id=message.metadata.run_id,
+                          randomness=_randomness(node, setup.round_id, "keys"))
+    policy.check_config(setup.config)  # refuse a weak proposal before anything is spent on it
+    claim_round(node.state_dir, message.metadata.run_id, setup.round_id)
+    return setup, client
 
 
 def train(message: Message, context: Context) -> Message:
     """One private local round, then the SecAgg+ key advertisement."""
-    started = time.perf_counter()
     node = _settings(context)
     round_config, task = _round(message)
+    setup, client = _open_round(message, context, node)
     shop = load_shop(node, round_config, task)
     global_state = wire.adapter_from_record(message.content[wire.GLOBAL])
     outcome = shop.train_round(
@@ -117,15 +127,14 @@ def train(message: Message, context: Context) -> Message:
         return _reply(message, {wire.METRICS: MetricRecord(metrics)})
 
     update = flatten(outcome.state) - flatten(global_state)
-    setup = wire.secagg_from_content(message.content, RoundSetup)
-    weight = int(min(outcome.num_examples, setup.config.max_weight))
-    client = SecAggClient(context.node_id, setup.config, _randomness(node, round_config.round, "keys"))
+    weight = wire.weight_bucket(outcome.num_examples, setup.config.max_weight)
+    log.info("round %s: trained %s steps, loss %.4f (stays on this node)", round_config.round,
+             outcome.stats.steps, outcome.stats.mean_loss)
     advertisement = client.advertise_keys(setup)
     context.state[PENDING] = ArrayRecord({"update": _array(update), "weight": _array(np.array([weight]))})
-    _save_secagg(context, client, round_config.round)
+    _save_secagg(context, client)
     _audit(node, round_config.round, update, weight)
-    metrics = {"declined": 0, "steps": int(outcome.stats.steps), "train_loss": float(outcome.stats.mean_loss),
-               "seconds": time.perf_counter() - started, **terms}
+    metrics = {"declined": 0, **terms}
     if outcome.epsilon is not None:
         metrics["epsilon"] = float(outcome.epsilon)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
@@ -141,7 +150,7 @@ def query(message: Message, context: Context) -> Message:
     from .statistics import answer_query
 
     node = _settings(context)
-    setup = wire.secagg_from_content(message.content, RoundSetup)
+    setup, client = _open_round(message, context, node)
     _, outcome = answer_query(dict(message.content[wire.TASK].items()), load_table(node), node.privacy,
                               node.state_dir, seed=_training_seed(node, setup.round_id))
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
@@ -151,10 +160,9 @@ def query(message: Message, context: Context) -> Message:
     if outcome.declined:
         log.warning("declining the statistics round: %s", outcome.reason)  # stays on the node
         return _reply(message, {wire.METRICS: MetricRecord({**metrics, "decline_code": wire.DECLINE_BUDGET})})
-    client = SecAggClient(context.node_id, setup.config, _randomness(node, setup.round_id, "keys"))
     advertisement = client.advertise_keys(setup)
     context.state[PENDING] = ArrayRecord({"update": _array(outcome.vector.ravel()), "weight": _array(np.array([1]))})
-    _save_secagg(context, client, setup.round_id)
+    _save_secagg(context, client)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
 
 
@@ -171,6 +179,13 @@ def masked_input(message: Message, context: Context) -> Message:
     reply = client.mask_input(wire.secagg_from_content(message.content, ShareRelay),
                               pending["update"].numpy(), int(pending["weight"].numpy()[0]))
     del context.state[PENDING]  # the plaintext update is not needed any more
+    _save_secagg(context, client)
+    return _reply(message, wire.secagg_to_records(reply))
+
+
+def consistency(message: Message, context: Context) -> Message:
+    client = _restore_secagg(context, "consistency")
+    reply = client.sign_survivors(wire.secagg_from_content(message.content, ConsistencyRequest))
     _save_secagg(context, client)
     return _reply(message, wire.secagg_to_records(reply))
 
@@ -196,17 +211,45 @@ def evaluate(message: Message, context: Context) -> Message:
 # ----------------------------------------------------------------------------- the app
 
 
+def error_code(exc: BaseException) -> int:
+    """The declared code (``wire.ERROR_CODES``) a shop sends instead of an exception's text."""
+    if isinstance(exc, SecAggAbort):
+        return wire.ERROR_ABORTED
+    if isinstance(exc, SecAggError):
+        return wire.ERROR_REFUSED
+    if isinstance(exc, ConfigError):
+        return wire.ERROR_CONFIG
+    return wire.ERROR_INTERNAL
+
+
+def coded_errors(message: Message, context: Context, call_next) -> Message:
+    """A ClientApp mod: any exception becomes a coded error reply; the round is marked failed on the node."""
+    try:
+        return call_next(message, context)
+    except Exception as exc:  # noqa: BLE001 - every failure is answered the same way
+        code = error_code(exc)
+        log.warning("refused %s (%s): %s: %s", message.metadata.message_type, wire.ERROR_CODES[code],
+                    type(exc).__name__, exc)
+        if PENDING in context.state:
+            del context.state[PENDING]
+        if SECRETS in context.state:  # a refused round stays refused: no retry of a later stage
+            context.state[SECRETS] = ConfigRecord({"client_id": context.node_id, "state": "failed"})
+        return Message(error=Error(code, wire.ERROR_CODES[code]), reply_to=message)
+
+
 def build_client_app(mods: tuple = ()) -> ClientApp:
     """A ClientApp with every handler registered (``mods`` wrap them all, e.g. in simulation)."""
-    client_app = ClientApp(mods=list(mods))
+    client_app = ClientApp(mods=[coded_errors, *mods])
     client_app.train()(train)
     client_app.train("share_keys")(share_keys)
     client_app.train("masked_input")(masked_input)
+    client_app.train("consistency")(consistency)
     client_app.train("unmask")(unmask)
     client_app.evaluate()(evaluate)
     client_app.query()(query)
     client_app.query("share_keys")(share_keys)
     client_app.query("masked_input")(masked_input)
+    client_app.query("consistency")(consistency)
     client_app.query("unmask")(unmask)
     return client_app
 

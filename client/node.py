@@ -39,7 +39,11 @@ NODE_KEYS = {
     "device": "cpu, cuda, ... (default: cuda if available)",
     "bf16": "true: bfloat16 autocast on GPU",
     "threads": "torch CPU threads for this node",
-    "seed": "seed all of this node's randomness (reproducible simulations only: never in production)",
+    "roster": "the federation's roster of SecAgg identity keys, as this shop pinned it (required)",
+    "identity-key": "this shop's Ed25519 identity key (default: <state-dir>/identity.key; `fedinterest keys new`)",
+    "min-clients": "fewest shops in a secure sum this shop takes part in (default 3; the server can only raise it)",
+    "min-degree": "least SecAgg+ neighbour count this shop accepts (default 2⌈log2 n⌉)",
+    "seed": "seed all of this node's randomness (simulations only: refused on a deployed SuperNode)",
 }
 #: Keys Flower itself puts into node_config (simulation).
 FLOWER_KEYS = {"partition-id", "num-partitions"}
@@ -57,6 +61,10 @@ class NodeSettings:
     bf16: bool = False
     threads: int | None = None
     seed: int | None = None
+    roster: str | None = None
+    identity_key: str | None = None
+    min_clients: int = 3
+    min_degree: int | None = None
 
     @classmethod
     def from_node_config(cls, config: dict) -> "NodeSettings":
@@ -77,8 +85,13 @@ class NodeSettings:
             max_train = int(config["max-train-examples"]) if "max-train-examples" in config else None
             threads = int(config["threads"]) if "threads" in config else None
             seed = int(config["seed"]) if "seed" in config else None
+            min_clients = int(config.get("min-clients", 3))
+            min_degree = int(config["min-degree"]) if "min-degree" in config else None
         except ValueError as exc:
             raise ConfigError(f"node config: {exc}") from None
+        if seed is not None and "partition-id" not in config:
+            raise ConfigError("node config: 'seed' makes a shop's secrets and DP noise reproducible, so it is only "
+                              "for simulations (Flower's simulation engine); remove it from this SuperNode's config")
         return cls(
             data_path=str(config["data-path"]),
             state_dir=str(config["state-dir"]),
@@ -90,7 +103,27 @@ class NodeSettings:
             bf16=_bool(config.get("bf16", False), "bf16"),
             threads=threads,
             seed=seed,
+            roster=str(config["roster"]) if config.get("roster") else None,
+            identity_key=str(config["identity-key"]) if config.get("identity-key") else None,
+            min_clients=min_clients,
+            min_degree=min_degree,
         )
+
+    def secagg_parties(self):
+        """``(identity, roster, policy)`` of this shop's secure rounds, from its own files and floors."""
+        from common.secagg import Identity, Roster, SecAggPolicy
+        from common.secagg.identity import IDENTITY_FILE
+
+        if not self.roster:
+            raise ConfigError("node config: 'roster' is required: the federation's roster of SecAgg identity keys "
+                              "(compare its fingerprint with the other shops before joining)")
+        key = Path(self.identity_key) if self.identity_key else Path(self.state_dir) / IDENTITY_FILE
+        if not key.is_file():
+            raise ConfigError(f"node config: no identity key at {key}; make one with "
+                              f"`fedinterest keys new --state-dir {self.state_dir}` and send its public key to the "
+                              "platform for the roster")
+        return Identity.load(key), Roster.load(self.roster), SecAggPolicy(min_clients=self.min_clients,
+                                                                          min_degree=self.min_degree)
 
 
 def _bool(value, key: str) -> bool:

@@ -8,12 +8,19 @@ few whitelisted scalar metrics, never a plaintext update, text, or a user or ite
     train                 global, config, task, secagg(setup)  secagg(KeyAdvertisement), metrics(TRAIN)
     train.share_keys      secagg(KeyBroadcast)                 secagg(ShareDistribution)
     train.masked_input    secagg(ShareRelay)                   secagg(MaskedInput fields), masked(uint32)
+    train.consistency     secagg(ConsistencyRequest)           secagg(ConsistencySignature)
     train.unmask          secagg(UnmaskRequest)                secagg(UnmaskResponse)
     evaluate              global, config, task                 metrics(EVALUATE)
     query                 task(catalogue), secagg(setup)       secagg(KeyAdvertisement), metrics(QUERY)
     query.share_keys      as train.share_keys …
     query.masked_input    … the masked vector is the shop's noised engagement per catalogue category
+    query.consistency     …
     query.unmask          …
+
+A train reply says only whether the shop took part and its privacy terms: no loss, no step count,
+no time. Its SecAgg weight is public: a power-of-two bucket of its example count (``weight_bucket``),
+inside the secure sum. A refused or failed request comes back as a Flower error whose code is one
+of ``ERROR_CODES``, never the exception's text (that stays in the shop's log).
 
 ``query`` opens a federated statistics round before training (``query.kind`` in its task record):
 ``engagement`` per catalogue category, from which the label space is chosen, then ``label-flows``
@@ -33,24 +40,26 @@ import numpy as np
 
 from .metrics import METRIC_NAMES
 from .secagg.messages import (
-    KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, ShareDistribution, ShareRelay, UnmaskRequest,
-    UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
+    ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
 )
 
 # message types
 TRAIN = "train"
 SHARE_KEYS = "train.share_keys"
 MASKED_INPUT = "train.masked_input"
+CONSISTENCY = "train.consistency"
 UNMASK = "train.unmask"
 EVALUATE = "evaluate"
 QUERY = "query"
 QUERY_SHARE_KEYS = "query.share_keys"
 QUERY_MASKED_INPUT = "query.masked_input"
+QUERY_CONSISTENCY = "query.consistency"
 QUERY_UNMASK = "query.unmask"
 
-#: The four stages of a secure round: opening (train or query), share keys, masked input, unmask.
-TRAIN_STAGES = (TRAIN, SHARE_KEYS, MASKED_INPUT, UNMASK)
-QUERY_STAGES = (QUERY, QUERY_SHARE_KEYS, QUERY_MASKED_INPUT, QUERY_UNMASK)
+#: The five stages of a secure round: opening (train or query), share keys, masked input, consistency, unmask.
+TRAIN_STAGES = (TRAIN, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
+QUERY_STAGES = (QUERY, QUERY_SHARE_KEYS, QUERY_MASKED_INPUT, QUERY_CONSISTENCY, QUERY_UNMASK)
 
 # record names inside a message's RecordDict
 GLOBAL = "global"  # ArrayRecord: the global adapter, canonical keys (server -> client)
@@ -67,7 +76,7 @@ MASKED_ARRAY = "masked"  # the one array inside the MASKED record
 TERMS_METRICS = ("privacy_unit", "accountant", "delta_log10")
 UNIT_CODES = {"user": 1, "example": 2}
 ACCOUNTANT_CODES = {"prv": 1, "rdp": 2}
-TRAIN_METRICS = ("declined", "decline_code", "epsilon", "train_loss", "steps", "seconds", *TERMS_METRICS)
+TRAIN_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
 QUERY_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
 STATISTICS_CLIP = float(2**20)  # per-element bound of a shop's noised count vector in the secure sum
 #: SecAgg+ round ids of the statistics rounds (``query.kind``): apart from training rounds 1, 2, ...
@@ -80,6 +89,62 @@ DECLINE_REASONS = {
     DECLINE_BUDGET: "privacy budget exhausted",
     DECLINE_NO_DATA: "no training examples",
 }
+
+#: The only error a shop sends back (Flower ``Error.code``); the details stay in the shop's own log.
+ERROR_REFUSED = 1001  # the shop refused the request: a protocol, signature or floor violation
+ERROR_ABORTED = 1002  # too few clients, neighbours or signatures for the round to finish
+ERROR_CONFIG = 1003  # the shop's own node config or data is not usable
+ERROR_INTERNAL = 1004  # anything else
+ERROR_CODES = {
+    ERROR_REFUSED: "refused (protocol, signature or floor violation)",
+    ERROR_ABORTED: "aborted (too few clients for the round)",
+    ERROR_CONFIG: "the shop's node config or data is not usable",
+    ERROR_INTERNAL: "internal error on the shop",
+}
+
+
+def weight_bucket(examples: int, max_weight: int) -> int:
+    """The public SecAgg weight of a shop with ``examples``: the largest power of two <= it, capped.
+
+    Sums of buckets across rounds and declines tell at most a shop's size within a factor of two.
+    """
+    cap = 1 << (max(int(max_weight), 1).bit_length() - 1)
+    return min(1 << (max(int(examples), 1).bit_length() - 1), cap)
+
+
+def safe_uint32_vector(array, length: int | None = None) -> np.ndarray:
+    """A Flower ``Array`` as a 1-D uint32 vector, checked before a byte is decoded.
+
+    Serialisation type, dtype and shape are read from the array's fields and the ``.npy`` header,
+    and the byte length must match them exactly, so a crafted header cannot make the server
+    allocate (``np.load`` is never called). Raises ``ValueError`` naming the problem.
+    """
+    import io
+
+    if getattr(array, "stype", None) != "numpy.ndarray":
+        raise ValueError(f"array serialisation {getattr(array, 'stype', None)!r} is not numpy.ndarray")
+    if getattr(array, "dtype", None) != "uint32":
+        raise ValueError(f"array dtype {getattr(array, 'dtype', None)!r} is not uint32")
+    shape = tuple(getattr(array, "shape", ()) or ())
+    if len(shape) != 1 or (length is not None and shape[0] != length):
+        raise ValueError(f"array shape {shape} is not ({'d' if length is None else length},)")
+    data = getattr(array, "data", b"")
+    if not isinstance(data, bytes):
+        raise ValueError("array data is not bytes")
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(
+            stream, max_header_size=1024)
+    except Exception as exc:  # numpy says what is wrong with the header
+        raise ValueError(f"array header is not a .npy header: {exc}") from None
+    header_shape, fortran, dtype = header
+    if tuple(header_shape) != shape or np.dtype(dtype) != np.dtype("<u4"):
+        raise ValueError(f"array header says {dtype}{tuple(header_shape)}, its fields say uint32{shape}")
+    offset = stream.tell()
+    if len(data) - offset != 4 * shape[0]:
+        raise ValueError(f"array holds {len(data) - offset} bytes for {shape[0]} uint32 values")
+    return np.frombuffer(data, dtype="<u4", offset=offset).astype(np.uint32, copy=False)
 
 
 def terms_to_metrics(unit: str, accountant: str, delta: float) -> dict[str, int]:
@@ -114,11 +179,13 @@ REQUESTS: dict[str, type | None] = {
     TRAIN: RoundSetup,
     SHARE_KEYS: KeyBroadcast,
     MASKED_INPUT: ShareRelay,
+    CONSISTENCY: ConsistencyRequest,
     UNMASK: UnmaskRequest,
     EVALUATE: None,
     QUERY: RoundSetup,
     QUERY_SHARE_KEYS: KeyBroadcast,
     QUERY_MASKED_INPUT: ShareRelay,
+    QUERY_CONSISTENCY: ConsistencyRequest,
     QUERY_UNMASK: UnmaskRequest,
 }
 
@@ -130,6 +197,7 @@ REPLIES: dict[str, tuple[Reply, ...]] = {
     ),
     SHARE_KEYS: (Reply({SECAGG: "config"}, ShareDistribution),),
     MASKED_INPUT: (Reply({SECAGG: "config", MASKED: "array"}, MaskedInput),),
+    CONSISTENCY: (Reply({SECAGG: "config"}, ConsistencySignature),),
     UNMASK: (Reply({SECAGG: "config"}, UnmaskResponse),),
     EVALUATE: (Reply({METRICS: "metrics"}, None, EVALUATE_METRICS),),
     QUERY: (
@@ -141,13 +209,21 @@ for _train, _query in zip(TRAIN_STAGES[1:], QUERY_STAGES[1:]):
     REPLIES[_query] = REPLIES[_train]
 
 
-def audit_reply(message_type: str, content) -> list[str]:
+def audit_reply(message_type: str, content, masked_length: int | None = None) -> list[str]:
     """Problems with a client reply (empty if it holds only what is declared).
 
     ``content`` is a Flower ``RecordDict``. Checks record names and kinds, metric names and
     scalar types, the SecAgg message's exact keys (via its ``from_record``), that the only array
-    is the uint32 masked vector, and that no string or float tensor appears anywhere.
+    is the uint32 masked vector (of ``masked_length``, when given, checked before it is decoded),
+    and that no string or float tensor appears anywhere. Never raises.
     """
+    try:
+        return _audit(message_type, content, masked_length)
+    except Exception as exc:  # a reply crafted to break the audit is a bad reply, nothing more
+        return [f"{message_type}: unreadable reply ({type(exc).__name__})"]
+
+
+def _audit(message_type: str, content, masked_length: int | None) -> list[str]:
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
     kinds = {"config": ConfigRecord, "metrics": MetricRecord, "array": ArrayRecord}
@@ -178,10 +254,10 @@ def audit_reply(message_type: str, content) -> list[str]:
             if list(arrays.keys()) != [MASKED_ARRAY]:
                 problems.append(f"{message_type}: masked record holds {list(arrays.keys())}")
             else:
-                vector = arrays[MASKED_ARRAY].numpy()
-                if vector.dtype != np.uint32 or vector.ndim != 1:
-                    problems.append(f"{message_type}: masked array is {vector.dtype}{vector.shape}, not uint32[d]")
-                record["masked"] = vector
+                try:
+                    record["masked"] = safe_uint32_vector(arrays[MASKED_ARRAY], masked_length)
+                except ValueError as exc:
+                    return problems + [f"{message_type}: masked array: {exc}"]
         try:
             spec.secagg.from_record(record)
         except Exception as exc:  # the SecAgg parser names the problem
@@ -219,7 +295,10 @@ def secagg_from_content(content, cls):
         raise SecAggProtocolError(f"{cls.__name__}: the message has no {SECAGG} record")
     record = dict(content[SECAGG].items())
     if MASKED in content:
-        record["masked"] = content[MASKED][MASKED_ARRAY].numpy()
+        try:
+            record["masked"] = safe_uint32_vector(content[MASKED][MASKED_ARRAY])
+        except (ValueError, KeyError) as exc:
+            raise SecAggProtocolError(f"{cls.__name__}: masked array: {exc}") from None
     return cls.from_record(record)
 
 

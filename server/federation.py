@@ -11,7 +11,6 @@ every round and exports the final adapter. It never sees one shop's update.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client.shop import ModelConfig, SharedModel
 from common import wire
 from common.model import flatten, get_adapter_state, unflatten
-from common.secagg import SecAggConfig, SeededRandomness
+from common.secagg import SecAggConfig
 from common.settings import PendingTask, RoundConfig, TaskSpec
 from common.stats import transition_rows
 from common.model.scorer import set_priors
@@ -167,10 +166,9 @@ class Federation:
         round_id = wire.STATISTICS_ROUNDS[kind]
         config = SecAggConfig(vector_length=length, max_clients=max(len(nodes), 3), clip=wire.STATISTICS_CLIP,
                               max_weight=1, min_clients=3)
-        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", round_id)
         content = RecordDict({wire.TASK: ConfigRecord({**record, "query.kind": kind})})
-        result = SecureRound(grid, nodes, config, round_id, float(s["round-timeout"]), randomness, self.observe,
-                             stages=wire.QUERY_STAGES).run(lambda node: content)
+        result = SecureRound(grid, nodes, config, round_id, float(s["round-timeout"]), self.observe,
+                             stages=wire.QUERY_STAGES, roster=s.roster).run(lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
             self.progress(f"  shop {node} left out of the {kind} statistics: {why}")
@@ -204,9 +202,8 @@ class Federation:
         config = SecAggConfig(vector_length=int(sum(v.size for v in state.values())),
                               max_clients=max(len(nodes), 3), clip=float(s["secagg-clip"]),
                               max_weight=int(s["secagg-max-weight"]), min_clients=3)
-        randomness = os.urandom if s.seed < 0 else SeededRandomness(s.seed, "secagg-server", server_round)
-        round_driver = SecureRound(grid, nodes, config, server_round, float(s["round-timeout"]), randomness,
-                                   self.observe)
+        round_driver = SecureRound(grid, nodes, config, server_round, float(s["round-timeout"]), self.observe,
+                                   roster=s.roster)
         result = round_driver.run(lambda node: self._content(server_round, state))
         for node, code in result.declined.items():
             reason = wire.DECLINE_REASONS.get(code, f"code {code}")
@@ -224,7 +221,8 @@ class Federation:
         for reply in grid.send_and_receive(messages, timeout=float(self.settings["round-timeout"])):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                self.progress(f"  shop {node} could not evaluate: {reply.error.reason[:200]}")
+                code = int(reply.error.code)
+                self.progress(f"  shop {node} could not evaluate: {wire.ERROR_CODES.get(code, f'error code {code}')}")
                 continue
             if self.observe is not None:
                 self.observe(wire.EVALUATE, node, reply.content)
@@ -240,7 +238,6 @@ class Federation:
     @staticmethod
     def _history_entry(server_round: int, result: SecureRoundResult, evaluation: dict, seconds: float) -> dict:
         trained = [n for n in result.contributors]
-        losses = [result.train_metrics[n].get("train_loss") for n in trained if n in result.train_metrics]
         return {
             "round": server_round,
             "contributors": len(trained),
@@ -251,7 +248,6 @@ class Federation:
             "epsilon": {str(n): m["epsilon"] for n, m in result.train_metrics.items() if "epsilon" in m},
             "privacy_terms": {str(n): t for n, m in result.train_metrics.items()
                               if (t := wire.terms_from_metrics(m)) is not None},
-            "train_loss": float(np.mean([x for x in losses if x is not None])) if losses else None,
             "eval": evaluation,
             "bytes_up": result.bytes_up,
             "bytes_down": result.bytes_down,
@@ -267,8 +263,6 @@ class Federation:
             parts.append(f"{len(entry['declined'])} declined")
         if entry["dropped"]:
             parts.append(f"{len(entry['dropped'])} dropped")
-        if entry["train_loss"] is not None:
-            parts.append(f"train loss {entry['train_loss']:.3f}")
         if eps is not None:
             parts.append(f"max ε {eps:.2f}")
         if ev:

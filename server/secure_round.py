@@ -1,11 +1,12 @@
 """One federated training round under SecAgg+, driven over Flower's ``Grid``.
 
-Four ``send_and_receive`` exchanges (``common.wire``): ``train`` (local training + keys),
-``train.share_keys``, ``train.masked_input`` and ``train.unmask``, each with a timeout. A reply
-that is missing, an error, late, malformed or of the wrong shape makes its sender a dropout of
-that stage; the protocol then recovers, or aborts the round cleanly (no update, nothing
-revealed). Shops that decline (privacy budget) simply do not take part. The server only ever
-holds masked vectors and their running sum.
+Five ``send_and_receive`` exchanges (``common.wire``): ``train`` (local training + signed keys),
+``train.share_keys``, ``train.masked_input``, ``train.consistency`` and ``train.unmask``, each with
+a timeout. A reply that is missing, an error, late, malformed, of the wrong shape, or that makes
+its handling raise anything at all makes its sender a dropout of that stage; a client the
+protocol finds misbehaving is excluded; the protocol then recovers, or aborts the round cleanly
+(no update, nothing revealed). Shops that decline (privacy budget) simply do not take part. The
+server only ever holds masked vectors and their running sum.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from flwr.app import Message, RecordDict
 
 from common import wire
 from common.secagg import (
-    KeyAdvertisement, MaskedInput, Randomness, SecAggConfig, SecAggError, SecAggServer, ShareDistribution,
-    UnmaskResponse,
+    ConsistencySignature, KeyAdvertisement, MaskedInput, Roster, SecAggConfig, SecAggError, SecAggServer,
+    ShareDistribution, UnmaskResponse,
 )
 
 log = logging.getLogger("fedinterest.server")
@@ -44,13 +45,13 @@ class SecureRoundResult:
 
 
 def content_nbytes(content: RecordDict) -> int:
-    """Payload bytes of a message: array bytes plus scalar and byte-string values."""
+    """Payload bytes of a message: array bytes plus scalar and byte-string values (nothing is decoded)."""
     total = 0
     for record in content.values():
         for key, value in record.items():
             total += len(key)
             if hasattr(value, "numpy"):
-                total += value.numpy().nbytes
+                total += len(getattr(value, "data", b""))
             elif isinstance(value, (bytes, str)):
                 total += len(value)
             elif isinstance(value, list):
@@ -70,15 +71,17 @@ class SecureRound:
         config: SecAggConfig,
         round_id: int,
         timeout: float,
-        randomness: Randomness,
         observe: ReplyObserver | None = None,
-        stages: tuple[str, str, str, str] = wire.TRAIN_STAGES,
+        stages: tuple[str, ...] = wire.TRAIN_STAGES,
+        roster: Roster | None = None,
     ):
-        """``stages``: the message types of the four exchanges (``wire.TRAIN_STAGES`` or ``QUERY_STAGES``)."""
+        """``stages``: the five message types (``wire.TRAIN_STAGES`` or ``QUERY_STAGES``); ``roster``: the
+        federation's roster, to exclude unlisted shops early (each shop checks its own copy anyway)."""
         self.grid, self.nodes, self.config, self.round_id = grid, nodes, config, round_id
         self.stages = stages
         self.timeout, self.observe = timeout, observe
-        self.server = SecAggServer(config, round_id, nodes, randomness)
+        run_id = int(getattr(getattr(grid, "run", None), "run_id", 0) or 0)
+        self.server = SecAggServer(config, round_id, nodes, run_id, roster)
         self.result = SecureRoundResult()
 
     # ------------------------------------------------------------------ transport
@@ -89,20 +92,28 @@ class SecureRound:
         self.result.bytes_down += sum(content_nbytes(c) for c in contents.values())
         replies: dict[int, RecordDict] = {}
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            node = reply.metadata.src_node_id
-            if node not in contents:
-                continue
-            if reply.has_error():
-                self.result.dropped[node] = f"{message_type}: client error ({reply.error.reason[:200]})"
-                continue
-            self.result.bytes_up += content_nbytes(reply.content)
-            if self.observe is not None:
-                self.observe(message_type, node, reply.content)
-            problems = wire.audit_reply(message_type, reply.content)
-            if problems:
-                self.result.dropped[node] = "; ".join(problems)[:300]
-                continue
-            replies[node] = reply.content
+            try:
+                node = reply.metadata.src_node_id
+                if node not in contents or node in replies or node in self.result.dropped:
+                    continue
+                if reply.has_error():
+                    code = int(reply.error.code)
+                    self.result.dropped[node] = f"{message_type}: {wire.ERROR_CODES.get(code, f'error code {code}')}"
+                    continue
+                self.result.bytes_up += content_nbytes(reply.content)
+                if self.observe is not None:
+                    self.observe(message_type, node, reply.content)
+                masked = self.config.masked_length if message_type == self.stages[2] else None
+                problems = wire.audit_reply(message_type, reply.content, masked)
+                if problems:
+                    self.result.dropped[node] = "; ".join(problems)[:300]
+                    continue
+                replies[node] = reply.content
+            except Exception as exc:  # noqa: BLE001 - one client's reply never ends the round
+                node = getattr(getattr(reply, "metadata", None), "src_node_id", None)
+                if node in contents:
+                    replies.pop(node, None)
+                    self.result.dropped[node] = f"{message_type}: unreadable reply ({type(exc).__name__})"
         for node in contents:
             if node not in replies and node not in self.result.dropped:
                 self.result.dropped[node] = f"{message_type}: no reply within {self.timeout:g} s"
@@ -113,8 +124,8 @@ class SecureRound:
         for node, content in replies.items():
             try:
                 message = wire.secagg_from_content(content, cls)
-            except SecAggError as exc:
-                self.result.dropped[node] = str(exc)[:300]
+            except Exception as exc:  # noqa: BLE001 - SecAggError names the problem; anything else is malformed
+                self.result.dropped[node] = (str(exc) if isinstance(exc, SecAggError) else type(exc).__name__)[:300]
                 continue
             if message.client_id != node or message.round_id != self.round_id:
                 self.result.dropped[node] = f"{cls.__name__} names client {message.client_id} round {message.round_id}"
@@ -135,6 +146,9 @@ class SecureRound:
             self.result.aborted = f"{type(exc).__name__}: {exc}"
             self.result.mean_update = None
             log.warning("round %s aborted: %s", self.round_id, self.result.aborted)
+        finally:
+            for node, why in self.server.excluded.items():
+                self.result.dropped.setdefault(node, f"excluded: {why}"[:300])
         return self.result
 
     def _run(self, train_content: Callable[[int], RecordDict]) -> None:
@@ -145,7 +159,7 @@ class SecureRound:
             for name, record in setup.items():
                 content[name] = record
             contents[node] = content
-        opening, share_keys, masked_input, unmask = self.stages
+        opening, share_keys, masked_input, consistency, unmask = self.stages
         replies = self._exchange(opening, contents)
         for node, content in list(replies.items()):
             metrics = dict(content[wire.METRICS].items()) if wire.METRICS in content else {}
@@ -159,7 +173,9 @@ class SecureRound:
         replies = self._exchange(share_keys, self._records(broadcasts))
         relays = self.server.collect_shares(self._parse(replies, ShareDistribution))
         replies = self._exchange(masked_input, self._records(relays))
-        requests = self.server.collect_masked_inputs(self._parse(replies, MaskedInput))
+        checks = self.server.collect_masked_inputs(self._parse(replies, MaskedInput))
+        replies = self._exchange(consistency, self._records(checks))
+        requests = self.server.collect_signatures(self._parse(replies, ConsistencySignature))
         replies = self._exchange(unmask, self._records(requests))
         aggregate = self.server.collect_unmask_responses(self._parse(replies, UnmaskResponse))
         self.result.contributors = list(aggregate.contributors)

@@ -47,10 +47,11 @@ DEFAULTS: dict[str, object] = {
     "out-dir": "runs/federation",
     "resume": False,
     "top-k": 0,
+    "roster": "",
 }
 
 #: Keys that may change between a run and its resumption.
-RESUMABLE = {"resume", "round-timeout", "out-dir"}
+RESUMABLE = {"resume", "round-timeout", "out-dir", "roster"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,15 @@ class FederationSettings:
             learning_rate=float(self["lr"]), epochs=float(self["local-epochs"]), max_steps=int(self["max-steps"]),
             max_grad_norm=float(self["clip"]), max_length=int(self["max-length"]),
         )
+
+    @property
+    def roster(self):
+        """The federation's roster (to exclude unlisted shops early), or None: each shop checks its own."""
+        if not str(self["roster"]):
+            return None
+        from common.secagg import Roster
+
+        return Roster.load(str(self["roster"]))
 
     @property
     def out_dir(self) -> Path:

@@ -52,10 +52,8 @@ def plot_rounds(history: list[dict], epsilons: dict[str, list[float]], out: Path
     axes[0].set_title("federated evaluation")
     axes[0].legend()
     axes[1].plot(rounds, [h["eval"].get("loss", np.nan) for h in history], marker="o", label="eval loss")
-    axes[1].plot(rounds, [h["train_loss"] if h["train_loss"] is not None else np.nan for h in history],
-                 marker="o", label="train loss")
     axes[1].set_xlabel("round")
-    axes[1].set_title("loss")
+    axes[1].set_title("loss (each shop's training loss stays on the shop)")
     axes[1].legend()
     fig.tight_layout()
     paths.append(out / "metrics_per_round.png")

@@ -23,6 +23,7 @@ from common.data.load import MANIFEST
 from common.settings import PendingTask, TaskSpec
 from common.task import Catalogue, Taxonomy, default_split
 
+from .identities import simulation_roster
 from .partition import partition_events
 from .synthetic import SynthConfig, write_synthetic
 
@@ -36,6 +37,7 @@ class Prepared:
     node_configs: NodeConfigs  # partition id -> node config
     task: TaskSpec | PendingTask  # pending: the federation chooses the label space privately
     data: Path
+    roster: Path | None = None  # the shops' identity keys, pinned by every simulated shop
 
 
 def prepare(
@@ -102,7 +104,10 @@ def prepare(
         node["threads"] = int(threads)
         node["seed"] = int(seed) * 1000 + pid  # simulated shops are reproducible; real ones use the CSPRNG
         node_configs[pid] = node
-    return Prepared(table, sorted(parts), node_configs, spec, source)
+    roster = simulation_roster(out, {name: out / "shops" / name / "state" for name in parts})
+    for node in node_configs.values():
+        node["roster"] = str(roster)
+    return Prepared(table, sorted(parts), node_configs, spec, source, roster)
 
 
 def simulated_node_config(run_config: dict, partition_id: int) -> dict:
@@ -121,7 +126,9 @@ def simulated_node_config(run_config: dict, partition_id: int) -> dict:
         raise ConfigError(f"simulation node {partition_id}: {data} has only {len(shops)} shops")
     name = shops[partition_id]
     out = Path(str(run_config.get("out-dir", "runs/federation")))
-    return {"data-path": str(data), "shop": name, "state-dir": str(out / "shops" / name / "state")}
+    roster = simulation_roster(out, {shop: out / "shops" / shop / "state" for shop in shops})
+    return {"data-path": str(data), "shop": name, "state-dir": str(out / "shops" / name / "state"),
+            "roster": str(roster)}
 
 
 def _synth_config(directory: Path) -> dict | None:
@@ -182,7 +189,8 @@ def run_federation(
 
     spec_path = Path(run_config["out-dir"]) / "platform_task.json"  # the run's input; task_spec.json is its choice
     save_task_spec(prepared.task, spec_path)
-    settings = FederationSettings.from_run_config({**run_config, "task-spec": str(spec_path)})
+    roster = {"roster": str(prepared.roster)} if prepared.roster is not None else {}
+    settings = FederationSettings.from_run_config({**roster, **run_config, "task-spec": str(spec_path)})
     outcome = SimulationOutcome()
     server_app = ServerApp()
 

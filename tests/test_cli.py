@@ -59,3 +59,23 @@ def test_train_local_labels_runs_and_ledger_show(tmp_path, synthetic_dir):
 
     missing = fedinterest("ledger", "show", "--state", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no privacy_ledger.jsonl" in missing.stderr
+
+
+def test_keys_new_roster_and_fingerprint(tmp_path):
+    from common.secagg import Roster
+
+    publics = {}
+    for shop in ("north", "south", "east"):
+        result = fedinterest("keys", "new", "--state-dir", str(tmp_path / shop))
+        assert result.returncode == 0, result.stderr
+        publics[shop] = result.stdout.split("public key: ")[1].split()[0]
+        assert (tmp_path / shop / "identity.key").stat().st_mode & 0o077 == 0  # private to its owner
+    again = fedinterest("keys", "new", "--state-dir", str(tmp_path / "north"))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    roster = tmp_path / "roster.json"
+    result = fedinterest("keys", "roster", "--out", str(roster), *(f"{k}={v}" for k, v in publics.items()))
+    assert result.returncode == 0, result.stderr
+    fingerprint = fedinterest("keys", "fingerprint", str(roster)).stdout.strip()
+    assert fingerprint == Roster.load(roster).fingerprint() and fingerprint in result.stdout
+    bad = fedinterest("keys", "roster", "--out", str(tmp_path / "r2.json"), "north=00zz")
+    assert bad.returncode == 2 and "64 hex digits" in bad.stderr and not (tmp_path / "r2.json").exists()

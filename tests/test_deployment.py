@@ -74,6 +74,11 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def deployed(node: dict) -> dict:
+    """A simulated shop's node config as a merchant passes it: no seed (refused off the simulation engine)."""
+    return {k: v for k, v in node.items() if k != "seed"}
+
+
 def toml_pairs(values: dict) -> str:
     """``key=value`` pairs as Flower's --node-config / --run-config parse them (TOML values)."""
     parts = []
@@ -285,7 +290,7 @@ def test_deployed_federation_with_superlink_supernodes_and_flwr_run(tmp_path):
             processes.start(f"supernode-{pid}", [
                 _binary("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
                 "--host", "127.0.0.1", "--port", str(port),
-                "--node-config", toml_pairs(prepared.node_configs[pid]),
+                "--node-config", toml_pairs(deployed(prepared.node_configs[pid])),
             ], environment(homes / f"supernode-{pid}"))
         deadline = time.time() + START_TIMEOUT
         while not listening(link_port):

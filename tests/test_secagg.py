@@ -51,18 +51,7 @@ def assert_round_matches(trace, vectors, weights, config, contributors):
     assert err < error_bound(config, sub_w) + 1e-12, (err, error_bound(config, sub_w))
 
 
-def manual_round(n, config, seed, round_id=1):
-    ids = list(range(n))
-    server = SecAggServer(config, round_id, ids, SeededRandomness(seed, "server"))
-    clients = {i: SecAggClient(i, config, SeededRandomness(seed, "client", i)) for i in ids}
-    return server, clients
-
-
-def run_to_unmask(server, clients, vectors):
-    setup = server.setup()
-    keys = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
-    relays = server.collect_shares([clients[i].share_keys(m) for i, m in keys.items()])
-    return server.collect_masked_inputs([clients[i].mask_input(m, vectors[i]) for i, m in relays.items()])
+from tests.secagg_parties import manual_round, run_to_unmask
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -76,7 +65,7 @@ def test_weighted_mean_within_stated_bound(n):
     weights = [int(w) for w in rng.integers(1, 201, n)]
     weights[0] = 200  # the maximum weight is allowed
     if n >= 10:
-        weights[1] = 0  # a zero-weight shop contributes nothing and loses nothing
+        weights[1] = 1  # the least weight a survivor may send (the server checks Σw >= survivors)
     trace = run_round(vectors, weights, config, seed=n)
     assert_round_matches(trace, vectors, weights, config, range(n))
     # the bound is at most 2**-frac_bits and is tight enough to mean something
@@ -177,14 +166,16 @@ def test_wire_declaration_is_complete_and_carries_no_secrets():
     setup = send(server.setup())
     keys = server.collect_keys([send(c.advertise_keys(setup)) for c in clients.values()])
     relays = server.collect_shares([send(clients[i].share_keys(send(m))) for i, m in keys.items()])
-    requests = server.collect_masked_inputs(
+    checks = server.collect_masked_inputs(
         [send(clients[i].mask_input(send(m), np.ones(d))) for i, m in relays.items()]
     )
+    requests = server.collect_signatures([send(clients[i].sign_survivors(send(m))) for i, m in checks.items()])
     server.collect_unmask_responses([send(clients[i].unmask(send(m))) for i, m in requests.items()])
     assert {cls for cls, _ in records} == set(WIRE_MESSAGES)
     secrets = []
     for c in clients.values():
-        secrets += [c._self_mask_seed, c._mask_private_raw, c._share_private.private_bytes_raw()]
+        secrets += [c._self_mask_seed, c._mask_private_raw, c._share_private.private_bytes_raw(),
+                    c.identity._private.private_bytes_raw()]
     for _, record in records:
         for value in record.values():
             if isinstance(value, bytes):
@@ -196,7 +187,7 @@ def test_wire_declaration_is_complete_and_carries_no_secrets():
 
 
 def test_records_reject_malformed_input():
-    ad = KeyAdvertisement(1, 2, b"a" * 32, b"b" * 32, b"c" * 32)
+    ad = KeyAdvertisement(1, 2, b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32, b"e" * 64)
     record = ad.to_record()
     assert KeyAdvertisement.from_record(record) == ad
     assert record_nbytes(record) > 3 * 32
@@ -216,7 +207,8 @@ DROP_CASES = {
     Stage.ADVERTISE_KEYS: {2, 7},  # never started
     Stage.SHARE_KEYS: {2, 7},  # advertised keys, then gone
     Stage.MASKED_INPUT: {2, 7},  # shared, then gone: their pair masks must be removed
-    Stage.UNMASK: {2, 7},  # sent the masked input, then gone: still in the sum
+    Stage.CONSISTENCY: {2, 7},  # sent the masked input, then gone: still in the sum
+    Stage.UNMASK: {2, 7},  # signed the survivor set, then gone: still in the sum
 }
 
 
@@ -228,7 +220,7 @@ def test_dropouts_after_each_stage_are_recovered(stage):
     vectors, weights = make_updates(n, d, 1.0, rng), [int(w) for w in rng.integers(1, 51, n)]
     dropped = DROP_CASES[stage]
     trace = run_round(vectors, weights, config, seed=int(stage), dropouts={stage: dropped})
-    contributors = range(n) if stage is Stage.UNMASK else [i for i in range(n) if i not in dropped]
+    contributors = range(n) if stage >= Stage.CONSISTENCY else [i for i in range(n) if i not in dropped]
     assert_round_matches(trace, vectors, weights, config, contributors)
 
 
@@ -255,14 +247,15 @@ def test_dropouts_at_every_stage_in_one_round():
     "dropouts, where",
     [
         ({Stage.ADVERTISE_KEYS: set(range(8))}, "min_clients"),  # 2 clients left
-        ({Stage.MASKED_INPUT: {0, 1, 2, 3}}, "threshold"),  # some survivor keeps 4 < t = 5 live neighbours
-        ({Stage.UNMASK: {0, 1, 2, 3, 4}}, "shares arrived"),  # 5 responders cannot give anyone 5 shares
+        ({Stage.MASKED_INPUT: {0, 1, 2, 3}}, "threshold"),  # every survivor keeps 5 < t = 6 live neighbours
+        ({Stage.UNMASK: {0, 1, 2, 3, 4}}, "shares arrived"),  # 5 responders cannot give anyone 6 shares
     ],
 )
 def test_too_many_dropouts_abort_cleanly(dropouts, where):
     n = 10
     config = SecAggConfig(vector_length=50, max_clients=n)
-    assert threshold_for(neighbour_graph(range(n), b"s" * 32).degree) == 5
+    graph = neighbour_graph(range(n), b"s" * 32, None, config.corrupt_fraction, config.dropout_fraction)
+    assert (graph.degree, graph.threshold) == (9, 6)  # everyone; ⌊(9 + 2 colluders)/2⌋ + 1 at 20% of 10
     with pytest.raises(SecAggAbort, match=where):
         run_round([np.zeros(50)] * n, None, config, seed=13, dropouts=dropouts)
 
@@ -313,9 +306,13 @@ def test_server_never_holds_both_share_kinds():
     bad = dataclasses.replace(
         responses[1], mask_key_owners=(3,), mask_key_shares=(shamir.share_to_bytes(int.from_bytes(key_share, "big")),)
     )
-    with pytest.raises(ShareKindViolation):
-        server.collect_unmask_responses([responses[0], bad, *responses[2:]])
-    assert server.state is ServerState.ABORTED and not server._key_shares
+    held = []
+    original = server._hold_response
+    server._hold_response = lambda r: (original(r), held.append(dict(server._key_shares)))
+    result = server.collect_unmask_responses([responses[0], bad, *responses[2:]])
+    assert all(not shares for shares in held)  # no key share of anyone was ever stored
+    assert "both" in server.excluded[1] or "self share only" in server.excluded[1] or "calls for" in server.excluded[1]
+    assert result.total_weight == n and np.abs(result.mean).max() < 1e-6  # the other five suffice
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -373,8 +370,9 @@ def test_share_replayed_from_another_round_is_rejected():
     # a whole message from the old round is refused by the server, and by a client
     server, clients = manual_round(5, config, seed=19, round_id=2)
     setup = server.setup()
-    with pytest.raises(SecAggProtocolError, match="round 1"):
+    with pytest.raises(SecAggAbort, match="min_clients"):
         server.collect_keys([captured[1][(KeyAdvertisement, i)] for i in range(5)])
+    assert all("round 1" in server.excluded[i] for i in range(5))
     clients[0].advertise_keys(setup)
     with pytest.raises(SecAggProtocolError, match="round 1"):
         clients[0].share_keys(captured[1][(KeyBroadcast, 0)])
@@ -383,9 +381,9 @@ def test_share_replayed_from_another_round_is_rejected():
 @pytest.mark.parametrize(
     "n, kind, detector",
     [
-        (3, "self", "commitment"),  # complete graph, t = 2 = every neighbour: exactly t shares arrive
-        (10, "self", "inconsistent"),  # more than t shares: the extra ones expose the altered share
-        (10, "key", "inconsistent"),
+        (3, "self", "reconstruct a valid secret"),  # complete graph, t = 2: exactly t shares, one altered
+        (10, "self", None),  # more than t shares: another t-subset passes the commitment, the round ends
+        (10, "key", None),
     ],
 )
 def test_tampered_unmask_share_is_rejected(n, kind, detector):
@@ -410,8 +408,13 @@ def test_tampered_unmask_share_is_rejected(n, kind, detector):
             return dataclasses.replace(message, mask_key_shares=(_flip(message.mask_key_shares[0]),))
         return message
 
-    with pytest.raises(SecAggIntegrityError, match=detector):
-        run_round([np.zeros(d)] * n, None, config, seed=20, dropouts=dropouts, intercept=intercept)
+    if detector is not None:
+        with pytest.raises(SecAggIntegrityError, match=detector):
+            run_round([np.zeros(d)] * n, None, config, seed=20, dropouts=dropouts, intercept=intercept)
+        return
+    vectors = [np.full(d, 0.25)] * n
+    trace = run_round(vectors, None, config, seed=20, dropouts=dropouts, intercept=intercept)
+    assert np.abs(trace.result.mean - 0.25).max() < 1e-6  # an altered share is outvoted, not fatal
 
 
 def test_client_checks_server_parameters_and_graph():
@@ -421,11 +424,12 @@ def test_client_checks_server_parameters_and_graph():
     lax = dataclasses.replace(setup, config=SecAggConfig(vector_length=10, max_clients=6, clip=5.0))
     with pytest.raises(SecAggProtocolError, match="clip"):
         clients[0].advertise_keys(lax)
-    keys = server.collect_keys([c.advertise_keys(setup) for c in list(clients.values())[1:]] +
-                               [SecAggClient(0, config, SeededRandomness(1)).advertise_keys(setup)])
-    forged = dataclasses.replace(keys[1], neighbour_ids=keys[1].neighbour_ids[:-1],
-                                 share_public_keys=keys[1].share_public_keys[:-1],
-                                 mask_public_keys=keys[1].mask_public_keys[:-1])
+    server, clients = manual_round(6, config, seed=21)
+    setup = server.setup()
+    keys = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
+    forged = dataclasses.replace(keys[1], **{name: getattr(keys[1], name)[:-1] for name in
+                                             ("neighbour_ids", "share_public_keys", "mask_public_keys",
+                                              "commitments", "identity_keys", "signatures")})
     with pytest.raises(SecAggProtocolError, match="graph"):
         clients[1].share_keys(forged)
 
@@ -530,13 +534,15 @@ def test_client_state_survives_a_process_boundary_between_stages():
     rng = np.random.default_rng(0)
     vectors = [rng.uniform(-1, 1, 20) for _ in range(5)]
     ids = list(range(5))
-    server = SecAggServer(config, 3, ids, SeededRandomness(1, "server"))
-    states = {i: SecAggClient(i, config, SeededRandomness(1, "c", i)).to_state() for i in ids}
+    server, clients = manual_round(5, config, seed=1, round_id=3)
+    states = {i: c.to_state() for i, c in clients.items()}
 
     def stage(requests, act):
         replies = []
         for i, request in requests.items():
-            client = SecAggClient.from_state(config, pickle.loads(pickle.dumps(states[i])), SeededRandomness(1, i, len(replies)))
+            c = clients[i]
+            client = SecAggClient.from_state(pickle.loads(pickle.dumps(states[i])), c.identity, c.roster, c.policy,
+                                             SeededRandomness(1, i, len(replies)))
             replies.append(act(client, i, request))
             states[i] = client.to_state()
         return replies
@@ -544,7 +550,22 @@ def test_client_state_survives_a_process_boundary_between_stages():
     setup = server.setup()
     keys = server.collect_keys(stage({i: setup for i in ids}, lambda c, i, m: c.advertise_keys(m)))
     relays = server.collect_shares(stage(keys, lambda c, i, m: c.share_keys(m)))
-    unmask = server.collect_masked_inputs(stage(relays, lambda c, i, m: c.mask_input(m, vectors[i], 2)))
+    checks = server.collect_masked_inputs(stage(relays, lambda c, i, m: c.mask_input(m, vectors[i], 2)))
+    unmask = server.collect_signatures(stage(checks, lambda c, i, m: c.sign_survivors(m)))
     result = server.collect_unmask_responses(stage(unmask, lambda c, i, m: c.unmask(m)))
     assert result.total_weight == 10
     assert np.abs(result.mean - np.mean(vectors, axis=0)).max() < 1e-6
+
+
+def test_degree_and_threshold_follow_bell_bounds():
+    """``t`` outvotes every honest/corrupt split of a neighbourhood, and ``k`` grows like log n."""
+    from common.secagg.graph import corrupt_neighbours, secure_parameters
+
+    for n in (8, 16, 100, 1000):
+        k, t = secure_parameters(n, 0.2, 0.1)
+        c = corrupt_neighbours(n, k, 0.2)
+        assert c >= min(k, int(0.2 * n)) * (k == n - 1)  # the complete graph plans for every colluder
+        assert 2 * t > k + c and t <= k
+    assert secure_parameters(8, 0.2, 0.1) == (7, 5) and secure_parameters(8, 0.0, 0.1) == (7, 4)
+    degrees = [secure_parameters(n, 0.2, 0.1)[0] for n in (100, 1000, 3000)]
+    assert degrees == sorted(degrees) and degrees[-1] < 2 * degrees[0]  # 30x the clients, < 2x the degree

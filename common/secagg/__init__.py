@@ -13,16 +13,20 @@ from .errors import (
     SecAggAbort, SecAggConfigError, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation,
 )
 from .graph import NeighbourGraph, default_degree, neighbour_graph, threshold_for
+from .identity import Identity, Roster
 from .messages import (
-    WIRE_MESSAGES, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, SharePlaintext, ShareDistribution,
-    ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record, record_nbytes,
+    WIRE_MESSAGES, ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
+    SharePlaintext, ShareDistribution, ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record,
+    record_nbytes,
 )
+from .policy import SecAggPolicy
 from .primitives import Randomness, SeededRandomness
 from .quantize import decode, quantize
 from .server import AggregateResult, SecAggServer, ServerState
 
 __all__ = [
-    "AggregateResult", "ClientState", "KeyAdvertisement", "KeyBroadcast", "MaskedInput", "NeighbourGraph",
+    "AggregateResult", "ClientState", "ConsistencyRequest", "ConsistencySignature", "Identity", "Roster",
+    "SecAggPolicy", "KeyAdvertisement", "KeyBroadcast", "MaskedInput", "NeighbourGraph",
     "Randomness", "RoundSetup", "RoundTrace", "SecAggAbort", "SecAggClient", "SecAggConfig", "SecAggConfigError",
     "SecAggError", "SecAggIntegrityError", "SecAggProtocolError", "SecAggServer", "SeededRandomness",
     "ServerState", "ShareDistribution", "ShareKindViolation", "SharePlaintext", "ShareRelay", "Stage",

@@ -4,6 +4,12 @@ Each method checks that the server's message belongs to this round and this clie
 consistent with what was agreed before. A message for another round or another client is refused
 and leaves the state as it was (a stale message); any other error stops the client for good
 (state ``FAILED``): it never answers a later stage of a round it has refused.
+
+Against a malicious server: the round's parameters must meet the shop's own floors
+(:class:`~common.secagg.policy.SecAggPolicy`); every neighbour's advertisement must be signed by
+an identity key on the shop's pinned roster; the graph seed is recomputed from the members'
+advertisement digests; the client signs one survivor set per round and reveals shares only for
+that set, with at least ``t`` of its neighbours' signatures over it.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import neighbour_graph
+from .identity import Identity, Roster, advertisement_digest, advertisement_payload, graph_seed, survivors_payload, verify
 from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
 from .messages import (
-    KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, SharePlaintext, ShareDistribution, ShareRelay,
-    UnmaskRequest, UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
+    SharePlaintext, ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
 )
+from .policy import SecAggPolicy
 from .primitives import (
     KEY_BYTES, MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, new_private_key, open_sealed,
     private_key_from_bytes, public_bytes, seal,
@@ -37,23 +45,30 @@ class ClientState(Enum):
     KEYS_ADVERTISED = "keys advertised"
     SHARES_SENT = "shares sent"
     INPUT_SENT = "masked input sent"
+    SIGNED = "survivor set signed"
     DONE = "done"
     FAILED = "failed"
 
 
 class SecAggClient:
-    """One client in one round: ``advertise_keys → share_keys → mask_input → unmask``.
+    """One client in one round: ``advertise_keys → share_keys → mask_input → sign_survivors → unmask``.
 
-    ``randomness`` supplies every random byte (keys, self-mask seed, Shamir coefficients, nonces,
-    stochastic rounding); inject :class:`~common.secagg.primitives.SeededRandomness` for
-    reproducible runs.
+    ``identity`` signs this shop's advertisement and survivor set; ``roster`` is the federation's
+    roster the shop pinned; ``policy`` its floors for the server's parameters; ``run_id`` the run
+    the client expects (``None``: take the setup's). ``randomness`` supplies every random byte
+    (keys, self-mask seed, Shamir coefficients, nonces, stochastic rounding); inject
+    :class:`~common.secagg.primitives.SeededRandomness` for reproducible simulations only.
     """
 
-    def __init__(self, client_id: int, config: SecAggConfig, randomness: Randomness = default_randomness) -> None:
+    def __init__(self, client_id: int, identity: Identity, roster: Roster, policy: SecAggPolicy = SecAggPolicy(),
+                 run_id: int | None = None, randomness: Randomness = default_randomness) -> None:
         if not 0 <= client_id <= MAX_ID:
             raise ValueError(f"client_id must be in [0, 2**64), got {client_id}")
+        if identity.public_key not in roster:
+            raise SecAggIntegrityError("this shop's identity key is not on its own roster; refusing to take part")
         self.client_id = client_id
-        self.config = config
+        self.identity, self.roster, self.policy = identity, roster, policy
+        self.run_id = run_id
         self._random = randomness
         self.state = ClientState.NEW
 
@@ -70,21 +85,26 @@ class SecAggClient:
             return state
         state.update(
             round_id=self.round_id,
+            run_id=self.run_id,
             participants=sorted(self._participants),
-            graph_seed=self._graph_seed,
             share_private=self._share_private.private_bytes_raw(),
             mask_private=self._mask_private_raw,
             self_mask_seed=self._self_mask_seed,
+            **{f"config.{k}": (0 if v is None else v) for k, v in self.config.to_dict().items()},
         )
-        if self.state in (ClientState.SHARES_SENT, ClientState.INPUT_SENT):
+        if self.state in (ClientState.SHARES_SENT, ClientState.INPUT_SENT, ClientState.SIGNED):
             ids = sorted(self._neighbours)
             state.update(
                 threshold=self._threshold,
+                members_digest=self._members_digest,
                 neighbours=ids,
                 share_keys=[self._share_keys[i] for i in ids],
                 mask_keys=[self._mask_keys[i] for i in ids],
+                identity_keys=[self._identity_keys[i] for i in ids],
             )
-        if self.state is ClientState.INPUT_SENT:
+        if self.state is ClientState.SIGNED:
+            state.update(signed_survivors=sorted(self._signed[0]), signed_dropped=sorted(self._signed[1]))
+        if self.state in (ClientState.INPUT_SENT, ClientState.SIGNED):
             held = sorted(self._held)
             state.update(
                 held=held,
@@ -94,16 +114,19 @@ class SecAggClient:
         return state
 
     @classmethod
-    def from_state(cls, config: SecAggConfig, state: dict,
+    def from_state(cls, state: dict, identity: Identity, roster: Roster, policy: SecAggPolicy = SecAggPolicy(),
                    randomness: Randomness = default_randomness) -> "SecAggClient":
         """The client ``to_state`` described, ready for its next stage."""
-        client = cls(int(state["client_id"]), config, randomness)
+        client = cls(int(state["client_id"]), identity, roster, policy, None, randomness)
         client.state = ClientState(state["state"])
         if "round_id" not in state:
             return client
+        fields = {k[len("config."):]: v for k, v in state.items() if k.startswith("config.")}
+        fields["degree"] = fields.get("degree") or None
+        client.config = SecAggConfig(**fields)
         client.round_id = int(state["round_id"])
+        client.run_id = int(state["run_id"])
         client._participants = frozenset(int(i) for i in state["participants"])
-        client._graph_seed = bytes(state["graph_seed"])
         client._share_private = private_key_from_bytes(bytes(state["share_private"]))
         client._mask_private_raw = bytes(state["mask_private"])
         client._mask_private = private_key_from_bytes(client._mask_private_raw)
@@ -112,8 +135,13 @@ class SecAggClient:
             ids = [int(i) for i in state["neighbours"]]
             client._threshold = int(state["threshold"])
             client._neighbours = frozenset(ids)
+            client._members_digest = bytes(state["members_digest"])
             client._share_keys = dict(zip(ids, map(bytes, state["share_keys"])))
             client._mask_keys = dict(zip(ids, map(bytes, state["mask_keys"])))
+            client._identity_keys = dict(zip(ids, map(bytes, state["identity_keys"])))
+        if "signed_survivors" in state:
+            client._signed = (frozenset(int(i) for i in state["signed_survivors"]),
+                              frozenset(int(i) for i in state["signed_dropped"]))
         if "held" in state:
             client._held = {
                 int(i): (share_from_bytes(bytes(a)), share_from_bytes(bytes(b)))
@@ -158,29 +186,32 @@ class SecAggClient:
         return self._run(ClientState.NEW, setup, None, lambda: self._advertise(setup), ClientState.KEYS_ADVERTISED)
 
     def _advertise(self, setup: RoundSetup) -> KeyAdvertisement:
-        if setup.config != self.config:
-            differ = [k for k, v in self.config.to_dict().items() if setup.config.to_dict()[k] != v]
-            raise SecAggProtocolError(f"server's SecAggConfig differs from this client's in {differ}; refusing")
+        if self.run_id is not None and setup.run_id != self.run_id:
+            raise SecAggProtocolError(f"the setup is for run {setup.run_id}, this is run {self.run_id}")
+        self.policy.check_config(setup.config)
+        if len(setup.participants) > len(self.roster):
+            raise SecAggProtocolError(f"{len(setup.participants)} participants, but the roster lists only "
+                                      f"{len(self.roster)} shops")
         if self.client_id not in setup.participants:
             raise SecAggProtocolError(f"client {self.client_id} is not among the round's participants")
-        if len(setup.participants) > self.config.max_clients:
+        if len(setup.participants) > setup.config.max_clients:
             raise SecAggProtocolError(
-                f"{len(setup.participants)} participants exceed max_clients={self.config.max_clients}"
+                f"{len(setup.participants)} participants exceed max_clients={setup.config.max_clients}"
             )
-        self.round_id = setup.round_id
+        self.config = setup.config
+        self.round_id, self.run_id = setup.round_id, setup.run_id
         self._participants = frozenset(setup.participants)
-        self._graph_seed = setup.graph_seed
         self._share_private = new_private_key(self._random)
         self._mask_private_raw = self._random(KEY_BYTES)
         self._mask_private = private_key_from_bytes(self._mask_private_raw)
         self._self_mask_seed = self._random(KEY_BYTES)
-        return KeyAdvertisement(
-            round_id=self.round_id,
-            client_id=self.client_id,
-            share_public_key=public_bytes(self._share_private),
-            mask_public_key=public_bytes(self._mask_private),
-            self_mask_commitment=commitment(self._self_mask_seed, self.round_id, self.client_id),
-        )
+        keys = (public_bytes(self._share_private), public_bytes(self._mask_private),
+                commitment(self._self_mask_seed, self.round_id, self.client_id))
+        signature = self.identity.sign(advertisement_payload(self.run_id, self.round_id, self.client_id, *keys))
+        return KeyAdvertisement(self.round_id, self.client_id, *keys, self.identity.public_key, signature)
+
+    def _digest(self, client_id: int, share_key_: bytes, mask_key: bytes, commit: bytes, identity: bytes) -> bytes:
+        return advertisement_digest(self.run_id, self.round_id, client_id, share_key_, mask_key, commit, identity)
 
     # ------------------------------------------------------------ stage 2
 
@@ -197,17 +228,43 @@ class SecAggClient:
             raise SecAggProtocolError("graph members must be participants and include this client")
         if len(members) < self.config.min_clients:
             raise SecAggAbort(f"only {len(members)} clients advertised keys, min_clients={self.config.min_clients}")
-        graph = neighbour_graph(broadcast.members, self._graph_seed, self.config.degree)
+        digests = dict(zip(broadcast.members, broadcast.member_digests))
+        own_keys = (public_bytes(self._share_private), public_bytes(self._mask_private),
+                    commitment(self._self_mask_seed, self.round_id, self.client_id))
+        if digests[self.client_id] != self._digest(self.client_id, *own_keys, self.identity.public_key):
+            raise SecAggIntegrityError("the member list does not carry this shop's own advertisement")
+        identities = {self.identity.public_key}
+        for k, neighbour in enumerate(broadcast.neighbour_ids):
+            share_pk, mask_pk, commit, identity, signature = (
+                broadcast.share_public_keys[k], broadcast.mask_public_keys[k], broadcast.commitments[k],
+                broadcast.identity_keys[k], broadcast.signatures[k])
+            if identity not in self.roster:
+                raise SecAggIntegrityError(f"neighbour {neighbour} signs with a key that is not on the roster")
+            if identity in identities:
+                raise SecAggIntegrityError(f"neighbour {neighbour} uses an identity key another member uses")
+            identities.add(identity)
+            verify(identity, signature,
+                   advertisement_payload(self.run_id, self.round_id, neighbour, share_pk, mask_pk, commit),
+                   f"advertisement of neighbour {neighbour}")
+            if digests.get(neighbour) != self._digest(neighbour, share_pk, mask_pk, commit, identity):
+                raise SecAggIntegrityError(f"the member list carries another advertisement for neighbour {neighbour}")
+        self._members_digest = graph_seed(self.run_id, self.round_id, digests)
+        try:
+            graph = neighbour_graph(broadcast.members, self._members_digest, self.config.degree,
+                                    self.config.corrupt_fraction, self.config.dropout_fraction)
+        except ValueError as err:
+            raise SecAggProtocolError(f"the round's parameters give no usable graph: {err}") from None
+        self.policy.check_graph(graph)
         if set(broadcast.neighbour_ids) != graph[self.client_id] or len(broadcast.neighbour_ids) != graph.degree:
-            raise SecAggProtocolError("neighbour list does not match the graph derived from the public seed")
-        own = {public_bytes(self._share_private), public_bytes(self._mask_private)}
+            raise SecAggProtocolError("neighbour list does not match the graph derived from the advertisements")
         keys = [*broadcast.share_public_keys, *broadcast.mask_public_keys]
-        if len(set(keys) | own) != len(keys) + len(own):
+        if len(set(keys) | set(own_keys[:2])) != len(keys) + 2:
             raise SecAggIntegrityError("advertised public keys are not all distinct")
         self._threshold = graph.threshold
         self._neighbours = graph[self.client_id]
         self._share_keys = dict(zip(broadcast.neighbour_ids, broadcast.share_public_keys))
         self._mask_keys = dict(zip(broadcast.neighbour_ids, broadcast.mask_public_keys))
+        self._identity_keys = dict(zip(broadcast.neighbour_ids, broadcast.identity_keys))
         receivers = tuple(broadcast.neighbour_ids)
         seed_shares = split(self._self_mask_seed, receivers, self._threshold, self._random)
         key_shares = split(self._mask_private_raw, receivers, self._threshold, self._random)
@@ -233,6 +290,8 @@ class SecAggClient:
         )
 
     def _mask(self, relay: ShareRelay, update: np.ndarray, weight: int) -> MaskedInput:
+        if not isinstance(weight, (int, np.integer)) or weight < 1:
+            raise ValueError(f"weight must be an int >= 1 (the server checks every survivor sent one), got {weight!r}")
         senders = relay.sender_ids
         if not set(senders) <= self._neighbours:
             raise SecAggProtocolError("relayed shares come from clients that are not neighbours")
@@ -261,17 +320,19 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stage 4
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Reveal one share kind per neighbour: ``b`` for survivors, the mask key for the dropped.
+    def sign_survivors(self, request: ConsistencyRequest) -> ConsistencySignature:
+        """Check the survivor set, remember it, and sign it: the only set this client will unmask for."""
+        return self._run(ClientState.INPUT_SENT, request, self.round_id, lambda: self._sign(request),
+                         ClientState.SIGNED)
 
-        Refuses (:class:`ShareKindViolation`) a request that lists one client as both survivor and
-        dropped, and answers at most one unmask request per round.
-        """
-        return self._run(ClientState.INPUT_SENT, request, self.round_id, lambda: self._unmask(request),
-                         ClientState.DONE)
+    def _sign(self, request: ConsistencyRequest) -> ConsistencySignature:
+        survivors, dropped = self._check_sets(request.survivors, request.dropped)
+        self._signed = (frozenset(survivors), frozenset(dropped))
+        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
+        return ConsistencySignature(self.round_id, self.client_id, self.identity.sign(payload))
 
-    def _unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        survivors, dropped = set(request.survivors), set(request.dropped)
+    def _check_sets(self, survivors_: tuple[int, ...], dropped_: tuple[int, ...]) -> tuple[set[int], set[int]]:
+        survivors, dropped = set(survivors_), set(dropped_)
         both = survivors & dropped
         if both:
             raise ShareKindViolation(
@@ -286,6 +347,38 @@ class SecAggClient:
         unlisted = set(self._held) - survivors - dropped
         if unlisted:
             raise SecAggProtocolError(f"neighbours {sorted(unlisted)} are neither survivors nor dropped")
+        return survivors, dropped
+
+    # ------------------------------------------------------------ stage 5
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal one share kind per neighbour: ``b`` for survivors, the mask key for the dropped.
+
+        Only for the survivor set this client signed, and only with at least ``t`` valid signatures
+        of its surviving neighbours over that same set (Bonawitz et al.'s consistency check). Refuses
+        (:class:`ShareKindViolation`) a request that lists one client as both survivor and dropped,
+        and answers at most one unmask request per round.
+        """
+        return self._run(ClientState.SIGNED, request, self.round_id, lambda: self._unmask(request),
+                         ClientState.DONE)
+
+    def _unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        survivors, dropped = self._check_sets(request.survivors, request.dropped)
+        if (survivors, dropped) != (set(self._signed[0]), set(self._signed[1])):
+            changed = sorted((survivors ^ self._signed[0]) | (dropped ^ self._signed[1]))
+            raise ShareKindViolation(
+                f"the unmask request's survivor set differs from the one this client signed (client(s) {changed}); "
+                "refusing to reveal any share")
+        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
+        valid = set()
+        for signer, signature in zip(request.signer_ids, request.signatures):
+            if signer not in self._neighbours or signer not in survivors:
+                raise SecAggProtocolError(f"signature from client {signer}, who is not a surviving neighbour")
+            verify(self._identity_keys[signer], signature, payload, f"survivor-set signature of client {signer}")
+            valid.add(signer)
+        if len(valid) < self._threshold:
+            raise SecAggIntegrityError(
+                f"only {len(valid)} of this client's neighbours signed the survivor set, fewer than t={self._threshold}")
         self_owners = tuple(sorted(set(self._held) & survivors))
         key_owners = tuple(sorted(set(self._held) & dropped))
         response = UnmaskResponse(

@@ -54,10 +54,13 @@ class SecAggConfig:
       secret-summed, so the server learns only the total.
     - ``frac_bits``: fixed point scale ``2**frac_bits``; ``None`` picks the largest that fits.
       The weighted mean is accurate to ``2**-frac_bits`` per element (see ``quantize``).
-    - ``degree``: neighbours per client (even); ``None`` = ``2*ceil(log2 n)``, or everyone when
-      that reaches ``n - 1``. The Shamir threshold is ``degree // 2 + 1`` (see ``graph``).
+    - ``degree``: neighbours per client (even); ``None`` = the least degree that Bell et al.'s
+      bounds allow for ``corrupt_fraction`` and ``dropout_fraction``, or everyone (see ``graph``).
     - ``min_clients``: the round aborts when fewer inputs than this would be summed (a sum over
       one or two clients reveals too much); at least 2.
+    - ``corrupt_fraction``: the fraction of clients that may collude with the server; sets the
+      Shamir threshold ``⌊(k + c)/2⌋ + 1`` (``graph.threshold_for``).
+    - ``dropout_fraction``: the fraction of clients expected to drop; sets the degree.
     """
 
     vector_length: int
@@ -67,8 +70,15 @@ class SecAggConfig:
     frac_bits: int | None = None
     degree: int | None = None
     min_clients: int = 3
+    corrupt_fraction: float = 0.2
+    dropout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        for name in ("corrupt_fraction", "dropout_fraction"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and 0 <= value < 0.5,
+                     f"{name} must be a number in [0, 0.5), got {value!r}")
+            object.__setattr__(self, name, float(value))
         _require(
             isinstance(self.vector_length, int) and self.vector_length >= 1,
             f"vector_length must be an int >= 1 (parameters per update), got {self.vector_length!r}",

@@ -15,7 +15,9 @@ import numpy as np
 
 from .client import SecAggClient
 from .config import SecAggConfig
+from .identity import Identity, Roster
 from .messages import Message, Stage, record_nbytes
+from .policy import SecAggPolicy
 from .primitives import Randomness, SeededRandomness, default_randomness
 from .server import AggregateResult, SecAggServer
 
@@ -27,6 +29,7 @@ class RoundTrace:
     """The result of a round and what it cost."""
 
     result: AggregateResult
+    excluded: dict[int, str] = field(default_factory=dict)  # clients the server left out, and why
     bytes_up: dict[int, int] = field(default_factory=dict)  # client -> server, all stages, per client
     bytes_down: dict[int, int] = field(default_factory=dict)  # server -> client
     client_seconds: dict[int, float] = field(default_factory=dict)  # protocol compute per client
@@ -47,6 +50,10 @@ def run_round(
     dropouts: Mapping[Stage, Collection[int]] | None = None,
     seed: int | bytes | str | None = None,
     intercept: Intercept | None = None,
+    identities: Mapping[int, Identity] | None = None,
+    roster: Roster | None = None,
+    policy: SecAggPolicy | None = None,
+    run_id: int = 0,
 ) -> RoundTrace:
     """Run one full round and return the aggregate with its byte and time costs.
 
@@ -74,8 +81,15 @@ def run_round(
 
     trace = RoundTrace(result=None)  # type: ignore[arg-type]
     outside_server = [0.0]  # time spent in clients and transport while the server consumes replies
-    server = SecAggServer(config, round_id, ids, randomness("server"))
-    clients = {i: SecAggClient(i, config, randomness("client", i)) for i in ids}
+    if identities is None:
+        identities = {i: Identity.generate(None if seed is None else randomness("identity", i)) for i in ids}
+    if roster is None:
+        roster = Roster({f"shop-{i}": identities[i].public_key for i in ids})
+    if policy is None:
+        policy = SecAggPolicy(min_clients=max(config.min_clients, 3), max_clip=config.clip,
+                              max_weight=config.max_weight)
+    server = SecAggServer(config, round_id, ids, run_id, roster)
+    clients = {i: SecAggClient(i, identities[i], roster, policy, run_id, randomness("client", i)) for i in ids}
     gone: set[int] = set()
 
     def transit(message: Message, client: int, direction: dict[int, int]) -> Message | None:
@@ -116,11 +130,16 @@ def run_round(
     keys = server_step(server.collect_keys, replies(Stage.ADVERTISE_KEYS, {i: setup for i in ids},
                                                     lambda c, m: c.advertise_keys(m)))
     relays = server_step(server.collect_shares, replies(Stage.SHARE_KEYS, keys, lambda c, m: c.share_keys(m)))
-    requests = server_step(
+    checks = server_step(
         server.collect_masked_inputs,
         replies(Stage.MASKED_INPUT, relays, lambda c, m, x, w: c.mask_input(m, x, w),
                 lambda client: (vectors[position[client]], weights[position[client]])),
     )
+    requests = server_step(server.collect_signatures,
+                           replies(Stage.CONSISTENCY, checks, lambda c, m: c.sign_survivors(m)))
     responses = replies(Stage.UNMASK, requests, lambda c, m: c.unmask(m))
-    trace.result = server_step(server.collect_unmask_responses, responses)
+    try:
+        trace.result = server_step(server.collect_unmask_responses, responses)
+    finally:
+        trace.excluded = dict(server.excluded)
     return trace

@@ -6,10 +6,21 @@ anyone can recompute) and joined in a circulant (Harary) graph: position ``p`` i
 oneself is ``2 log2 n + 1`` rounded up to an odd number), or a configured even ``k``; when
 ``k >= n - 1`` everyone is everyone's neighbour.
 
-Threshold: a client's secrets are Shamir-shared among its ``k`` neighbours (not itself) with
-``t = k // 2 + 1``, a strict majority of the neighbours. So a survivor's self-mask needs ``t`` of
-its neighbours to answer the unmasking stage, and a server that lied about who dropped could
-not collect ``t`` shares of both kinds of one client from disjoint honest majorities.
+Degree and threshold (Bell et al. 2020, Section 4, for a stated fraction ``γ`` of corrupt clients
+and ``δ`` of dropouts). A client's secrets are Shamir-shared among its ``k`` neighbours with
+threshold ``t``. A server that tells some neighbours "i survived" and others "i dropped" gets
+``t`` shares of both kinds of ``i`` only if ``2t <= k + c``, where ``c`` is the number of
+corrupt neighbours (they hand over both kinds). So ``t = ⌊(k + c)/2⌋ + 1`` with ``c`` the most
+corrupt neighbours any client has except with probability ``2**-SECURITY_BITS`` (a binomial
+tail, union over the ``n`` neighbourhoods, and never more than ``⌊γ n⌋``): the graph seed comes
+from the signed advertisements, so corrupt clients cannot choose their positions. The round
+finishes when no neighbourhood loses more than ``k - t`` clients, except with probability
+``2**-CORRECTNESS_BITS``; the degree is the least even ``k >= 2⌈log2 n⌉`` that meets both, or
+everyone. A malicious server can show one victim a member list with forged digests of members
+that are not the victim's neighbours, and so try many random neighbourhoods for it; in a sparse
+graph the threshold therefore also keeps the chance that ``t`` of ``k`` random neighbours are
+corrupt below ``2**-GRINDING_BITS`` per try. Examples (γ = 0.2, δ = 0.1): every client is everyone's neighbour up to a few dozen
+clients; ``k`` grows like ``log n`` beyond (``secure_parameters``).
 """
 
 from __future__ import annotations
@@ -17,48 +28,105 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 from .primitives import context
 
 
+SECURITY_BITS = 20  # chance that some neighbourhood holds more corrupt clients than assumed
+CORRECTNESS_BITS = 10  # chance that dropouts leave some neighbourhood below the threshold (the round aborts)
+GRINDING_BITS = 64  # chance per forged member list that a victim's sparse neighbourhood holds t corrupt clients
+
+
 def default_degree(n: int) -> int:
-    """``2 * ceil(log2 n)``: O(log n) neighbours as in Bell et al."""
+    """``2 * ceil(log2 n)``: O(log n) neighbours as in Bell et al. (the least degree considered)."""
     return 2 * math.ceil(math.log2(max(n, 2)))
 
 
-def threshold_for(degree: int) -> int:
-    """Shamir threshold over a neighbourhood of ``degree`` clients: a strict majority."""
-    return degree // 2 + 1
+def _tail(k: int, p: float, c: int) -> float:
+    """P(Binomial(k, p) > c)."""
+    return sum(math.comb(k, j) * p**j * (1 - p) ** (k - j) for j in range(c + 1, k + 1))
+
+
+def _quantile(n: int, k: int, p: float, bits: int) -> int:
+    """The least c with n * P(Binomial(k, p) > c) <= 2**-bits (a union bound over n neighbourhoods)."""
+    for c in range(k + 1):
+        if n * _tail(k, p, c) <= 2.0**-bits:
+            return c
+    return k
+
+
+@lru_cache(maxsize=4096)
+def corrupt_neighbours(n: int, k: int, corrupt_fraction: float) -> int:
+    """The most corrupt neighbours to plan for: a binomial tail bound, capped at ``⌊γ n⌋``."""
+    total = math.floor(corrupt_fraction * n + 1e-9)
+    return 0 if total == 0 else min(total, _quantile(n, k, corrupt_fraction, SECURITY_BITS))
+
+
+def threshold_for(degree: int, n: int | None = None, corrupt_fraction: float = 0.0) -> int:
+    """``⌊(k + c)/2⌋ + 1``: more than half of the honest and corrupt shares together (a strict majority
+    of the neighbours when nobody is assumed corrupt)."""
+    c = 0 if n is None else corrupt_neighbours(n, degree, corrupt_fraction)
+    return (degree + c) // 2 + 1
+
+
+def sparse_threshold(k: int, n: int, corrupt_fraction: float) -> int:
+    """:func:`threshold_for`, raised until ``P(Binomial(k, γ) >= t) <= 2**-GRINDING_BITS`` (seed grinding)."""
+    t = threshold_for(k, n, corrupt_fraction)
+    if corrupt_fraction > 0:
+        t = max(t, _quantile(1, k, corrupt_fraction, GRINDING_BITS) + 1)
+    return t
+
+
+@lru_cache(maxsize=4096)
+def secure_parameters(n: int, corrupt_fraction: float, dropout_fraction: float) -> tuple[int, int]:
+    """``(k, t)`` for ``n`` members: the least even degree meeting both bounds of the module docstring,
+    or the complete graph (``k = n - 1``) when none does."""
+    for k in range(default_degree(n), n - 1, 2):  # even degrees below the complete graph
+        t = sparse_threshold(k, n, corrupt_fraction)
+        if t <= k and k - t >= _quantile(n, k, dropout_fraction, CORRECTNESS_BITS):
+            return k, t
+    k = n - 1
+    return k, min(threshold_for(k, n, corrupt_fraction), k)
 
 
 @dataclass(frozen=True)
 class NeighbourGraph:
-    """Who shares with whom in one round; equal seeds and members give equal graphs."""
+    """Who shares with whom in one round, and the Shamir threshold; equal inputs give equal graphs."""
 
     members: tuple[int, ...]
     seed: bytes
     degree: int
     neighbours: Mapping[int, frozenset[int]]
-
-    @property
-    def threshold(self) -> int:
-        return threshold_for(self.degree)
+    threshold: int
 
     def __getitem__(self, client_id: int) -> frozenset[int]:
         return self.neighbours[client_id]
 
 
-def neighbour_graph(members: Sequence[int], seed: bytes, degree: int | None = None) -> NeighbourGraph:
-    """The graph over ``members`` (client ids) from the public ``seed``; see the module docstring."""
+def neighbour_graph(members: Sequence[int], seed: bytes, degree: int | None = None,
+                    corrupt_fraction: float = 0.0, dropout_fraction: float = 0.0) -> NeighbourGraph:
+    """The graph over ``members`` (client ids) from the public ``seed``; see the module docstring.
+
+    ``degree=None`` picks ``k`` and ``t`` by :func:`secure_parameters`; a given degree gets the
+    threshold :func:`threshold_for` it under ``corrupt_fraction``.
+    """
     ids = sorted(set(members))
     if len(ids) != len(members):
         raise ValueError("members must be distinct client ids")
     n = len(ids)
-    k = default_degree(n) if degree is None else degree
+    if degree is None:
+        k, t = secure_parameters(n, corrupt_fraction, dropout_fraction)
+    else:
+        k = min(degree, n - 1)
+        t = threshold_for(k, n, corrupt_fraction) if k == n - 1 else sparse_threshold(k, n, corrupt_fraction)
+    if t > k:
+        raise ValueError(f"threshold {t} exceeds the degree {k}: {n} members cannot tolerate a corrupt "
+                         f"fraction of {corrupt_fraction:g}")
     if k >= n - 1:
         everyone = frozenset(ids)
-        return NeighbourGraph(tuple(ids), seed, n - 1, {i: everyone - {i} for i in ids})
+        return NeighbourGraph(tuple(ids), seed, n - 1, {i: everyone - {i} for i in ids}, t)
     prefix = context(b"graph", seed)
     order = sorted(ids, key=lambda i: hashlib.sha256(prefix + i.to_bytes(8, "big")).digest())
     half = k // 2
@@ -66,4 +134,4 @@ def neighbour_graph(members: Sequence[int], seed: bytes, degree: int | None = No
         client: frozenset(order[(p + step) % n] for step in range(-half, half + 1) if step)
         for p, client in enumerate(order)
     }
-    return NeighbourGraph(tuple(ids), seed, k, neighbours)
+    return NeighbourGraph(tuple(ids), seed, k, neighbours, t)

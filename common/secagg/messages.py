@@ -3,11 +3,16 @@
 A round has four stages; in each the server sends one message to every live client and each
 client answers with one message (Bell et al. 2020, semi-honest server, AEAD on shares)::
 
-    stage            server -> client     client -> server
-    ADVERTISE_KEYS   RoundSetup           KeyAdvertisement     two X25519 public keys + commitment
-    SHARE_KEYS       KeyBroadcast         ShareDistribution    AES-GCM sealed Shamir shares
-    MASKED_INPUT     ShareRelay           MaskedInput          y_i in Z_2^32, 4 bytes per element
-    UNMASK           UnmaskRequest        UnmaskResponse       one share kind per client id
+    stage            server -> client      client -> server
+    ADVERTISE_KEYS   RoundSetup            KeyAdvertisement      two X25519 keys + commitment, signed
+    SHARE_KEYS       KeyBroadcast          ShareDistribution     AES-GCM sealed Shamir shares
+    MASKED_INPUT     ShareRelay            MaskedInput           y_i in Z_2^32, 4 bytes per element
+    CONSISTENCY      ConsistencyRequest    ConsistencySignature  signature over the survivor set
+    UNMASK           UnmaskRequest         UnmaskResponse        one share kind per client id
+
+Advertisements are signed with the shop's long-term identity key (``identity``) and checked
+against the roster the shop pins; the graph seed is the hash of all signed advertisements, so
+the server cannot choose it; survivors sign the survivor set before any share is revealed.
 
 Each message is a frozen dataclass with ``to_record()`` / ``from_record()`` mapping it to a flat
 ``{str: bytes | int | float | list[int] | numpy.uint32 array}`` (what a Flower ``ConfigRecord`` or
@@ -27,6 +32,7 @@ import numpy as np
 
 from .config import SecAggConfig
 from .errors import SecAggConfigError, SecAggIntegrityError, SecAggProtocolError
+from .identity import SIGNATURE_BYTES
 from .primitives import KEY_BYTES, MAX_ID, NONCE_BYTES, TAG_BYTES
 from .shamir import SHARE_BYTES
 
@@ -42,7 +48,8 @@ class Stage(IntEnum):
     ADVERTISE_KEYS = 1
     SHARE_KEYS = 2
     MASKED_INPUT = 3
-    UNMASK = 4
+    CONSISTENCY = 4
+    UNMASK = 5
 
 
 # ---------------------------------------------------------------- field readers (validate as they read)
@@ -135,23 +142,28 @@ class SharePlaintext:
 
 # ---------------------------------------------------------------- stage 1: ADVERTISE_KEYS
 
-_CONFIG_FIELDS = ("vector_length", "max_clients", "clip", "max_weight", "frac_bits", "degree", "min_clients")
+_CONFIG_FIELDS = ("vector_length", "max_clients", "clip", "max_weight", "frac_bits", "degree", "min_clients",
+                  "corrupt_fraction", "dropout_fraction")
+_FLOAT_FIELDS = ("clip", "corrupt_fraction", "dropout_fraction")
 
 
 @dataclass(frozen=True)
 class RoundSetup:
-    """Server -> every participant: the round, who takes part, the graph seed, the parameters."""
+    """Server -> every participant: the run and round, who takes part, the parameters.
+
+    There is no graph seed here: it is derived from the signed advertisements (``graph_seed``).
+    """
 
     STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
     SENDER: ClassVar[str] = "server"
     CODE: ClassVar[int] = 10
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "participants", "graph_seed") + tuple(
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "run_id", "participants") + tuple(
         f"config.{name}" for name in _CONFIG_FIELDS
     )
 
     round_id: int
+    run_id: int  # the Flower run; signatures bind it, so nothing carries over between runs
     participants: tuple[int, ...]
-    graph_seed: bytes  # 32 random bytes, fixed before any key is seen
     config: SecAggConfig
 
     def to_record(self) -> Record:
@@ -159,8 +171,8 @@ class RoundSetup:
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
+            "run_id": self.run_id,
             "participants": list(self.participants),
-            "graph_seed": self.graph_seed,
             "config.vector_length": c.vector_length,
             "config.max_clients": c.max_clients,
             "config.clip": c.clip,
@@ -168,16 +180,19 @@ class RoundSetup:
             "config.frac_bits": c.frac_bits,  # always resolved
             "config.degree": 0 if c.degree is None else c.degree,  # 0 = automatic
             "config.min_clients": c.min_clients,
+            "config.corrupt_fraction": c.corrupt_fraction,
+            "config.dropout_fraction": c.dropout_fraction,
         }
 
     @classmethod
     def from_record(cls, record: Record) -> "RoundSetup":
         _check_keys(cls, record, cls.KEYS)
         values: dict[str, Any] = {name: record[f"config.{name}"] for name in _CONFIG_FIELDS}
-        if not isinstance(values["clip"], float):
-            raise _fail(cls, "config.clip must be a float")
+        for name in _FLOAT_FIELDS:
+            if not isinstance(values[name], float):
+                raise _fail(cls, f"config.{name} must be a float")
         for name in _CONFIG_FIELDS:
-            if name != "clip" and type(values[name]) is not int:
+            if name not in _FLOAT_FIELDS and type(values[name]) is not int:
                 raise _fail(cls, f"config.{name} must be an int")
         values["degree"] = values["degree"] or None
         try:
@@ -186,21 +201,22 @@ class RoundSetup:
             raise _fail(cls, f"invalid parameters: {err}") from err
         return cls(
             _id(cls, record, "round_id"),
+            _id(cls, record, "run_id"),
             _ids(cls, record, "participants"),
-            _bytes(cls, record, "graph_seed", KEY_BYTES),
             config,
         )
 
 
 @dataclass(frozen=True)
 class KeyAdvertisement:
-    """Client -> server: fresh X25519 public keys for this round and a commitment to ``b_i``."""
+    """Client -> server: fresh X25519 public keys and a commitment to ``b_i``, signed by the shop."""
 
     STAGE: ClassVar[Stage] = Stage.ADVERTISE_KEYS
     SENDER: ClassVar[str] = "client"
     CODE: ClassVar[int] = 11
     KEYS: ClassVar[tuple[str, ...]] = (
-        "round_id", "client_id", "share_public_key", "mask_public_key", "self_mask_commitment",
+        "round_id", "client_id", "share_public_key", "mask_public_key", "self_mask_commitment", "identity_key",
+        "signature",
     )
 
     round_id: int
@@ -208,6 +224,8 @@ class KeyAdvertisement:
     share_public_key: bytes  # c_i^PK: encrypts shares
     mask_public_key: bytes  # s_i^PK: agrees pairwise mask seeds
     self_mask_commitment: bytes  # SHA-256 commitment to b_i, checked after reconstruction
+    identity_key: bytes  # the shop's Ed25519 public key, as listed in the roster
+    signature: bytes  # Ed25519 over identity.advertisement_payload(run, round, id, keys, commitment)
 
     def to_record(self) -> Record:
         return {MESSAGE_KEY: self.CODE, **{key: getattr(self, key) for key in self.KEYS}}
@@ -221,6 +239,8 @@ class KeyAdvertisement:
             _bytes(cls, record, "share_public_key", KEY_BYTES),
             _bytes(cls, record, "mask_public_key", KEY_BYTES),
             _bytes(cls, record, "self_mask_commitment", KEY_BYTES),
+            _bytes(cls, record, "identity_key", KEY_BYTES),
+            _bytes(cls, record, "signature", SIGNATURE_BYTES),
         )
 
 
@@ -229,48 +249,63 @@ class KeyAdvertisement:
 
 @dataclass(frozen=True)
 class KeyBroadcast:
-    """Server -> client: who advertised keys (the graph members) and the neighbours' public keys."""
+    """Server -> client: the graph members with their advertisement digests, and the neighbours' signed ads.
+
+    The client recomputes the graph seed from ``member_digests`` (checking its own and its
+    neighbours' digests against the advertisements it can verify), so the graph is the one every
+    advertisement fixed, not one the server picked.
+    """
 
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
     SENDER: ClassVar[str] = "server"
     CODE: ClassVar[int] = 20
+    NEIGHBOUR_FIELDS: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("share_public_keys", KEY_BYTES), ("mask_public_keys", KEY_BYTES), ("commitments", KEY_BYTES),
+        ("identity_keys", KEY_BYTES), ("signatures", SIGNATURE_BYTES),
+    )
     KEYS: ClassVar[tuple[str, ...]] = (
-        "round_id", "client_id", "members", "neighbour_ids", "share_public_keys", "mask_public_keys",
+        "round_id", "client_id", "members", "member_digests", "neighbour_ids",
+        *(name for name, _ in NEIGHBOUR_FIELDS),
     )
 
     round_id: int
     client_id: int  # the recipient
-    members: tuple[int, ...]  # every client whose keys arrived; the graph is built over them
+    members: tuple[int, ...]  # every client whose signed keys arrived; the graph is built over them
+    member_digests: tuple[bytes, ...]  # SHA-256 of each member's advertisement, aligned with members
     neighbour_ids: tuple[int, ...]
     share_public_keys: tuple[bytes, ...]  # aligned with neighbour_ids
     mask_public_keys: tuple[bytes, ...]
+    commitments: tuple[bytes, ...]
+    identity_keys: tuple[bytes, ...]
+    signatures: tuple[bytes, ...]
 
     def to_record(self) -> Record:
-        _same_length(
-            type(self), ("neighbour_ids", self.neighbour_ids), ("share_public_keys", self.share_public_keys),
-            ("mask_public_keys", self.mask_public_keys),
-        )
+        cls = type(self)
+        _same_length(cls, ("members", self.members), ("member_digests", self.member_digests))
+        _same_length(cls, ("neighbour_ids", self.neighbour_ids),
+                     *((name, getattr(self, name)) for name, _ in self.NEIGHBOUR_FIELDS))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
             "client_id": self.client_id,
             "members": list(self.members),
+            "member_digests": _join(self.member_digests, KEY_BYTES, cls, "member_digests"),
             "neighbour_ids": list(self.neighbour_ids),
-            "share_public_keys": _join(self.share_public_keys, KEY_BYTES, type(self), "share_public_keys"),
-            "mask_public_keys": _join(self.mask_public_keys, KEY_BYTES, type(self), "mask_public_keys"),
+            **{name: _join(getattr(self, name), size, cls, name) for name, size in self.NEIGHBOUR_FIELDS},
         }
 
     @classmethod
     def from_record(cls, record: Record) -> "KeyBroadcast":
         _check_keys(cls, record, cls.KEYS)
+        members = _ids(cls, record, "members")
         neighbours = _ids(cls, record, "neighbour_ids")
         return cls(
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
-            _ids(cls, record, "members"),
+            members,
+            _blob(cls, record, "member_digests", KEY_BYTES, len(members)),
             neighbours,
-            _blob(cls, record, "share_public_keys", KEY_BYTES, len(neighbours)),
-            _blob(cls, record, "mask_public_keys", KEY_BYTES, len(neighbours)),
+            *(_blob(cls, record, name, size, len(neighbours)) for name, size in cls.NEIGHBOUR_FIELDS),
         )
 
 
@@ -374,40 +409,100 @@ class MaskedInput:
         return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), masked)
 
 
-# ---------------------------------------------------------------- stage 4: UNMASK
+# ---------------------------------------------------------------- stage 4: CONSISTENCY
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Server -> each survivor: who sent a masked input and who shared keys but did not."""
+
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY
+    SENDER: ClassVar[str] = "server"
+    CODE: ClassVar[int] = 35
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped")
+
+    round_id: int
+    client_id: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def to_record(self) -> Record:
+        return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id,
+                "survivors": list(self.survivors), "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_record(cls, record: Record) -> "ConsistencyRequest":
+        _check_keys(cls, record, cls.KEYS)
+        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), _ids(cls, record, "survivors"),
+                   _ids(cls, record, "dropped"))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Survivor -> server: its signature over (run, round, survivors, dropped, members)."""
+
+    STAGE: ClassVar[Stage] = Stage.CONSISTENCY
+    SENDER: ClassVar[str] = "client"
+    CODE: ClassVar[int] = 36
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "signature")
+
+    round_id: int
+    client_id: int
+    signature: bytes
+
+    def to_record(self) -> Record:
+        return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id,
+                "signature": self.signature}
+
+    @classmethod
+    def from_record(cls, record: Record) -> "ConsistencySignature":
+        _check_keys(cls, record, cls.KEYS)
+        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"),
+                   _bytes(cls, record, "signature", SIGNATURE_BYTES))
+
+
+# ---------------------------------------------------------------- stage 5: UNMASK
 
 
 @dataclass(frozen=True)
 class UnmaskRequest:
-    """Server -> client: who sent a masked input (survivors) and who shared but did not (dropped)."""
+    """Server -> client: the survivor set it signed, with its neighbours' signatures over the same set."""
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     SENDER: ClassVar[str] = "server"
     CODE: ClassVar[int] = 40
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped", "signer_ids", "signatures")
 
     round_id: int
     client_id: int
     survivors: tuple[int, ...]  # answer with self-mask shares for these
     dropped: tuple[int, ...]  # answer with mask-key shares for these
+    signer_ids: tuple[int, ...]  # neighbours of the recipient that signed this survivor set
+    signatures: tuple[bytes, ...]  # aligned with signer_ids
 
     def to_record(self) -> Record:
+        _same_length(type(self), ("signer_ids", self.signer_ids), ("signatures", self.signatures))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
             "client_id": self.client_id,
             "survivors": list(self.survivors),
             "dropped": list(self.dropped),
+            "signer_ids": list(self.signer_ids),
+            "signatures": _join(self.signatures, SIGNATURE_BYTES, type(self), "signatures"),
         }
 
     @classmethod
     def from_record(cls, record: Record) -> "UnmaskRequest":
         _check_keys(cls, record, cls.KEYS)
+        signers = _ids(cls, record, "signer_ids")
         return cls(
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
             _ids(cls, record, "survivors"),
             _ids(cls, record, "dropped"),
+            signers,
+            _blob(cls, record, "signatures", SIGNATURE_BYTES, len(signers)),
         )
 
 
@@ -461,13 +556,13 @@ class UnmaskResponse:
 # ---------------------------------------------------------------- the registry
 
 Message = Union[
-    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, UnmaskRequest,
-    UnmaskResponse,
+    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, ConsistencyRequest,
+    ConsistencySignature, UnmaskRequest, UnmaskResponse,
 ]
 
 WIRE_MESSAGES: tuple[type, ...] = (
-    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, UnmaskRequest,
-    UnmaskResponse,
+    RoundSetup, KeyAdvertisement, KeyBroadcast, ShareDistribution, ShareRelay, MaskedInput, ConsistencyRequest,
+    ConsistencySignature, UnmaskRequest, UnmaskResponse,
 )
 """Every message type, in protocol order. Nothing else is ever sent."""
 

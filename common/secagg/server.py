@@ -1,9 +1,13 @@
 """The server side of a SecAgg+ round: relays, sums masked inputs, removes masks, decodes.
 
-Semi-honest server: it follows the protocol, and everything it sees is what
+The honest server follows the protocol, and everything it sees is what
 :mod:`common.secagg.messages` declares. It never holds both share kinds of one client (checked
-explicitly, :class:`ShareKindViolation`). When dropouts make the round impossible it raises
-:class:`SecAggAbort` at the earliest stage it can tell, and forgets the partial sum and shares.
+explicitly, :class:`ShareKindViolation`). A client that misbehaves at any stage (a reply for
+another round, twice, unsigned or off the roster, shares for non-neighbours, a malformed input,
+a share that fails its commitment) is excluded and the round goes on without it; when dropouts
+and exclusions make the round impossible it raises :class:`SecAggAbort` at the earliest stage it
+can tell, and forgets the partial sum and shares. The unmasked sum is checked against its bounds
+(``survivors <= Σw <= survivors × max_weight``, ``|Σ w x| <= Σw × clip``) before it is released.
 """
 
 from __future__ import annotations
@@ -12,21 +16,24 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterable, Sequence, TypeVar
 
+import itertools
+
 import numpy as np
 
 from .config import SecAggConfig
-from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
+from .errors import SecAggAbort, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import NeighbourGraph, neighbour_graph
+from .identity import Roster, advertisement_digest, advertisement_payload, graph_seed, survivors_payload, verify
 from .masks import add_signed, pair_mask, pair_sign, self_mask
 from .messages import (
-    KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup, ShareDistribution, ShareRelay, UnmaskRequest,
-    UnmaskResponse,
+    ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
+    ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
 )
-from .primitives import (
-    KEY_BYTES, MAX_ID, Randomness, agree, commitment, default_randomness, private_key_from_bytes, public_bytes,
-)
+from .primitives import MAX_ID, agree, commitment, private_key_from_bytes, public_bytes
+
+MAX_RECONSTRUCTIONS = 256  # t-subsets tried per client when a share is bad (a liar is then outvoted)
 from .quantize import decode
-from .shamir import reconstruct, share_from_bytes
+from .shamir import SECRET_BYTES, interpolate, share_from_bytes, share_point
 
 M = TypeVar("M")
 
@@ -52,23 +59,26 @@ class ServerState(Enum):
     SETUP_SENT = "setup sent"
     KEYS_BROADCAST = "keys broadcast"
     SHARES_RELAYED = "shares relayed"
+    SIGNATURES_REQUESTED = "survivor signatures requested"
     UNMASK_REQUESTED = "unmask requested"
     DONE = "done"
     ABORTED = "aborted"
 
 
 class SecAggServer:
-    """One round: ``setup → collect_keys → collect_shares → collect_masked_inputs → collect_unmask_responses``.
+    """One round: ``setup → collect_keys → collect_shares → collect_masked_inputs → collect_signatures
+    → collect_unmask_responses``.
 
     Each ``collect_*`` takes the replies that arrived (a client whose reply is missing has
-    dropped), and returns the next stage's message for every live client. A reply for another
-    round, from an unknown or dropped client, or twice from one client raises
-    :class:`SecAggProtocolError`; any error ends the round (state ``ABORTED``).
+    dropped), and returns the next stage's message for every live client. A client whose reply is
+    for another round, from an unknown or dropped client, repeated, or otherwise wrong is excluded
+    (``excluded`` says why); the round aborts (state ``ABORTED``) only when it cannot finish.
+    ``roster`` (optional: clients check it anyway) lets the server exclude unlisted shops early.
     """
 
     def __init__(
-        self, config: SecAggConfig, round_id: int, participants: Sequence[int],
-        randomness: Randomness = default_randomness,
+        self, config: SecAggConfig, round_id: int, participants: Sequence[int], run_id: int = 0,
+        roster: Roster | None = None,
     ) -> None:
         if not 0 <= round_id <= MAX_ID:
             raise ValueError(f"round_id must be in [0, 2**64), got {round_id}")
@@ -80,12 +90,15 @@ class SecAggServer:
                 f"{len(ids)} participants: need between min_clients={config.min_clients} and "
                 f"max_clients={config.max_clients}"
             )
+        if not 0 <= run_id <= MAX_ID:
+            raise ValueError(f"run_id must be in [0, 2**64), got {run_id}")
         self.config = config
-        self.round_id = round_id
+        self.round_id, self.run_id = round_id, run_id
+        self.roster = roster
         self.participants = tuple(sorted(ids))
-        self.graph_seed = randomness(KEY_BYTES)
         self.state = ServerState.NEW
         self.graph: NeighbourGraph | None = None
+        self.excluded: dict[int, str] = {}  # client -> why it was left out of the round
 
     # ------------------------------------------------------------ plumbing
 
@@ -107,22 +120,24 @@ class SecAggServer:
         self._self_shares: dict[int, dict[int, int]] = {}
         self._key_shares: dict[int, dict[int, int]] = {}
 
+    def _exclude(self, client: int, reason: str) -> None:
+        self.excluded.setdefault(client, reason)
+
     def _accept(self, messages: Iterable[M], allowed: Iterable[int]) -> dict[int, M]:
+        """The replies of live clients, one each; a client that sends a wrong or second reply is excluded."""
         allowed = set(allowed)
         accepted: dict[int, M] = {}
         for message in messages:
             name, sender, round_id = type(message).__name__, message.client_id, message.round_id  # type: ignore
+            if sender not in allowed or sender in self.excluded:
+                continue  # not live in this stage: a stale or forged reply changes nothing
             if round_id != self.round_id:
-                raise SecAggProtocolError(
-                    f"{name} from client {sender} is for round {round_id}, this is round {self.round_id} "
-                    "(replayed or stale)"
-                )
-            if sender not in allowed:
-                raise SecAggProtocolError(f"{name} from client {sender}, who is not live in this stage")
-            if sender in accepted:
-                raise SecAggProtocolError(f"client {sender} sent {name} twice")
-            accepted[sender] = message
-        return accepted
+                self._exclude(sender, f"{name} is for round {round_id}, this is round {self.round_id}")
+            elif sender in accepted:
+                self._exclude(sender, f"sent {name} twice")
+            else:
+                accepted[sender] = message
+        return {i: m for i, m in accepted.items() if i not in self.excluded}
 
     def _require_live_neighbours(self, owners: Iterable[int], live: set[int], stage: str) -> None:
         assert self.graph is not None
@@ -134,6 +149,13 @@ class SecAggServer:
                 f"fewer than the threshold t={t}; the round cannot be unmasked"
             )
 
+    def _graph(self, members: list[int]) -> NeighbourGraph:
+        c = self.config
+        try:
+            return neighbour_graph(members, self.graph_seed, c.degree, c.corrupt_fraction, c.dropout_fraction)
+        except ValueError as err:
+            raise SecAggAbort(f"key advertisement: {err}") from None
+
     def _require_min_clients(self, live: set[int], stage: str) -> None:
         if len(live) < self.config.min_clients:
             raise SecAggAbort(f"{stage}: only {len(live)} clients left, min_clients={self.config.min_clients}")
@@ -144,7 +166,7 @@ class SecAggServer:
         """The message every participant gets first (identical for all)."""
         return self._stage(
             ServerState.NEW, ServerState.SETUP_SENT,
-            lambda: RoundSetup(self.round_id, self.participants, self.graph_seed, self.config),
+            lambda: RoundSetup(self.round_id, self.run_id, self.participants, self.config),
         )
 
     # ------------------------------------------------------------ stage 2
@@ -154,21 +176,45 @@ class SecAggServer:
         return self._stage(ServerState.SETUP_SENT, ServerState.KEYS_BROADCAST, lambda: self._keys(advertisements))
 
     def _keys(self, advertisements: Iterable[KeyAdvertisement]) -> dict[int, KeyBroadcast]:
-        self._ads = self._accept(advertisements, self.participants)
-        keys = [k for ad in self._ads.values() for k in (ad.share_public_key, ad.mask_public_key)]
-        if len(set(keys)) != len(keys):
-            raise SecAggIntegrityError("two advertised public keys are equal")
+        ads = self._accept(advertisements, self.participants)
+        for i, ad in ads.items():
+            if self.roster is not None and ad.identity_key not in self.roster:
+                self._exclude(i, "its identity key is not on the roster")
+                continue
+            try:
+                verify(ad.identity_key, ad.signature, advertisement_payload(
+                    self.run_id, self.round_id, i, ad.share_public_key, ad.mask_public_key, ad.self_mask_commitment),
+                    f"advertisement of client {i}")
+            except SecAggIntegrityError as err:
+                self._exclude(i, str(err))
+        for field in ("share_public_key", "mask_public_key", "identity_key"):
+            owners: dict[bytes, list[int]] = {}
+            for i, ad in ads.items():
+                owners.setdefault(getattr(ad, field), []).append(i)
+            for clash in (ids for ids in owners.values() if len(ids) > 1):
+                for i in clash:
+                    self._exclude(i, f"advertised a {field.replace('_', ' ')} another client also advertised")
+        self._ads = {i: ad for i, ad in ads.items() if i not in self.excluded}
         members = set(self._ads)
         self._require_min_clients(members, "key advertisement")
-        self.graph = neighbour_graph(sorted(members), self.graph_seed, self.config.degree)
+        self._digests = {
+            i: advertisement_digest(self.run_id, self.round_id, i, ad.share_public_key, ad.mask_public_key,
+                                    ad.self_mask_commitment, ad.identity_key)
+            for i, ad in self._ads.items()
+        }
+        self.graph_seed = graph_seed(self.run_id, self.round_id, self._digests)
+        self.graph = self._graph(sorted(members))
         self.members = self.graph.members
+        digests = tuple(self._digests[i] for i in self.members)
         broadcasts = {}
         for i in self.members:
             neighbours = tuple(sorted(self.graph[i]))
+            ads_ = [self._ads[j] for j in neighbours]
             broadcasts[i] = KeyBroadcast(
-                self.round_id, i, self.members, neighbours,
-                tuple(self._ads[j].share_public_key for j in neighbours),
-                tuple(self._ads[j].mask_public_key for j in neighbours),
+                self.round_id, i, self.members, digests, neighbours,
+                tuple(a.share_public_key for a in ads_), tuple(a.mask_public_key for a in ads_),
+                tuple(a.self_mask_commitment for a in ads_), tuple(a.identity_key for a in ads_),
+                tuple(a.signature for a in ads_),
             )
         return broadcasts
 
@@ -183,9 +229,10 @@ class SecAggServer:
     def _shares(self, distributions: Iterable[ShareDistribution]) -> dict[int, ShareRelay]:
         assert self.graph is not None
         received = self._accept(distributions, self.members)
-        for sender, message in received.items():
-            if set(message.receiver_ids) != self.graph[sender]:
-                raise SecAggProtocolError(f"client {sender} addressed shares to clients other than its neighbours")
+        for sender, message in list(received.items()):
+            if set(message.receiver_ids) != self.graph[sender] or len(message.receiver_ids) != len(self.graph[sender]):
+                self._exclude(sender, "addressed shares to clients other than its neighbours")
+                del received[sender]
         self.sharers = frozenset(received)
         self._require_min_clients(set(self.sharers), "share distribution")
         self._require_live_neighbours(self.sharers, set(self.sharers), "share distribution")
@@ -201,26 +248,30 @@ class SecAggServer:
 
     # ------------------------------------------------------------ stage 4
 
-    def collect_masked_inputs(self, inputs: Iterable[MaskedInput]) -> dict[int, UnmaskRequest]:
-        """Add the masked inputs up as they arrive (only the running sum is kept); ask for shares."""
+    def collect_masked_inputs(self, inputs: Iterable[MaskedInput]) -> dict[int, ConsistencyRequest]:
+        """Add the masked inputs up (only the running sum is kept); ask the survivors to sign who survived."""
         return self._stage(
-            ServerState.SHARES_RELAYED, ServerState.UNMASK_REQUESTED, lambda: self._inputs(inputs)
+            ServerState.SHARES_RELAYED, ServerState.SIGNATURES_REQUESTED, lambda: self._inputs(inputs)
         )
 
-    def _inputs(self, inputs: Iterable[MaskedInput]) -> dict[int, UnmaskRequest]:
+    def _inputs(self, inputs: Iterable[MaskedInput]) -> dict[int, ConsistencyRequest]:
         assert self.graph is not None
         total = np.zeros(self.config.masked_length, dtype=np.uint32)
         seen: set[int] = set()
         for message in inputs:
-            if message.client_id in seen:
-                raise SecAggProtocolError(f"client {message.client_id} sent MaskedInput twice")
-            self._accept([message], self.sharers)
+            client = message.client_id
+            if client not in self.sharers or client in self.excluded:
+                continue
+            if client in seen:  # already summed: its input cannot be taken out again, so the round cannot end
+                raise SecAggProtocolError(f"client {client} sent MaskedInput twice after it was summed")
+            if message.round_id != self.round_id:
+                self._exclude(client, f"MaskedInput is for round {message.round_id}")
+                continue
             if message.masked.dtype != np.uint32 or message.masked.shape != (self.config.masked_length,):
-                raise SecAggProtocolError(
-                    f"masked input of client {message.client_id} must be uint32 of length {self.config.masked_length}"
-                )
+                self._exclude(client, f"masked input must be uint32 of length {self.config.masked_length}")
+                continue
             np.add(total, message.masked, out=total)
-            seen.add(message.client_id)
+            seen.add(client)
         self._sum = total
         self.survivors = frozenset(seen)
         self.dropped = self.sharers - self.survivors
@@ -230,7 +281,35 @@ class SecAggServer:
         self._self_shares = {j: {} for j in self.survivors}
         self._key_shares = {j: {} for j in self._dropped_to_unmask()}
         survivors, dropped = tuple(sorted(self.survivors)), tuple(sorted(self.dropped))
-        return {i: UnmaskRequest(self.round_id, i, survivors, dropped) for i in survivors}
+        return {i: ConsistencyRequest(self.round_id, i, survivors, dropped) for i in survivors}
+
+    # ------------------------------------------------------------ stage 5: the consistency check
+
+    def collect_signatures(self, signatures: Iterable[ConsistencySignature]) -> dict[int, UnmaskRequest]:
+        """Check each survivor's signature over the survivor set; forward t of its neighbours' to each signer."""
+        return self._stage(
+            ServerState.SIGNATURES_REQUESTED, ServerState.UNMASK_REQUESTED, lambda: self._signatures(signatures)
+        )
+
+    def _signatures(self, signatures: Iterable[ConsistencySignature]) -> dict[int, UnmaskRequest]:
+        assert self.graph is not None
+        survivors, dropped = tuple(sorted(self.survivors)), tuple(sorted(self.dropped))
+        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self.graph_seed)
+        signed: dict[int, bytes] = {}
+        for i, message in self._accept(signatures, self.survivors).items():
+            try:
+                verify(self._ads[i].identity_key, message.signature, payload, f"survivor-set signature of client {i}")
+            except SecAggIntegrityError as err:
+                self._exclude(i, str(err))
+                continue
+            signed[i] = message.signature
+        self.signers = frozenset(signed)
+        requests = {}
+        for i in sorted(self.signers):
+            signers = tuple(sorted(self.graph[i] & self.signers))[: self.graph.threshold]  # t suffice
+            requests[i] = UnmaskRequest(self.round_id, i, survivors, dropped, signers,
+                                        tuple(signed[j] for j in signers))
+        return requests
 
     def _dropped_to_unmask(self) -> list[int]:
         """Dropped sharers with a surviving neighbour: their pair masks are in the sum."""
@@ -243,8 +322,8 @@ class SecAggServer:
         """Rebuild ``b_j`` of survivors and mask keys of the dropped, remove all masks, decode."""
         return self._stage(ServerState.UNMASK_REQUESTED, ServerState.DONE, lambda: self._unmask(responses))
 
-    def _hold(self, kind: str, owner: int, holder: int, raw: bytes) -> None:
-        """Store one share, never letting both kinds of one owner into the server's hands."""
+    def _check_share(self, kind: str, owner: int, holder: int) -> None:
+        """Refuse a share the server must not hold: never both kinds of one owner, only from neighbours."""
         mine, other = (self._self_shares, self._key_shares) if kind == "self" else (self._key_shares, self._self_shares)
         if other.get(owner):
             raise ShareKindViolation(
@@ -262,15 +341,48 @@ class SecAggServer:
         assert self.graph is not None
         if holder not in self.graph[owner]:
             raise SecAggProtocolError(f"client {holder} is not a neighbour of client {owner} and holds no share")
-        mine[owner][holder] = share_from_bytes(raw)
+
+    def _hold_response(self, response: UnmaskResponse) -> None:
+        """Store every share of one response, or none of them (the responder is then excluded)."""
+        pairs = [("self", o, r) for o, r in zip(response.self_mask_owners, response.self_mask_shares)]
+        pairs += [("key", o, r) for o, r in zip(response.mask_key_owners, response.mask_key_shares)]
+        try:
+            for kind, owner, _ in pairs:
+                self._check_share(kind, owner, response.client_id)
+            parsed = [(kind, owner, share_from_bytes(raw)) for kind, owner, raw in pairs]
+        except SecAggError as err:
+            self._exclude(response.client_id, str(err))
+            return
+        for kind, owner, share in parsed:
+            (self._self_shares if kind == "self" else self._key_shares)[owner][response.client_id] = share
+
+    def _reconstruct(self, shares: dict[int, int], t: int, valid: Callable[[bytes], bool], what: str) -> bytes:
+        """The secret from ``t`` shares that passes ``valid`` (one interpolation when every share is good).
+
+        If the first ``t`` shares fail, other t-subsets are tried; the holders of shares off the
+        polynomial of the subset that passes are excluded as misbehaving.
+        """
+        for count, subset in enumerate(itertools.combinations(sorted(shares), t)):
+            if count >= MAX_RECONSTRUCTIONS:
+                break
+            value = interpolate({h: shares[h] for h in subset})
+            if value >= 2 ** (8 * SECRET_BYTES):
+                continue
+            secret = value.to_bytes(SECRET_BYTES, "big")
+            if not valid(secret):
+                continue
+            if count:  # some share lied: find whose
+                basis = {h: shares[h] for h in subset}
+                for holder in sorted(set(shares) - set(subset)):
+                    if interpolate(basis, share_point(holder)) != shares[holder]:
+                        self._exclude(holder, f"sent a share of {what} that is not on its polynomial")
+            return secret
+        raise SecAggIntegrityError(f"no {t} of the {len(shares)} shares of {what} reconstruct a valid secret")
 
     def _unmask(self, responses: Iterable[UnmaskResponse]) -> AggregateResult:
         assert self.graph is not None and self._sum is not None
-        for response in self._accept(responses, self.survivors).values():
-            for owner, raw in zip(response.self_mask_owners, response.self_mask_shares):
-                self._hold("self", owner, response.client_id, raw)
-            for owner, raw in zip(response.mask_key_owners, response.mask_key_shares):
-                self._hold("key", owner, response.client_id, raw)
+        for response in self._accept(responses, self.signers).values():
+            self._hold_response(response)
         t = self.graph.threshold
         short = sorted(j for shares in (self._self_shares, self._key_shares) for j in shares if len(shares[j]) < t)
         if short:
@@ -278,19 +390,41 @@ class SecAggServer:
         length = self.config.masked_length
         total = self._sum
         for owner, shares in self._self_shares.items():
-            seed = reconstruct(shares, t)
-            if commitment(seed, self.round_id, owner) != self._ads[owner].self_mask_commitment:
-                raise SecAggIntegrityError(f"reconstructed self-mask seed of client {owner} fails its commitment")
+            expected = self._ads[owner].self_mask_commitment
+            seed = self._reconstruct(shares, t, lambda s, o=owner, e=expected: commitment(s, self.round_id, o) == e,
+                                     f"client {owner}'s self-mask seed")
             add_signed(total, self_mask(seed, self.round_id, owner, length), -1)
         for owner, shares in self._key_shares.items():
-            private = private_key_from_bytes(reconstruct(shares, t))
-            if public_bytes(private) != self._ads[owner].mask_public_key:
-                raise SecAggIntegrityError(f"reconstructed mask key of client {owner} does not match its public key")
+            expected = self._ads[owner].mask_public_key
+            raw = self._reconstruct(shares, t, lambda s, e=expected: _x25519_public(s) == e,
+                                    f"client {owner}'s mask key")
+            private = private_key_from_bytes(raw)
             for survivor in sorted(self.graph[owner] & self.survivors):
                 secret = agree(private, self._ads[survivor].mask_public_key)
                 mask = pair_mask(secret, self.round_id, survivor, owner, length)
                 add_signed(total, mask, -pair_sign(survivor, owner))
         weighted_sum, total_weight = decode(total, self.config)
+        self._check_bounds(weighted_sum, total_weight)
         result = AggregateResult(weighted_sum, total_weight, tuple(sorted(self.survivors)))
         self._forget()
         return result
+
+    def _check_bounds(self, weighted_sum: np.ndarray, total_weight: int) -> None:
+        """Discard a sum no honest set of survivors could produce (one client's out-of-range input)."""
+        n = len(self.survivors)
+        if not n <= total_weight <= n * self.config.max_weight:
+            raise SecAggIntegrityError(
+                f"the total weight {total_weight} is outside [{n}, {n} x max_weight={self.config.max_weight}]: "
+                "some survivor sent an out-of-range weight; the round is discarded")
+        slack = n / self.config.scale  # stochastic rounding, at most 1 unit per client
+        if weighted_sum.size and float(np.max(np.abs(weighted_sum))) > total_weight * self.config.clip + slack:
+            raise SecAggIntegrityError(
+                f"the unmasked sum exceeds total weight x clip = {total_weight * self.config.clip:g}: some survivor "
+                "sent an out-of-range input; the round is discarded")
+
+
+def _x25519_public(raw: bytes) -> bytes:
+    try:
+        return public_bytes(private_key_from_bytes(raw))
+    except ValueError:
+        return b""

@@ -1,0 +1,181 @@
+"""The server against malformed replies: the real ``SecureRound`` (wire audit, SecAgg+ server) over Flower messages.
+
+``LoopbackGrid`` plays the transport: it hands each request to honest SecAgg+ clients (real
+``SecAggClient`` state machines, replies built with ``wire.secagg_to_records`` exactly as the
+ClientApp builds them) and lets one test corrupt one node's reply at one stage. Every case must
+leave the round standing: that node is dropped and the others' mean comes out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from common import wire
+from common.secagg import (
+    ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggClient, SecAggConfig, ShareRelay, UnmaskRequest,
+)
+from server.secure_round import SecureRound
+from tests.secagg_parties import identities, policy_for
+
+N, D, RUN = 6, 24, 7
+NODES = list(range(101, 101 + N))
+VALUE = 0.125
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class LoopbackGrid:
+    """Delivers each message to an honest in-process SecAgg+ client; ``corrupt`` may rewrite one reply."""
+
+    class run:
+        run_id = RUN
+
+    def __init__(self, config: SecAggConfig, corrupt=None):
+        from common.secagg import Roster
+
+        keys = identities(NODES, seed=1)
+        roster = Roster({f"shop-{n}": keys[n].public_key for n in NODES})
+        self.roster = roster
+        self.clients = {n: SecAggClient(n, keys[n], roster, policy_for(config), RUN) for n in NODES}
+        self.corrupt = corrupt or (lambda stage, node, content: content)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            node, stage = message.metadata.dst_node_id, message.metadata.message_type
+            content = self._answer(node, stage, message.content)
+            content = self.corrupt(stage, node, content)
+            if content is not None:
+                replies.append(Message(content, reply_to=message))
+        return replies
+
+    def _answer(self, node, stage, content) -> RecordDict:
+        client = self.clients[node]
+        if stage == wire.TRAIN:
+            ad = client.advertise_keys(wire.secagg_from_content(content, RoundSetup))
+            return RecordDict({**wire.secagg_to_records(ad), wire.METRICS: MetricRecord({"declined": 0})})
+        step = {
+            wire.SHARE_KEYS: (KeyBroadcast, client.share_keys),
+            wire.MASKED_INPUT: (ShareRelay, lambda m: client.mask_input(m, np.full(D, VALUE))),
+            wire.CONSISTENCY: (ConsistencyRequest, client.sign_survivors),
+            wire.UNMASK: (UnmaskRequest, client.unmask),
+        }[stage]
+        return RecordDict(wire.secagg_to_records(step[1](wire.secagg_from_content(content, step[0]))))
+
+
+def run_round(corrupt=None):
+    config = SecAggConfig(vector_length=D, max_clients=N)
+    grid = LoopbackGrid(config, corrupt)
+    result = SecureRound(grid, NODES, config, 1, 5.0, roster=grid.roster).run(lambda node: RecordDict())
+    return result
+
+
+def npy_header(shape: tuple, descr: str = "<u4") -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    return b"\x93NUMPY\x01\x00" + (len(header) + 1).to_bytes(2, "little") + header + b"\n"
+
+
+VICTIM = NODES[2]
+
+
+def secagg_field(stage, key, value):
+    """Replace one field of the victim's SecAgg record at ``stage``."""
+    def corrupt(s, node, content):
+        if s == stage and node == VICTIM:
+            record = dict(content[wire.SECAGG].items())
+            record[key] = value(record.get(key)) if callable(value) else value
+            content[wire.SECAGG] = ConfigRecord(record)
+        return content
+    return corrupt
+
+
+def masked_array(array_or_record):
+    def corrupt(s, node, content):
+        if s == wire.MASKED_INPUT and node == VICTIM:
+            content[wire.MASKED] = array_or_record
+        return content
+    return corrupt
+
+
+def record_kind(stage):
+    def corrupt(s, node, content):
+        if s == stage and node == VICTIM:
+            content[wire.SECAGG] = ArrayRecord({"x": Array(np.zeros(3, np.float32))})
+        return content
+    return corrupt
+
+
+CASES = {
+    # the three crashes the review found
+    "masked array with another serialisation": masked_array(
+        ArrayRecord({wire.MASKED_ARRAY: Array(dtype="uint32", shape=(D + 1,), stype="torch.Tensor", data=b"0" * 4)})),
+    "npy header claiming 2**40 elements": masked_array(
+        ArrayRecord({wire.MASKED_ARRAY: Array(dtype="uint32", shape=(2**40,), stype="numpy.ndarray",
+                                              data=npy_header((2**40,)))})),
+    "masked record sent as a ConfigRecord": masked_array(ConfigRecord({wire.MASKED_ARRAY: b"\x00" * 8})),
+    # each stage's record: wrong kind, wrong fields, out-of-range or foreign ids, wrong sizes
+    "masked vector of float32": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(D + 1, np.float32))})),
+    "masked vector too short": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(D - 3, np.uint32))})),
+    "masked vector oversized": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(10 * D, np.uint32))})),
+    "masked vector 2-D": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros((D + 1, 1), np.uint32))})),
+    "header and fields disagree": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(
+        dtype="uint32", shape=(D + 1,), stype="numpy.ndarray", data=npy_header((D + 1,), "<f4") + bytes(4 * (D + 1)))})),
+    **{f"{stage}: record of the wrong kind": record_kind(stage) for stage in wire.TRAIN_STAGES},
+    "train: a foreign client id": secagg_field(wire.TRAIN, "client_id", NODES[0]),
+    "train: a negative client id": secagg_field(wire.TRAIN, "client_id", -1),
+    "train: a short public key": secagg_field(wire.TRAIN, "share_public_key", b"\x01" * 5),
+    "train: an oversized signature": secagg_field(wire.TRAIN, "signature", b"\x01" * 10_000),
+    "train: a bad signature": secagg_field(wire.TRAIN, "signature", lambda v: bytes(64)),
+    "train: text in the record": secagg_field(wire.TRAIN, "mask_public_key", "not bytes"),
+    "share_keys: shares to strangers": secagg_field(wire.SHARE_KEYS, "receiver_ids", lambda v: [*v[:-1], 999]),
+    "share_keys: ids and ciphertexts disagree": secagg_field(wire.SHARE_KEYS, "ciphertexts", lambda v: v[:-1]),
+    "share_keys: duplicate receivers": secagg_field(wire.SHARE_KEYS, "receiver_ids", lambda v: [v[0]] * len(v)),
+    "share_keys: another round": secagg_field(wire.SHARE_KEYS, "round_id", 2),
+    "masked_input: another client's id": secagg_field(wire.MASKED_INPUT, "client_id", NODES[0]),
+    "consistency: a forged signature": secagg_field(wire.CONSISTENCY, "signature", lambda v: bytes(64)),
+    "consistency: a missing field": lambda s, node, content: (
+        RecordDict({wire.SECAGG: ConfigRecord({k: v for k, v in content[wire.SECAGG].items() if k != "signature"})})
+        if s == wire.CONSISTENCY and node == VICTIM else content),
+    "unmask: shares of both kinds": secagg_field(wire.UNMASK, "mask_key_owners", lambda v: [NODES[0]]),
+    "unmask: a share of the wrong size": secagg_field(wire.UNMASK, "self_mask_shares", lambda v: v[:-1]),
+    "unmask: an altered share": secagg_field(wire.UNMASK, "self_mask_shares", lambda v: bytes(len(v))),
+    "unmask: an undeclared extra key": secagg_field(wire.UNMASK, "extra", 1),
+    "a metric that is not whitelisted": lambda s, node, content: (
+        RecordDict({**dict(content.items()), wire.METRICS: MetricRecord({"declined": 0, "train_loss": 1.5})})
+        if s == wire.TRAIN and node == VICTIM else content),
+}
+
+
+def test_an_honest_round_sums_every_shop():
+    result = run_round()
+    assert result.aborted is None and sorted(result.contributors) == NODES and not result.dropped
+    assert np.allclose(result.mean_update, VALUE, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_malformed_reply_drops_its_sender_and_the_round_finishes(case):
+    result = run_round(CASES[case])
+    assert result.aborted is None, result.aborted
+    assert VICTIM in result.dropped, result.dropped
+    assert set(result.dropped) == {VICTIM}, result.dropped
+    assert np.allclose(result.mean_update, VALUE, atol=1e-6)  # every other shop sent VALUE
+    if VICTIM not in result.contributors:
+        assert len(result.contributors) == N - 1
+
+
+def test_a_shop_that_errors_is_dropped_with_its_code_only():
+    def error(s, node, content):
+        return None if s == wire.SHARE_KEYS and node == VICTIM else content
+
+    result = run_round(error)
+    assert result.aborted is None and "no reply" in result.dropped[VICTIM]

@@ -1,0 +1,356 @@
+"""A malicious aggregator against the real SecAgg+ clients: one scripted attack per test.
+
+The server here follows the protocol except where each test makes it cheat. Every test shows the
+attack fails: the shop refuses (a logged, typed error, and its state is FAILED so nothing later is
+answered), and what the attacker can rebuild is not the shop's update. The colluder test also runs
+the same attack against a weaker threshold, where it does recover the update: the attack is real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from common.secagg import (
+    ClientState, Identity, MaskedInput, Roster, SecAggAbort, SecAggClient, SecAggConfig, SecAggIntegrityError,
+    SecAggPolicy, SecAggProtocolError, SecAggServer, SeededRandomness, ShareDistribution, ShareKindViolation,
+)
+from common.secagg.identity import advertisement_payload, survivors_payload
+from common.secagg.masks import add_signed, pair_mask, pair_sign, self_mask
+from common.secagg.primitives import agree, new_private_key, private_key_from_bytes, public_bytes
+from common.secagg.quantize import decode
+from common.secagg.shamir import reconstruct
+from tests.secagg_parties import manual_round, policy_for, run_to_signatures, run_to_unmask
+
+D = 32
+
+
+def updates(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.5, 0.5, D) for _ in range(n)]
+
+
+def refuses(client: SecAggClient, call, error=SecAggIntegrityError, match: str | None = None) -> None:
+    """``call`` raises ``error`` and leaves ``client`` FAILED: it answers nothing later in the round."""
+    with pytest.raises(error, match=match):
+        call()
+    assert client.state is ClientState.FAILED
+
+
+def to_share_stage(n, seed, config=None, ids=None):
+    config = config or SecAggConfig(vector_length=D, max_clients=max(n, 3))
+    server, clients = manual_round(n, config, seed, ids=ids)
+    setup = server.setup()
+    broadcasts = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
+    return server, clients, broadcasts
+
+
+# ----------------------------------------------------------------------------- key substitution
+
+
+def test_key_substitution_is_refused_before_any_share_is_made():
+    """The server puts its own keys between shop 0 and a neighbour, re-signed or not: shop 0 refuses."""
+    server, clients, broadcasts = to_share_stage(5, seed=1)
+    victim, message = clients[0], broadcasts[0]
+    server_keys = [public_bytes(new_private_key(SeededRandomness(9, k))) for k in range(2)]
+
+    def substituted(signer: Identity | None) -> object:
+        shares, masks = list(message.share_public_keys), list(message.mask_public_keys)
+        identities, signatures = list(message.identity_keys), list(message.signatures)
+        shares[0], masks[0] = server_keys
+        if signer is not None:  # the server signs the substituted advertisement with its own identity
+            identities[0] = signer.public_key
+            signatures[0] = signer.sign(advertisement_payload(0, 1, message.neighbour_ids[0], shares[0], masks[0],
+                                                              message.commitments[0]))
+        return dataclasses.replace(message, share_public_keys=tuple(shares), mask_public_keys=tuple(masks),
+                                   identity_keys=tuple(identities), signatures=tuple(signatures))
+
+    refuses(victim, lambda: victim.share_keys(substituted(None)), match="signature does not verify")
+    _, clients, _ = to_share_stage(5, seed=1)
+    refuses(clients[0], lambda: clients[0].share_keys(substituted(Identity.generate())), match="not on the roster")
+    # with a roster key it does not hold, the server cannot sign at all; a digest it changes is caught too
+    _, clients, _ = to_share_stage(5, seed=1)
+    forged = dataclasses.replace(message, member_digests=(bytes(32),) + message.member_digests[1:])
+    refuses(clients[0], lambda: clients[0].share_keys(forged), match="own advertisement")
+
+
+def test_an_unlisted_shop_is_refused_by_its_neighbours_and_excluded_by_the_server():
+    """The server seats its own shop 99 in place of listed shop 4 (so the count still fits the roster)."""
+    ids = list(range(4))
+    config = SecAggConfig(vector_length=D, max_clients=6)
+    server, clients = manual_round(5, config, seed=2)
+    roster = clients[0].roster
+    del clients[4]
+    sybil_key = Identity.generate()
+
+    def sybil():
+        return SecAggClient(99, sybil_key, Roster({**roster.keys, "sybil": sybil_key.public_key}), policy_for(config))
+
+    # the platform's server, lying: it runs the round without the roster and adds its sybil shop 99
+    lying = SecAggServer(config, 1, ids + [99], 0, roster=None)
+    setup = lying.setup()
+    broadcasts = lying.collect_keys([c.advertise_keys(setup) for c in clients.values()] + [sybil().advertise_keys(setup)])
+    assert 99 in broadcasts[0].neighbour_ids
+    refuses(clients[0], lambda: clients[0].share_keys(broadcasts[0]), match="not on the roster")
+    # an honest server with the roster leaves the sybil out, and the round goes on without it
+    honest = SecAggServer(config, 1, ids + [99], 0, roster=roster)
+    server, clients = manual_round(5, config, seed=2)
+    del clients[4]
+    setup = honest.setup()
+    broadcasts = honest.collect_keys([c.advertise_keys(setup) for c in clients.values()] + [sybil().advertise_keys(setup)])
+    assert 99 not in broadcasts and "roster" in honest.excluded[99]
+    relays = honest.collect_shares([clients[i].share_keys(m) for i, m in broadcasts.items()])
+    checks = honest.collect_masked_inputs([clients[i].mask_input(m, np.full(D, 0.1)) for i, m in relays.items()])
+    requests = honest.collect_signatures([clients[i].sign_survivors(m) for i, m in checks.items()])
+    result = honest.collect_unmask_responses([clients[i].unmask(m) for i, m in requests.items()])
+    assert result.contributors == tuple(ids) and np.allclose(result.mean, 0.1, atol=1e-6)
+
+
+def test_a_shop_missing_from_its_own_roster_does_not_take_part():
+    other = Identity.generate()
+    with pytest.raises(SecAggIntegrityError, match="not on its own roster"):
+        SecAggClient(0, Identity.generate(), Roster({"a": other.public_key}))
+
+
+# ----------------------------------------------------------------------------- inconsistent survivor sets
+
+
+def split_attack(n, colluders, camp_b, seed, corrupt_fraction):
+    """The server tells the target's neighbours in ``camp_b`` that target 0 dropped, the rest that it
+    survived; colluders (the server's own shops) sign both sets and hand over both share kinds.
+
+    Returns what the attacker rebuilds of shop 0's update (None if it cannot) and shop 0's update.
+    """
+    config = SecAggConfig(vector_length=D, max_clients=n, corrupt_fraction=corrupt_fraction)
+    server, clients = manual_round(n, config, seed)
+    policy = SecAggPolicy(corrupt_fraction=corrupt_fraction, max_clip=config.clip, max_weight=config.max_weight)
+    for client in clients.values():
+        client.policy = policy
+    vectors = updates(n, seed)
+    masked: dict[int, MaskedInput] = {}
+    setup = server.setup()
+    broadcasts = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
+    relays = server.collect_shares([clients[i].share_keys(m) for i, m in broadcasts.items()])
+    for i, relay in relays.items():
+        masked[i] = clients[i].mask_input(relay, vectors[i])
+    checks = server.collect_masked_inputs(list(masked.values()))
+    graph, t = server.graph, server.graph.threshold
+    everyone = tuple(sorted(checks))
+    told = {i: (everyone, ()) if i not in camp_b else (tuple(j for j in everyone if j != 0), (0,)) for i in everyone}
+
+    def payload(sets):
+        return survivors_payload(0, 1, sets[0], sets[1], server.graph_seed)
+
+    signatures: dict[tuple, dict[int, bytes]] = {told[0]: {}, told[min(camp_b)]: {}}
+    for i in everyone:
+        if i in colluders:  # signs both
+            for sets in signatures:
+                signatures[sets][i] = clients[i].identity.sign(payload(sets))
+            continue
+        request = dataclasses.replace(checks[i], survivors=told[i][0], dropped=told[i][1])
+        signatures[told[i]][i] = clients[i].sign_survivors(request).signature
+    self_shares, key_shares = {}, {}
+    for i in everyone:
+        if i == 0:
+            continue
+        if i in colluders:
+            self_shares[i], key_shares[i] = clients[i]._held[0]
+            continue
+        signed = signatures[told[i]]
+        signers = tuple(j for j in sorted(graph[i]) if j in signed and j in told[i][0])
+        request = checks[i]
+        from common.secagg.messages import UnmaskRequest
+
+        unmask = UnmaskRequest(1, i, told[i][0], told[i][1], signers, tuple(signed[j] for j in signers))
+        try:
+            response = clients[i].unmask(unmask)
+        except (SecAggIntegrityError, SecAggProtocolError):
+            assert clients[i].state is ClientState.FAILED
+            continue
+        shares = dict(zip(response.self_mask_owners, response.self_mask_shares))
+        shares.update(dict(zip(response.mask_key_owners, response.mask_key_shares)))
+        if 0 in response.self_mask_owners:
+            self_shares[i] = int.from_bytes(shares[0], "big")
+        if 0 in response.mask_key_owners:
+            key_shares[i] = int.from_bytes(shares[0], "big")
+    if len(self_shares) < t or len(key_shares) < t:
+        return None, vectors[0], (len(self_shares), len(key_shares), t)
+    seed_b = reconstruct(self_shares, t)
+    mask_key = private_key_from_bytes(reconstruct(key_shares, t))
+    y = masked[0].masked.copy()
+    add_signed(y, self_mask(seed_b, 1, 0, config.masked_length), -1)
+    for j in graph[0]:
+        secret = agree(mask_key, broadcasts[0].mask_public_keys[broadcasts[0].neighbour_ids.index(j)])
+        add_signed(y, pair_mask(secret, 1, 0, j, config.masked_length), -pair_sign(0, j))
+    weighted, weight = decode(y, config)
+    return weighted / weight, vectors[0], (len(self_shares), len(key_shares), t)
+
+
+def test_inconsistent_survivor_sets_without_colluders_reveal_nothing():
+    n = 8
+    rebuilt, _, (self_count, key_count, t) = split_attack(n, colluders=set(), camp_b={4, 5, 6, 7}, seed=3,
+                                                          corrupt_fraction=0.2)
+    assert rebuilt is None and self_count < t and key_count < t
+
+
+@pytest.mark.parametrize("corrupt_fraction, recovered", [(0.2, False), (0.0, True)])
+def test_inconsistent_survivor_sets_with_colluders(corrupt_fraction, recovered):
+    """16 shops, 3 of them the server's (the 20% the threshold is set for): the split fails. With a
+    threshold that assumes nobody colludes (t = 8 of 15) the same attack recovers shop 0's update."""
+    n, colluders = 16, {13, 14, 15}
+    rebuilt, truth, counts = split_attack(n, colluders, camp_b={7, 8, 9, 10, 11, 12}, seed=4,
+                                          corrupt_fraction=corrupt_fraction)
+    if recovered:
+        assert rebuilt is not None and np.abs(rebuilt - np.clip(truth, -1, 1)).max() < 1e-6, counts
+    else:
+        assert rebuilt is None, counts
+
+
+def test_a_client_signs_one_survivor_set_and_unmasks_only_for_it():
+    n = 6
+    config = SecAggConfig(vector_length=D, max_clients=n)
+    server, clients = manual_round(n, config, seed=5)
+    checks = run_to_signatures(server, clients, updates(n))
+    clients[1].sign_survivors(checks[1])
+    other = dataclasses.replace(checks[1], survivors=(0, 1, 2, 3, 4), dropped=(5,))
+    with pytest.raises(SecAggProtocolError, match="state"):  # no second set: the first one stays the only one
+        clients[1].sign_survivors(other)
+    assert clients[1]._signed == (frozenset(range(n)), frozenset())
+    server, clients = manual_round(n, config, seed=5)
+    requests = run_to_unmask(server, clients, updates(n))
+    changed = dataclasses.replace(requests[2], survivors=(0, 1, 2, 3, 4), dropped=(5,))
+    refuses(clients[2], lambda: clients[2].unmask(changed), ShareKindViolation, "differs from the one this client signed")
+    few = dataclasses.replace(requests[3], signer_ids=requests[3].signer_ids[:2], signatures=requests[3].signatures[:2])
+    refuses(clients[3], lambda: clients[3].unmask(few), SecAggIntegrityError, "fewer than t")
+    forged = dataclasses.replace(requests[4], signatures=(requests[4].signatures[1],) + requests[4].signatures[1:])
+    refuses(clients[4], lambda: clients[4].unmask(forged), SecAggIntegrityError, "signature does not verify")
+
+
+def test_the_client_state_remembers_the_signed_set_across_a_restart():
+    n = 5
+    config = SecAggConfig(vector_length=D, max_clients=n)
+    server, clients = manual_round(n, config, seed=6)
+    requests = run_to_unmask(server, clients, updates(n))
+    c = clients[0]
+    restored = SecAggClient.from_state(c.to_state(), c.identity, c.roster, c.policy)
+    changed = dataclasses.replace(requests[0], survivors=(0, 1, 2, 3), dropped=(4,))
+    refuses(restored, lambda: restored.unmask(changed), ShareKindViolation, "signed")
+
+
+# ----------------------------------------------------------------------------- weakened parameters
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(min_clients=2), "min_clients"),
+    (dict(corrupt_fraction=0.0), "corrupt_fraction"),
+    (dict(clip=5.0), "clip"),
+    (dict(max_weight=10**6), "max_weight"),
+])
+def test_a_weakened_round_config_is_refused(change, match):
+    config = SecAggConfig(vector_length=D, max_clients=8)
+    server, clients = manual_round(8, config, seed=7)
+    setup = server.setup()
+    weak = dataclasses.replace(setup, config=dataclasses.replace(config, frac_bits=None, **change))
+    refuses(clients[0], lambda: clients[0].advertise_keys(weak), SecAggProtocolError, match)
+
+
+def test_a_lowered_degree_is_refused():
+    """At 100 shops the server asks for 8 neighbours each: below the shop's floor of 2⌈log2 n⌉ = 14.
+
+    (With any colluding fraction, 8 neighbours cannot even hold the threshold; these shops assume none.)
+    """
+    n = 100
+    config = SecAggConfig(vector_length=4, max_clients=n, degree=8, corrupt_fraction=0.0)
+    server, clients = manual_round(n, config, seed=8)
+    for client in clients.values():
+        client.policy = dataclasses.replace(client.policy, corrupt_fraction=0.0)
+    setup = server.setup()
+    broadcasts = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
+    refuses(clients[0], lambda: clients[0].share_keys(broadcasts[0]), SecAggProtocolError, "degree")
+
+
+def test_the_graph_seed_is_fixed_by_the_advertisements():
+    """The setup carries no seed; one the server picks (or a member list it edits) is caught."""
+    assert "graph_seed" not in SecAggServer(SecAggConfig(vector_length=D, max_clients=5), 1, range(5)).setup().KEYS
+    config = SecAggConfig(vector_length=4, max_clients=60, corrupt_fraction=0.0)
+    server, clients = manual_round(60, config, seed=9)
+    for client in clients.values():
+        client.policy = dataclasses.replace(client.policy, corrupt_fraction=0.0)
+    setup = server.setup()
+    broadcasts = server.collect_keys([c.advertise_keys(setup) for c in clients.values()])
+    message = broadcasts[0]
+    assert message.neighbour_ids != tuple(j for j in message.members if j != 0)  # a sparse graph: the seed matters
+    # the server re-orders the graph by a seed of its own: the neighbour list no longer matches
+    from common.secagg.graph import neighbour_graph
+
+    chosen = neighbour_graph(message.members, b"\x01" * 32, None, 0.0, 0.1)
+    keys = {j: k for j, k in zip(message.neighbour_ids, zip(message.share_public_keys, message.mask_public_keys))}
+    assert set(chosen[0]) != set(message.neighbour_ids)
+    biased = dataclasses.replace(message, neighbour_ids=tuple(sorted(chosen[0])))
+    refuses(clients[0], lambda: clients[0].share_keys(biased), SecAggIntegrityError)
+    assert keys  # the honest broadcast stays valid for every other shop
+    clients[1].share_keys(broadcasts[1])
+
+
+# ----------------------------------------------------------------------------- misbehaving clients
+
+
+def test_a_client_sending_shares_to_strangers_is_excluded_and_the_round_goes_on():
+    n = 6
+    config = SecAggConfig(vector_length=D, max_clients=n)
+    server, clients, broadcasts = to_share_stage(n, seed=10, config=config)
+    distributions = [clients[i].share_keys(m) for i, m in broadcasts.items()]
+    bad = distributions[2]
+    distributions[2] = ShareDistribution(bad.round_id, 2, bad.receiver_ids[:-1] + (77,), bad.ciphertexts)
+    relays = server.collect_shares(distributions)
+    assert 2 not in relays and "neighbours" in server.excluded[2]
+    checks = server.collect_masked_inputs([clients[i].mask_input(m, np.full(D, 0.2)) for i, m in relays.items()])
+    requests = server.collect_signatures([clients[i].sign_survivors(m) for i, m in checks.items()])
+    result = server.collect_unmask_responses([clients[i].unmask(m) for i, m in requests.items()])
+    assert 2 not in result.contributors and np.allclose(result.mean, 0.2, atol=1e-6)
+
+
+def test_an_out_of_range_weight_discards_the_round():
+    """One survivor encodes weight 2**32 - 4 to zero the total: the bound check throws the sum away."""
+    n = 4
+    config = SecAggConfig(vector_length=D, max_clients=n, max_weight=8)
+    server, clients, broadcasts = to_share_stage(n, seed=11, config=config)
+    relays = server.collect_shares([clients[i].share_keys(m) for i, m in broadcasts.items()])
+    inputs = [clients[i].mask_input(m, np.full(D, 0.1), 1) for i, m in relays.items()]
+    inputs[0].masked[-1] -= np.uint32(n)  # its weight slot now cancels everyone's weight
+    checks = server.collect_masked_inputs(inputs)
+    requests = server.collect_signatures([clients[i].sign_survivors(m) for i, m in checks.items()])
+    with pytest.raises(SecAggIntegrityError, match="total weight"):
+        server.collect_unmask_responses([clients[i].unmask(m) for i, m in requests.items()])
+    assert server._sum is None
+
+
+# ----------------------------------------------------------------------------- replays and seeds
+
+
+def test_a_replayed_round_is_refused_across_restarts(tmp_path):
+    from client.rounds import claim_round
+
+    claim_round(tmp_path, run_id=5, round_id=3)
+    claim_round(tmp_path, run_id=5, round_id=4)
+    claim_round(tmp_path, run_id=6, round_id=3)  # another run is another round
+    with pytest.raises(SecAggProtocolError, match="replayed"):
+        claim_round(tmp_path, run_id=5, round_id=3)  # read back from disk: the record survives a restart
+
+
+def test_a_deployed_node_refuses_a_seed_and_needs_a_roster(tmp_path):
+    from client.node import NodeSettings
+    from common.config import ConfigError
+
+    base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
+    with pytest.raises(ConfigError, match="only for simulations"):
+        NodeSettings.from_node_config({**base, "seed": 3})
+    assert NodeSettings.from_node_config({**base, "seed": 3, "partition-id": 0}).seed == 3  # simulation engine
+    with pytest.raises(ConfigError, match="'roster' is required"):
+        NodeSettings.from_node_config(base).secagg_parties()
+    roster = tmp_path / "roster.json"
+    Roster({"a": Identity.generate().public_key}).save(roster)
+    with pytest.raises(ConfigError, match="keys new"):
+        NodeSettings.from_node_config({**base, "roster": str(roster)}).secagg_parties()
