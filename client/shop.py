@@ -20,7 +20,7 @@ from common.model import (
     set_adapter_state,
 )
 from common.model.head import init_head_from_names
-from common.atomic import atomic_write_json
+from common.atomic import atomic_write_json, file_lock
 from common.model.scorer import Priors, set_priors
 from common.task.priors import SELECTION_THRESHOLD, denoise
 from common.stats import label_flows, own_flow_corrections, transition_rows
@@ -38,6 +38,7 @@ from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_
 
 
 HEAD_INITS = ("names", "random")
+STATISTICS_LOCK = "statistics.lock"  # serialises check-release-save of the label space and priors
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,11 @@ class LocalShop:
         """The top-K categories by this shop's noised engagement (one statistics release, kept)."""
         size = f"top{task.top_k}" if task.top_k else f"cover{task.coverage:g}"
         path = self.state_dir / f"taxonomy-{size}.json"
+        with file_lock(self.state_dir / STATISTICS_LOCK):  # a second process reuses this release
+            return self._release_taxonomy(path, table, task, split, seed)
+
+    def _release_taxonomy(self, path: Path, table: EventTable, task: TaskConfig, split: TemporalSplit,
+                          seed: int | None) -> Taxonomy:
         if path.is_file():  # post-processing of a release the ledger already holds: free
             return Taxonomy.load(path)
         terms = terms_for(self.ledger, self.privacy, count_units(table, task, split, self.privacy.unit))
@@ -188,6 +194,11 @@ class LocalShop:
         if not self.privacy.private:
             return Priors.from_flows(label_flows(train, rows))
         path = self.state_dir / f"priors-{_digest(self.task.taxonomy.to_dict())[:16]}.json"
+        with file_lock(self.state_dir / STATISTICS_LOCK):  # a second process reuses this release
+            return self._release_priors(path, rows, seed)
+
+    def _release_priors(self, path: Path, rows: int, seed: int | None) -> Priors:
+        train = self.task.train
         if path.is_file():  # post-processing of a release the ledger already holds: free
             return Priors.from_dict(json.loads(path.read_text()))
         outcome = release_label_flows(train, rows, ledger=self.ledger, terms=self.privacy_terms(),
