@@ -142,9 +142,10 @@ CASES = {
     "share_keys: duplicate receivers": secagg_field(wire.SHARE_KEYS, "receiver_ids", lambda v: [v[0]] * len(v)),
     "share_keys: another round": secagg_field(wire.SHARE_KEYS, "round_id", 2),
     "masked_input: another client's id": secagg_field(wire.MASKED_INPUT, "client_id", NODES[0]),
-    "consistency: a forged signature": secagg_field(wire.CONSISTENCY, "signature", lambda v: bytes(64)),
+    "consistency: tags to strangers": secagg_field(wire.CONSISTENCY, "receiver_ids", lambda v: [*v[:-1], 999]),
+    "consistency: tags of the wrong size": secagg_field(wire.CONSISTENCY, "tags", lambda v: v[:-1]),
     "consistency: a missing field": lambda s, node, content: (
-        RecordDict({wire.SECAGG: ConfigRecord({k: v for k, v in content[wire.SECAGG].items() if k != "signature"})})
+        RecordDict({wire.SECAGG: ConfigRecord({k: v for k, v in content[wire.SECAGG].items() if k != "tags"})})
         if s == wire.CONSISTENCY and node == VICTIM else content),
     "unmask: shares of both kinds": secagg_field(wire.UNMASK, "mask_key_owners", lambda v: [NODES[0]]),
     "unmask: a share of the wrong size": secagg_field(wire.UNMASK, "self_mask_shares", lambda v: v[:-1]),
@@ -171,6 +172,12 @@ def test_a_malformed_reply_drops_its_sender_and_the_round_finishes(case):
     assert np.allclose(result.mean_update, VALUE, atol=1e-6)  # every other shop sent VALUE
     if VICTIM not in result.contributors:
         assert len(result.contributors) == N - 1
+
+
+def test_forged_consistency_tags_vouch_for_nothing_and_the_round_finishes():
+    """Only the receiver can check a tag; each honest shop still has t good ones from its other neighbours."""
+    result = run_round(secagg_field(wire.CONSISTENCY, "tags", lambda v: bytes(len(v))))
+    assert result.aborted is None and np.allclose(result.mean_update, VALUE, atol=1e-6)
 
 
 def test_a_shop_that_errors_is_dropped_with_its_code_only():

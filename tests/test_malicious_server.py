@@ -17,7 +17,8 @@ from common.secagg import (
     ClientState, Identity, MaskedInput, Roster, SecAggAbort, SecAggClient, SecAggConfig, SecAggIntegrityError,
     SecAggPolicy, SecAggProtocolError, SecAggServer, SeededRandomness, ShareDistribution, ShareKindViolation,
 )
-from common.secagg.identity import advertisement_payload, survivors_payload
+from common.secagg.identity import advertisement_payload, consistency_tag, survivors_payload
+from common.secagg.messages import UnmaskRequest
 from common.secagg.masks import add_signed, pair_mask, pair_sign, self_mask
 from common.secagg.primitives import agree, new_private_key, private_key_from_bytes, public_bytes
 from common.secagg.quantize import decode
@@ -119,7 +120,7 @@ def test_a_shop_missing_from_its_own_roster_does_not_take_part():
 
 def split_attack(n, colluders, camp_b, seed, corrupt_fraction):
     """The server tells the target's neighbours in ``camp_b`` that target 0 dropped, the rest that it
-    survived; colluders (the server's own shops) sign both sets and hand over both share kinds.
+    survived; colluders (the server's own shops) vouch for both sets and hand over both share kinds.
 
     Returns what the attacker rebuilds of shop 0's update (None if it cannot) and shop 0's update.
     """
@@ -143,14 +144,18 @@ def split_attack(n, colluders, camp_b, seed, corrupt_fraction):
     def payload(sets):
         return survivors_payload(0, 1, sets[0], sets[1], server.graph_seed)
 
-    signatures: dict[tuple, dict[int, bytes]] = {told[0]: {}, told[min(camp_b)]: {}}
+    # tags[sets][(sender, receiver)]: what each survivor vouched for, to each neighbour
+    tags: dict[tuple, dict[tuple[int, int], bytes]] = {told[0]: {}, told[min(camp_b)]: {}}
     for i in everyone:
-        if i in colluders:  # signs both
-            for sets in signatures:
-                signatures[sets][i] = clients[i].identity.sign(payload(sets))
+        if i in colluders:  # vouches for both sets, to everyone
+            for sets in tags:
+                for j in graph[i]:
+                    tags[sets][(i, j)] = consistency_tag(clients[i]._pair_keys[j], payload(sets))
             continue
         request = dataclasses.replace(checks[i], survivors=told[i][0], dropped=told[i][1])
-        signatures[told[i]][i] = clients[i].sign_survivors(request).signature
+        reply = clients[i].sign_survivors(request)
+        for j, tag in zip(reply.receiver_ids, reply.tags):
+            tags[told[i]][(i, j)] = tag
     self_shares, key_shares = {}, {}
     for i in everyone:
         if i == 0:
@@ -158,12 +163,9 @@ def split_attack(n, colluders, camp_b, seed, corrupt_fraction):
         if i in colluders:
             self_shares[i], key_shares[i] = clients[i]._held[0]
             continue
-        signed = signatures[told[i]]
-        signers = tuple(j for j in sorted(graph[i]) if j in signed and j in told[i][0])
-        request = checks[i]
-        from common.secagg.messages import UnmaskRequest
-
-        unmask = UnmaskRequest(1, i, told[i][0], told[i][1], signers, tuple(signed[j] for j in signers))
+        vouched = tags[told[i]]
+        signers = tuple(j for j in sorted(graph[i]) if (j, i) in vouched and j in told[i][0])
+        unmask = UnmaskRequest(1, i, told[i][0], told[i][1], signers, tuple(vouched[(j, i)] for j in signers))
         try:
             response = clients[i].unmask(unmask)
         except (SecAggIntegrityError, SecAggProtocolError):
@@ -222,10 +224,11 @@ def test_a_client_signs_one_survivor_set_and_unmasks_only_for_it():
     requests = run_to_unmask(server, clients, updates(n))
     changed = dataclasses.replace(requests[2], survivors=(0, 1, 2, 3, 4), dropped=(5,))
     refuses(clients[2], lambda: clients[2].unmask(changed), ShareKindViolation, "differs from the one this client signed")
-    few = dataclasses.replace(requests[3], signer_ids=requests[3].signer_ids[:2], signatures=requests[3].signatures[:2])
+    few = dataclasses.replace(requests[3], signer_ids=requests[3].signer_ids[:2], tags=requests[3].tags[:2])
     refuses(clients[3], lambda: clients[3].unmask(few), SecAggIntegrityError, "fewer than t")
-    forged = dataclasses.replace(requests[4], signatures=(requests[4].signatures[1],) + requests[4].signatures[1:])
-    refuses(clients[4], lambda: clients[4].unmask(forged), SecAggIntegrityError, "signature does not verify")
+    # tags the server made up, or moved from one neighbour to another, vouch for nothing
+    forged = dataclasses.replace(requests[4], tags=(bytes(32),) * 2 + requests[4].tags[1:-1])
+    refuses(clients[4], lambda: clients[4].unmask(forged), SecAggIntegrityError, "fewer than t")
 
 
 def test_the_client_state_remembers_the_signed_set_across_a_restart():

@@ -8,12 +8,14 @@ and leaves the state as it was (a stale message); any other error stops the clie
 Against a malicious server: the round's parameters must meet the shop's own floors
 (:class:`~common.secagg.policy.SecAggPolicy`); every neighbour's advertisement must be signed by
 an identity key on the shop's pinned roster; the graph seed is recomputed from the members'
-advertisement digests; the client signs one survivor set per round and reveals shares only for
-that set, with at least ``t`` of its neighbours' signatures over it.
+advertisement digests; the client authenticates one survivor set per round to its neighbours
+(an HMAC under each pairwise key) and reveals shares only for that set, with valid tags of at
+least ``t`` neighbours over it.
 """
 
 from __future__ import annotations
 
+import hmac
 from enum import Enum
 from typing import Callable, TypeVar
 
@@ -22,7 +24,9 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import neighbour_graph
-from .identity import Identity, Roster, advertisement_digest, advertisement_payload, graph_seed, survivors_payload, verify
+from .identity import (
+    Identity, Roster, advertisement_digest, advertisement_payload, consistency_tag, graph_seed, survivors_payload, verify,
+)
 from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
 from .messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
@@ -30,8 +34,8 @@ from .messages import (
 )
 from .policy import SecAggPolicy
 from .primitives import (
-    KEY_BYTES, MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, new_private_key, open_sealed,
-    private_key_from_bytes, public_bytes, seal,
+    KEY_BYTES, MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, derive_key, new_private_key,
+    open_sealed, private_key_from_bytes, public_bytes, seal,
 )
 from .quantize import quantize
 from .shamir import share_from_bytes, share_to_bytes, split
@@ -101,6 +105,7 @@ class SecAggClient:
                 share_keys=[self._share_keys[i] for i in ids],
                 mask_keys=[self._mask_keys[i] for i in ids],
                 identity_keys=[self._identity_keys[i] for i in ids],
+                pair_keys=[self._pair_keys[i] for i in ids],
             )
         if self.state is ClientState.SIGNED:
             state.update(signed_survivors=sorted(self._signed[0]), signed_dropped=sorted(self._signed[1]))
@@ -139,6 +144,7 @@ class SecAggClient:
             client._share_keys = dict(zip(ids, map(bytes, state["share_keys"])))
             client._mask_keys = dict(zip(ids, map(bytes, state["mask_keys"])))
             client._identity_keys = dict(zip(ids, map(bytes, state["identity_keys"])))
+            client._pair_keys = dict(zip(ids, map(bytes, state["pair_keys"])))
         if "signed_survivors" in state:
             client._signed = (frozenset(int(i) for i in state["signed_survivors"]),
                               frozenset(int(i) for i in state["signed_dropped"]))
@@ -269,13 +275,15 @@ class SecAggClient:
         seed_shares = split(self._self_mask_seed, receivers, self._threshold, self._random)
         key_shares = split(self._mask_private_raw, receivers, self._threshold, self._random)
         ciphertexts = []
+        self._pair_keys = {}
         for receiver in receivers:
             plaintext = SharePlaintext(
                 self.client_id, receiver, share_to_bytes(seed_shares[receiver]), share_to_bytes(key_shares[receiver])
             ).to_bytes()
-            key = share_key(
-                agree(self._share_private, self._share_keys[receiver]), self.round_id, self.client_id, receiver
-            )
+            secret = agree(self._share_private, self._share_keys[receiver])
+            low, high = sorted((self.client_id, receiver))
+            self._pair_keys[receiver] = derive_key(secret, b"consistency", self.round_id, low, high)
+            key = share_key(secret, self.round_id, self.client_id, receiver)
             associated = share_associated_data(self.round_id, self.client_id, receiver)
             ciphertexts.append(seal(key, self._random(NONCE_BYTES), plaintext, associated))
         return ShareDistribution(self.round_id, self.client_id, receivers, tuple(ciphertexts))
@@ -329,7 +337,9 @@ class SecAggClient:
         survivors, dropped = self._check_sets(request.survivors, request.dropped)
         self._signed = (frozenset(survivors), frozenset(dropped))
         payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
-        return ConsistencySignature(self.round_id, self.client_id, self.identity.sign(payload))
+        receivers = tuple(sorted(self._neighbours & survivors))
+        tags = tuple(consistency_tag(self._pair_keys[j], payload) for j in receivers)
+        return ConsistencySignature(self.round_id, self.client_id, receivers, tags)
 
     def _check_sets(self, survivors_: tuple[int, ...], dropped_: tuple[int, ...]) -> tuple[set[int], set[int]]:
         survivors, dropped = set(survivors_), set(dropped_)
@@ -354,8 +364,8 @@ class SecAggClient:
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal one share kind per neighbour: ``b`` for survivors, the mask key for the dropped.
 
-        Only for the survivor set this client signed, and only with at least ``t`` valid signatures
-        of its surviving neighbours over that same set (Bonawitz et al.'s consistency check). Refuses
+        Only for the survivor set this client authenticated, and only with valid tags of at least
+        ``t`` surviving neighbours over that same set (Bonawitz et al.'s consistency check). Refuses
         (:class:`ShareKindViolation`) a request that lists one client as both survivor and dropped,
         and answers at most one unmask request per round.
         """
@@ -370,15 +380,13 @@ class SecAggClient:
                 f"the unmask request's survivor set differs from the one this client signed (client(s) {changed}); "
                 "refusing to reveal any share")
         payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
-        valid = set()
-        for signer, signature in zip(request.signer_ids, request.signatures):
-            if signer not in self._neighbours or signer not in survivors:
-                raise SecAggProtocolError(f"signature from client {signer}, who is not a surviving neighbour")
-            verify(self._identity_keys[signer], signature, payload, f"survivor-set signature of client {signer}")
-            valid.add(signer)
+        valid = {signer for signer, tag in zip(request.signer_ids, request.tags)  # a wrong tag counts for nothing
+                 if signer in self._neighbours and signer in survivors
+                 and hmac.compare_digest(tag, consistency_tag(self._pair_keys[signer], payload))}
         if len(valid) < self._threshold:
             raise SecAggIntegrityError(
-                f"only {len(valid)} of this client's neighbours signed the survivor set, fewer than t={self._threshold}")
+                f"only {len(valid)} of this client's neighbours vouched for the survivor set, fewer than "
+                f"t={self._threshold}")
         self_owners = tuple(sorted(set(self._held) & survivors))
         key_owners = tuple(sorted(set(self._held) & dropped))
         response = UnmaskResponse(

@@ -5,12 +5,15 @@ a JSON file of every shop's public identity key; each shop pins its own copy and
 fingerprint (:meth:`Roster.fingerprint`) with the others out of band. Every key advertisement is
 signed over (protocol, run, round, id, both public keys, commitment) and checked against the
 roster before any share is made, so a server that puts its own keys between two shops is caught.
-Survivors sign the survivor set before unmasking (Bonawitz et al.'s consistency check).
+Before unmasking, each survivor authenticates the survivor set to each neighbour with an HMAC
+under their pairwise key (Bonawitz et al.'s consistency check, with the signatures replaced by
+MACs under keys the signed advertisements already authenticate).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -18,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import SecAggConfigError, SecAggIntegrityError
 from .primitives import KEY_BYTES, Randomness, context
 
 SIGNATURE_BYTES = 64
+CONSISTENCY_TAG_BYTES = 32  # HMAC-SHA256 consistency tags
 ROSTER_FORMAT = "fedinterest-roster/1"
 IDENTITY_FILE = "identity.key"  # raw 32-byte Ed25519 private key, mode 0600, in the shop's state dir
 
@@ -74,11 +77,23 @@ class Identity:
 
 
 def verify(public_key: bytes, signature: bytes, payload: bytes, what: str) -> None:
-    """Raise :class:`SecAggIntegrityError` unless ``signature`` is ``public_key``'s over ``payload``."""
+    """Raise :class:`SecAggIntegrityError` unless ``signature`` is ``public_key``'s over ``payload``.
+
+    libsodium (PyNaCl) verifies: a client checks every neighbour's advertisement each round, and
+    it does so in half the time of OpenSSL's Ed25519 on the machines we measured.
+    """
+    from nacl.exceptions import CryptoError
+    from nacl.signing import VerifyKey
+
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
-    except (InvalidSignature, ValueError) as err:
+        VerifyKey(public_key).verify(payload, signature)
+    except (CryptoError, ValueError, TypeError) as err:
         raise SecAggIntegrityError(f"{what}: signature does not verify") from err
+
+
+def consistency_tag(key: bytes, payload: bytes) -> bytes:
+    """HMAC-SHA256 of a survivor set under the pairwise key two neighbours agreed (see the client)."""
+    return hmac.new(key, payload, hashlib.sha256).digest()
 
 
 def advertisement_payload(run_id: int, round_id: int, client_id: int, share_public_key: bytes,

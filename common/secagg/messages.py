@@ -7,12 +7,13 @@ client answers with one message (Bell et al. 2020, semi-honest server, AEAD on s
     ADVERTISE_KEYS   RoundSetup            KeyAdvertisement      two X25519 keys + commitment, signed
     SHARE_KEYS       KeyBroadcast          ShareDistribution     AES-GCM sealed Shamir shares
     MASKED_INPUT     ShareRelay            MaskedInput           y_i in Z_2^32, 4 bytes per element
-    CONSISTENCY      ConsistencyRequest    ConsistencySignature  signature over the survivor set
+    CONSISTENCY      ConsistencyRequest    ConsistencySignature  one HMAC of the survivor set per neighbour
     UNMASK           UnmaskRequest         UnmaskResponse        one share kind per client id
 
 Advertisements are signed with the shop's long-term identity key (``identity``) and checked
 against the roster the shop pins; the graph seed is the hash of all signed advertisements, so
-the server cannot choose it; survivors sign the survivor set before any share is revealed.
+the server cannot choose it; survivors authenticate the survivor set to each neighbour (an HMAC
+under their pairwise key) before any share is revealed.
 
 Each message is a frozen dataclass with ``to_record()`` / ``from_record()`` mapping it to a flat
 ``{str: bytes | int | float | list[int] | numpy.uint32 array}`` (what a Flower ``ConfigRecord`` or
@@ -32,7 +33,7 @@ import numpy as np
 
 from .config import SecAggConfig
 from .errors import SecAggConfigError, SecAggIntegrityError, SecAggProtocolError
-from .identity import SIGNATURE_BYTES
+from .identity import CONSISTENCY_TAG_BYTES, SIGNATURE_BYTES
 from .primitives import KEY_BYTES, MAX_ID, NONCE_BYTES, TAG_BYTES
 from .shamir import SHARE_BYTES
 
@@ -439,26 +440,31 @@ class ConsistencyRequest:
 
 @dataclass(frozen=True)
 class ConsistencySignature:
-    """Survivor -> server: its signature over (run, round, survivors, dropped, members)."""
+    """Survivor -> server: for each surviving neighbour, an HMAC of (run, round, survivors, dropped, graph
+    seed) under their pairwise key; the server relays each tag to its receiver and cannot forge one."""
 
     STAGE: ClassVar[Stage] = Stage.CONSISTENCY
     SENDER: ClassVar[str] = "client"
     CODE: ClassVar[int] = 36
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "signature")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "receiver_ids", "tags")
 
     round_id: int
     client_id: int
-    signature: bytes
+    receiver_ids: tuple[int, ...]
+    tags: tuple[bytes, ...]  # CONSISTENCY_TAG_BYTES each, aligned with receiver_ids
 
     def to_record(self) -> Record:
+        _same_length(type(self), ("receiver_ids", self.receiver_ids), ("tags", self.tags))
         return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id,
-                "signature": self.signature}
+                "receiver_ids": list(self.receiver_ids),
+                "tags": _join(self.tags, CONSISTENCY_TAG_BYTES, type(self), "tags")}
 
     @classmethod
     def from_record(cls, record: Record) -> "ConsistencySignature":
         _check_keys(cls, record, cls.KEYS)
-        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"),
-                   _bytes(cls, record, "signature", SIGNATURE_BYTES))
+        receivers = _ids(cls, record, "receiver_ids")
+        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), receivers,
+                   _blob(cls, record, "tags", CONSISTENCY_TAG_BYTES, len(receivers)))
 
 
 # ---------------------------------------------------------------- stage 5: UNMASK
@@ -466,22 +472,22 @@ class ConsistencySignature:
 
 @dataclass(frozen=True)
 class UnmaskRequest:
-    """Server -> client: the survivor set it signed, with its neighbours' signatures over the same set."""
+    """Server -> client: the survivor set, with the tags its neighbours made for it over that set."""
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     SENDER: ClassVar[str] = "server"
     CODE: ClassVar[int] = 40
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped", "signer_ids", "signatures")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "survivors", "dropped", "signer_ids", "tags")
 
     round_id: int
     client_id: int
     survivors: tuple[int, ...]  # answer with self-mask shares for these
     dropped: tuple[int, ...]  # answer with mask-key shares for these
-    signer_ids: tuple[int, ...]  # neighbours of the recipient that signed this survivor set
-    signatures: tuple[bytes, ...]  # aligned with signer_ids
+    signer_ids: tuple[int, ...]  # neighbours of the recipient that authenticated a survivor set to it
+    tags: tuple[bytes, ...]  # aligned with signer_ids
 
     def to_record(self) -> Record:
-        _same_length(type(self), ("signer_ids", self.signer_ids), ("signatures", self.signatures))
+        _same_length(type(self), ("signer_ids", self.signer_ids), ("tags", self.tags))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
@@ -489,7 +495,7 @@ class UnmaskRequest:
             "survivors": list(self.survivors),
             "dropped": list(self.dropped),
             "signer_ids": list(self.signer_ids),
-            "signatures": _join(self.signatures, SIGNATURE_BYTES, type(self), "signatures"),
+            "tags": _join(self.tags, CONSISTENCY_TAG_BYTES, type(self), "tags"),
         }
 
     @classmethod
@@ -502,7 +508,7 @@ class UnmaskRequest:
             _ids(cls, record, "survivors"),
             _ids(cls, record, "dropped"),
             signers,
-            _blob(cls, record, "signatures", SIGNATURE_BYTES, len(signers)),
+            _blob(cls, record, "tags", CONSISTENCY_TAG_BYTES, len(signers)),
         )
 
 

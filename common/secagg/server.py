@@ -23,7 +23,7 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import NeighbourGraph, neighbour_graph
-from .identity import Roster, advertisement_digest, advertisement_payload, graph_seed, survivors_payload, verify
+from .identity import Roster, advertisement_digest, advertisement_payload, graph_seed, verify
 from .masks import add_signed, pair_mask, pair_sign, self_mask
 from .messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
@@ -286,29 +286,31 @@ class SecAggServer:
     # ------------------------------------------------------------ stage 5: the consistency check
 
     def collect_signatures(self, signatures: Iterable[ConsistencySignature]) -> dict[int, UnmaskRequest]:
-        """Check each survivor's signature over the survivor set; forward t of its neighbours' to each signer."""
+        """Relay each survivor's consistency tags to its neighbours, with the survivor set, as unmask requests."""
         return self._stage(
             ServerState.SIGNATURES_REQUESTED, ServerState.UNMASK_REQUESTED, lambda: self._signatures(signatures)
         )
 
     def _signatures(self, signatures: Iterable[ConsistencySignature]) -> dict[int, UnmaskRequest]:
+        """Relay each survivor's tags to their receivers (the server cannot check or forge them)."""
         assert self.graph is not None
         survivors, dropped = tuple(sorted(self.survivors)), tuple(sorted(self.dropped))
-        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self.graph_seed)
-        signed: dict[int, bytes] = {}
+        inbox: dict[int, dict[int, bytes]] = {i: {} for i in self.survivors}
+        replied = set()
         for i, message in self._accept(signatures, self.survivors).items():
-            try:
-                verify(self._ads[i].identity_key, message.signature, payload, f"survivor-set signature of client {i}")
-            except SecAggIntegrityError as err:
-                self._exclude(i, str(err))
+            receivers = set(message.receiver_ids)
+            if not receivers <= self.graph[i] & self.survivors or len(receivers) != len(message.receiver_ids):
+                self._exclude(i, "sent consistency tags to clients that are not surviving neighbours")
                 continue
-            signed[i] = message.signature
-        self.signers = frozenset(signed)
+            replied.add(i)
+            for receiver, tag in zip(message.receiver_ids, message.tags):
+                inbox[receiver][i] = tag
+        self.signers = frozenset(replied)
         requests = {}
         for i in sorted(self.signers):
-            signers = tuple(sorted(self.graph[i] & self.signers))[: self.graph.threshold]  # t suffice
-            requests[i] = UnmaskRequest(self.round_id, i, survivors, dropped, signers,
-                                        tuple(signed[j] for j in signers))
+            senders = tuple(sorted(j for j in inbox[i] if j in self.signers))
+            requests[i] = UnmaskRequest(self.round_id, i, survivors, dropped, senders,
+                                        tuple(inbox[i][j] for j in senders))
         return requests
 
     def _dropped_to_unmask(self) -> list[int]:
