@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from common.secagg import (
-    ClientState, Identity, MaskedInput, Roster, SecAggAbort, SecAggClient, SecAggConfig, SecAggIntegrityError,
+    ClientState, Identity, MaskedInput, Roster, SecAggClient, SecAggConfig, SecAggIntegrityError,
     SecAggPolicy, SecAggProtocolError, SecAggServer, SeededRandomness, ShareDistribution, ShareKindViolation,
 )
 from common.secagg.identity import advertisement_payload, consistency_tag, survivors_payload

@@ -12,13 +12,13 @@ from scipy import stats
 
 from common.secagg import (
     WIRE_MESSAGES, ClientState, KeyAdvertisement, KeyBroadcast, MaskedInput, SecAggAbort, SecAggClient,
-    SecAggConfig, SecAggConfigError, SecAggIntegrityError, SecAggProtocolError, SecAggServer, SeededRandomness,
+    SecAggConfig, SecAggConfigError, SecAggIntegrityError, SecAggProtocolError, SeededRandomness,
     ServerState, ShareDistribution, ShareKindViolation, ShareRelay, Stage, UnmaskResponse, message_from_record,
     neighbour_graph, quantize, record_nbytes, run_round,
 )
 from common.secagg import shamir
 from common.secagg.config import element_bound, fits
-from common.secagg.graph import default_degree, threshold_for
+from common.secagg.graph import default_degree
 from common.secagg.masks import pair_mask, self_mask
 
 # ----------------------------------------------------------------------------- helpers
@@ -527,8 +527,6 @@ def test_masks_for_a_million_parameters_are_fast():
 def test_client_state_survives_a_process_boundary_between_stages():
     """A client restored from ``to_state`` at every stage produces the same aggregate."""
     import pickle
-
-    from common.secagg import SecAggClient, SecAggServer, SeededRandomness
 
     config = SecAggConfig(vector_length=20, max_clients=5, clip=1.0, max_weight=10)
     rng = np.random.default_rng(0)
