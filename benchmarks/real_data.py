@@ -75,7 +75,7 @@ def main() -> int:
         "num-server-rounds": args.rounds, "seed": args.seed, "backbone": args.backbone,
         "lora-layers": args.lora_layers, "batch-size": train.batch_size,
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
-        "clip": train.max_grad_norm, "max-length": train.max_length, "eval-examples": 200, "min-shops": 3,
+        "clip": train.max_grad_norm, "max-length": train.max_length, "eval-examples": 200,
     }
     common = dict(data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
                   seed=args.seed, max_train_examples=args.max_train, task_config=task)

@@ -189,8 +189,11 @@ def run_federation(
 
     spec_path = Path(run_config["out-dir"]) / "platform_task.json"  # the run's input; task_spec.json is its choice
     save_task_spec(prepared.task, spec_path)
-    roster = {"roster": str(prepared.roster)} if prepared.roster is not None else {}
-    settings = FederationSettings.from_run_config({**roster, **run_config, "task-spec": str(spec_path)})
+    # every simulated shop is local: wait for all of them (nodes register one by one), unless told otherwise
+    defaults = {"min-shops": len(prepared.node_configs)}
+    if prepared.roster is not None:
+        defaults["roster"] = str(prepared.roster)
+    settings = FederationSettings.from_run_config({**defaults, **run_config, "task-spec": str(spec_path)})
     outcome = SimulationOutcome()
     server_app = ServerApp()
 

@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         "max-steps": train.max_steps or 0, "clip": train.max_grad_norm, "max-length": train.max_length,
         "eval-examples": args.eval_examples, "secagg-clip": args.secagg_clip,
         "server-optimizer": args.server_optimizer, "out-dir": str(out / "federation"), "resume": args.resume,
-        "min-shops": 3,
     }
     if args.server_lr is not None:
         run_config["server-lr"] = args.server_lr
