@@ -104,7 +104,6 @@ class SecAggClient:
                 neighbours=ids,
                 share_keys=[self._share_keys[i] for i in ids],
                 mask_keys=[self._mask_keys[i] for i in ids],
-                identity_keys=[self._identity_keys[i] for i in ids],
                 pair_keys=[self._pair_keys[i] for i in ids],
             )
         if self.state is ClientState.SIGNED:
@@ -143,7 +142,6 @@ class SecAggClient:
             client._members_digest = bytes(state["members_digest"])
             client._share_keys = dict(zip(ids, map(bytes, state["share_keys"])))
             client._mask_keys = dict(zip(ids, map(bytes, state["mask_keys"])))
-            client._identity_keys = dict(zip(ids, map(bytes, state["identity_keys"])))
             client._pair_keys = dict(zip(ids, map(bytes, state["pair_keys"])))
         if "signed_survivors" in state:
             client._signed = (frozenset(int(i) for i in state["signed_survivors"]),
@@ -270,7 +268,6 @@ class SecAggClient:
         self._neighbours = graph[self.client_id]
         self._share_keys = dict(zip(broadcast.neighbour_ids, broadcast.share_public_keys))
         self._mask_keys = dict(zip(broadcast.neighbour_ids, broadcast.mask_public_keys))
-        self._identity_keys = dict(zip(broadcast.neighbour_ids, broadcast.identity_keys))
         receivers = tuple(broadcast.neighbour_ids)
         seed_shares = split(self._self_mask_seed, receivers, self._threshold, self._random)
         key_shares = split(self._mask_private_raw, receivers, self._threshold, self._random)

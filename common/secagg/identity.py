@@ -23,6 +23,8 @@ from typing import Iterable, Mapping
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 from .errors import SecAggConfigError, SecAggIntegrityError
 from .primitives import KEY_BYTES, Randomness, context
@@ -82,9 +84,6 @@ def verify(public_key: bytes, signature: bytes, payload: bytes, what: str) -> No
     libsodium (PyNaCl) verifies: a client checks every neighbour's advertisement each round, and
     it does so in half the time of OpenSSL's Ed25519 on the machines we measured.
     """
-    from nacl.exceptions import CryptoError
-    from nacl.signing import VerifyKey
-
     try:
         VerifyKey(public_key).verify(payload, signature)
     except (CryptoError, ValueError, TypeError) as err:
