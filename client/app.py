@@ -2,8 +2,11 @@
 
 ``train`` trains one private round, keeps the update on the node and opens a SecAgg+ round by
 advertising keys signed with the shop's identity key; the next four ``train.*`` stages share keys,
-send the masked update, sign the survivor set and help unmask. ``evaluate`` scores the global
-adapter on the shop's test period. Replies hold only what ``common.wire`` declares; a refused or
+send the masked update, vouch for the survivor set and help unmask. ``evaluate`` scores the global
+adapter on the shop's test period and sends its noised counts through the same four stages
+(``evaluate.*``), once per round and only for the adapter the federation then trains from
+(``client.rounds``); ``query`` does the same for the platform's statistics. Replies hold only
+what ``common.wire`` declares; a refused or
 failed request answers with an error code from ``wire.ERROR_CODES``, and the reason stays in this
 node's log. Between stages the update and the SecAgg+ secrets live in the node's own
 ``context.state``, never in a message; a refused round is marked failed there, so it cannot be
@@ -23,13 +26,13 @@ from common import wire
 from common.config import ConfigError
 from common.model import flatten
 from common.secagg import (
-    ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SeededRandomness,
-    ShareRelay, UnmaskRequest,
+    ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SecAggProtocolError,
+    SeededRandomness, ShareRelay, UnmaskRequest,
 )
 from common.settings import RoundConfig, TaskSpec
 
 from .node import NodeSettings, load_shop, load_table
-from .rounds import claim_round
+from .rounds import claim_evaluation, claim_round, claim_training
 
 log = logging.getLogger("fedinterest.client")
 
@@ -66,10 +69,13 @@ def _training_seed(node: NodeSettings, server_round: int) -> int | None:
     return int.from_bytes(_randomness(node, server_round, "train")(8), "big") >> 2
 
 
-def _terms_metrics(ledger) -> dict:
-    """The shop's privacy unit, accountant and δ bucket, once its ledger has fixed them."""
+def _terms_metrics(ledger, epsilon: float | None = None) -> dict:
+    """The shop's privacy unit, accountant and δ bucket, once its ledger has fixed them, and ε spent as a bucket."""
     terms = ledger.terms if ledger is not None else None
-    return wire.terms_to_metrics(terms.unit, terms.accountant, terms.delta) if terms is not None else {}
+    metrics = wire.terms_to_metrics(terms.unit, terms.accountant, terms.delta) if terms is not None else {}
+    if epsilon is not None:
+        metrics["epsilon_log2"] = wire.epsilon_code(epsilon)
+    return metrics
 
 
 def _reply(message: Message, records: dict) -> Message:
@@ -91,9 +97,17 @@ def _restore_secagg(context: Context, stage: str) -> SecAggClient:
     return SecAggClient.from_state(state, identity, roster, policy, randomness)
 
 
-def _open_round(message: Message, context: Context, node: NodeSettings) -> tuple[RoundSetup, SecAggClient]:
-    """The round's setup and a new SecAgg+ client, after the replay check (before any data is read)."""
+def _open_round(message: Message, context: Context, node: NodeSettings,
+                expected_round: int | None = None) -> tuple[RoundSetup, SecAggClient]:
+    """The round's setup and a new SecAgg+ client, after the replay check (before any data is read).
+
+    ``expected_round``: the SecAgg+ round id the message's own round config implies (training and
+    evaluation); a setup for any other round is refused.
+    """
     setup = wire.secagg_from_content(message.content, RoundSetup)
+    if expected_round is not None and setup.round_id != expected_round:
+        raise SecAggProtocolError(f"the SecAgg+ round {setup.round_id} is not the round {expected_round} "
+                                  "the message's config names")
     identity, roster, policy = node.secagg_parties()
     client = SecAggClient(context.node_id, identity, roster, policy, run_id=message.metadata.run_id,
                           randomness=_randomness(node, setup.round_id, "keys"))
@@ -106,9 +120,10 @@ def train(message: Message, context: Context) -> Message:
     """One private local round, then the SecAgg+ key advertisement."""
     node = _settings(context)
     round_config, task = _round(message)
-    setup, client = _open_round(message, context, node)
-    shop = load_shop(node, round_config, task)
+    setup, client = _open_round(message, context, node, wire.secagg_round_id(wire.TRAIN_STAGES, round_config.round))
     global_state = wire.adapter_from_record(message.content[wire.GLOBAL])
+    claim_training(node.state_dir, message.metadata.run_id, round_config.round, wire.adapter_digest(global_state))
+    shop = load_shop(node, round_config, task)
     outcome = shop.train_round(
         global_state,
         total_rounds=round_config.rounds,
@@ -116,15 +131,13 @@ def train(message: Message, context: Context) -> Message:
         server_epsilon=round_config.epsilon_cap or None,
         seed=_training_seed(node, round_config.round),
         replayable=node.seed is not None,
+        evaluations=round_config.evaluations,
     )
-    terms = _terms_metrics(shop.ledger)
+    terms = _terms_metrics(shop.ledger, outcome.epsilon)
     if outcome.declined:
         log.warning("declining round %s: %s", round_config.round, outcome.reason)  # stays on the node
         code = wire.DECLINE_BUDGET if outcome.code == "budget" else wire.DECLINE_NO_DATA
-        metrics = {"declined": 1, "decline_code": code, **terms}
-        if outcome.epsilon is not None:
-            metrics["epsilon"] = float(outcome.epsilon)
-        return _reply(message, {wire.METRICS: MetricRecord(metrics)})
+        return _reply(message, {wire.METRICS: MetricRecord({"declined": 1, "decline_code": code, **terms})})
 
     update = flatten(outcome.state) - flatten(global_state)
     weight = wire.weight_bucket(outcome.num_examples, setup.config.max_weight)
@@ -135,8 +148,6 @@ def train(message: Message, context: Context) -> Message:
     _save_secagg(context, client)
     _audit(node, round_config.round, update, weight)
     metrics = {"declined": 0, **terms}
-    if outcome.epsilon is not None:
-        metrics["epsilon"] = float(outcome.epsilon)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
 
 
@@ -154,11 +165,16 @@ def query(message: Message, context: Context) -> Message:
     _, outcome = answer_query(dict(message.content[wire.TASK].items()), load_table(node), node.privacy,
                               node.state_dir, seed=_training_seed(node, setup.round_id))
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
-    metrics = {"declined": int(outcome.declined), **_terms_metrics(ledger)}
-    if outcome.epsilon is not None:
-        metrics["epsilon"] = float(outcome.epsilon)
+    return _answer_release(message, context, setup, client, outcome, ledger, "the statistics round")
+
+
+def _answer_release(message: Message, context: Context, setup: RoundSetup, client: SecAggClient, outcome,
+                    ledger, what: str) -> Message:
+    """Reply to a statistics or evaluation round: a decline, or the key advertisement with the noised
+    vector waiting on the node (weight 1) for the SecAgg+ stages."""
+    metrics = {"declined": int(outcome.declined), **_terms_metrics(ledger, outcome.epsilon)}
     if outcome.declined:
-        log.warning("declining the statistics round: %s", outcome.reason)  # stays on the node
+        log.warning("declining %s: %s", what, outcome.reason)  # stays on the node
         return _reply(message, {wire.METRICS: MetricRecord({**metrics, "decline_code": wire.DECLINE_BUDGET})})
     advertisement = client.advertise_keys(setup)
     context.state[PENDING] = ArrayRecord({"update": _array(outcome.vector.ravel()), "weight": _array(np.array([1]))})
@@ -198,14 +214,26 @@ def unmask(message: Message, context: Context) -> Message:
 
 
 def evaluate(message: Message, context: Context) -> Message:
-    """Metrics of the global adapter on this shop's test period (aggregate scalars only)."""
+    """A secure evaluation round: this shop's noised counts of the global adapter on its test period.
+
+    Refused unless it is the round's first evaluation on this shop and the adapter is the one the
+    next training round must start from (``client.rounds``); the release is charged to the ledger.
+    """
+    from .ledger import PrivacyLedger
+
     node = _settings(context)
     round_config, task = _round(message)
+    setup, client = _open_round(message, context, node,
+                                wire.secagg_round_id(wire.EVALUATE_STAGES, round_config.round))
+    adapter = wire.adapter_from_record(message.content[wire.GLOBAL])
+    claim_evaluation(node.state_dir, message.metadata.run_id, round_config.round, wire.adapter_digest(adapter))
     shop = load_shop(node, round_config, task)
-    shop.load_adapter(wire.adapter_from_record(message.content[wire.GLOBAL]))
-    metrics = shop.evaluate(round_config.eval_examples or None)
-    clean = {k: float(v) for k, v in metrics.items() if k in wire.EVALUATE_METRICS and np.isfinite(v)}
-    return _reply(message, {wire.METRICS: MetricRecord(clean)})
+    outcome = shop.release_evaluation(adapter, server_round=round_config.round,
+                                      evaluations=round_config.evaluations,
+                                      limit=round_config.eval_examples or None,
+                                      seed=_training_seed(node, wire.EVALUATION_ROUND_BASE + round_config.round))
+    ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
+    return _answer_release(message, context, setup, client, outcome, ledger, f"the evaluation of round {round_config.round}")
 
 
 # ----------------------------------------------------------------------------- the app
@@ -246,6 +274,10 @@ def build_client_app(mods: tuple = ()) -> ClientApp:
     client_app.train("consistency")(consistency)
     client_app.train("unmask")(unmask)
     client_app.evaluate()(evaluate)
+    client_app.evaluate("share_keys")(share_keys)
+    client_app.evaluate("masked_input")(masked_input)
+    client_app.evaluate("consistency")(consistency)
+    client_app.evaluate("unmask")(unmask)
     client_app.query()(query)
     client_app.query("share_keys")(share_keys)
     client_app.query("masked_input")(masked_input)

@@ -187,6 +187,6 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             load_table(node), state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
             max_train_examples=node.max_train_examples, shared=shared,
-            seed=node.seed or 0, priors=task.priors,
+            seed=node.seed, priors=task.priors,
         )
     return _SHOPS[key]

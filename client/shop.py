@@ -14,6 +14,7 @@ import numpy as np
 
 from common.config import ConfigError, TaskConfig
 from common.data.schema import EventTable
+from common.wire import adapter_digest
 from common.metrics import evaluate
 from common.model import (
     LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone, resolve_device,
@@ -33,11 +34,14 @@ from common.text import encode_texts, render_examples
 
 from .ledger import LedgerError, PrivacyLedger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
-from .statistics import release_category_engagement, release_label_flows
+from .statistics import (
+    EVALUATION_SHARE, StatisticsOutcome, release, release_category_engagement, release_label_flows, release_noise,
+)
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
 
 HEAD_INITS = ("names", "random")
+EVALUATION = "evaluation"  # the statistics kind of a federated evaluation release
 STATISTICS_LOCK = "statistics.lock"  # serialises check-release-save of the label space and priors
 
 
@@ -122,7 +126,7 @@ class LocalShop:
         split: TemporalSplit | None = None,
         max_train_examples: int | None = None,
         max_test_examples: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         shared: SharedModel | None = None,
         statistics_seed: int | None = None,
         priors: Priors | None = None,
@@ -131,6 +135,8 @@ class LocalShop:
         engagement; ``priors=None``: it releases its own label flows for the scorer's priors. Both
         releases are charged to its ledger and kept in the state directory; a non-private reference
         computes them from the data. ``statistics_seed`` seeds their noise (simulations only).
+        ``seed`` picks the ``max_train_examples`` subset (simulations); without one the subset is
+        drawn with a secret key kept in the state directory, the same in every process.
         """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
@@ -142,7 +148,7 @@ class LocalShop:
             taxonomy = self._private_taxonomy(table, task, split, statistics_seed)
             self.label_space = "dp-top-k"
         self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split, require_examples=not given)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed if seed is not None else subset_key(self.state_dir))
         # `other` is never a hit, so it is never a training target either
         named = np.flatnonzero(self.task.train.label != self.task.taxonomy.other)
         train_index = named[_sample(len(named), max_train_examples, rng)]
@@ -236,14 +242,24 @@ class LocalShop:
         train = self.task.train
         return int(len(np.unique(train.user))) if self.privacy.unit == "user" else len(train)
 
-    def privacy_settings(self, total_rounds: int) -> DPSettings:
+    def privacy_settings(self, total_rounds: int, evaluations: int = 0) -> DPSettings:
         """This shop's DP-SGD schedule: planned on the first private round, fixed afterwards.
 
         σ is planned for the shop's whole budget over ``total_rounds`` rounds, after whatever the
-        ledger already holds (the federated statistics). Every view and process reads the same plan.
+        ledger already holds (the federated statistics) and the ``evaluations`` the run announces
+        (those still to come are reserved). Every view and process reads the same plan.
         """
         assert self.ledger is not None
         terms = self.privacy_terms()
+        budget = self.privacy.budget()
+
+        def reserved(state) -> list:
+            done = sum(1 for r in state.releases if r.kind == "statistics" and r.input_sha256.startswith(EVALUATION))
+            if evaluations <= done:
+                return []
+            sigma = release_noise(budget, EVALUATION_SHARE, terms, evaluations)
+            return [(sigma, 1.0, evaluations - done)]
+
         unit = terms.unit
         n_units = self.train_data.n_units(unit)
         rate = self.train_config.sample_rate(n_units)
@@ -257,7 +273,7 @@ class LocalShop:
             accountant=terms.accountant,
             unit=unit,
             expected_batch_size=rate * n_units,
-            prior=state.history,
+            prior=[*state.history, *reserved(state)],
         ))
         return DPSettings(plan.noise_multiplier, plan.max_grad_norm, plan.sample_rate, plan.steps_per_round, unit,
                           plan.expected_batch_size)
@@ -273,6 +289,7 @@ class LocalShop:
         server_epsilon: float | None = None,
         seed: int | None = None,
         replayable: bool = False,
+        evaluations: int = 0,
     ) -> RoundOutcome:
         """Load ``global_state``, reserve the round in the ledger, train it, return the result.
 
@@ -292,10 +309,10 @@ class LocalShop:
             stats = train_round(self.model, self.train_data, self.train_config, None, seed)
             return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats)
         try:
-            dp = self.privacy_settings(total_rounds)
+            dp = self.privacy_settings(total_rounds, evaluations)
         except BudgetExhausted as exc:
             return RoundOutcome(True, reason=str(exc), code="budget", epsilon=self.ledger.spent)
-        digest = state_digest(global_state) if global_state is not None else ""
+        digest = adapter_digest(global_state) if global_state is not None else ""
         original = self.ledger.find_release(server_round, digest) if replayable and seed is not None else None
         if original is not None:
             self.ledger.record_replay(original)
@@ -339,15 +356,52 @@ class LocalShop:
         return metrics
 
 
-def state_digest(state: "dict[str, np.ndarray]") -> str:
-    """sha256 over an adapter state's keys and float32 bytes."""
-    import hashlib
+    def release_evaluation(self, adapter: "dict[str, np.ndarray]", *, server_round: int, evaluations: int,
+                           limit: int | None = None, seed: int | None = None) -> StatisticsOutcome:
+        """This shop's noised evaluation counts of ``adapter`` (``common.evaluation``), or a decline.
 
-    h = hashlib.sha256()
-    for key, value in state.items():
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
-    return h.hexdigest()
+        The release is reserved in the ledger before the test set is scored; its σ makes the
+        ``evaluations`` the run announces cost ``EVALUATION_SHARE`` of the budget together. A
+        non-private shop (a labelled reference run) answers exactly.
+        """
+        from common import wire
+        from common.evaluation import example_counts, unit_sum
+
+        examples, data = self.test_set(limit)
+
+        def compute() -> np.ndarray:
+            self.activate()
+            self.load_adapter(adapter)
+            probs = predict_proba(self.model, data, bf16=self.train_config.bf16)
+            rows = example_counts(probs, examples.label, examples.current, self.task.taxonomy.other)
+            units = examples.user if self.privacy.unit == "user" else np.arange(len(examples))
+            return unit_sum(rows, units)
+
+        if not self.privacy.private:
+            return StatisticsOutcome(False, vector=compute())
+        return release(EVALUATION, compute, ledger=self.ledger, terms=self.privacy_terms(),
+                       budget=self.privacy.budget(), share=EVALUATION_SHARE,
+                       server_round=wire.EVALUATION_ROUND_BASE + server_round,
+                       request_sha256=adapter_digest(adapter), seed=seed, releases=evaluations)
+
+
+SUBSET_KEY = "subset.key"  # 32 secret bytes that pick a deployed shop's training subset
+
+
+def subset_key(state_dir: Path) -> list[int]:
+    """Entropy for the training subset: the shop's own secret, made once from ``os.urandom`` and kept."""
+    import os
+
+    from common.atomic import atomic_write_bytes
+
+    path = Path(state_dir) / SUBSET_KEY
+    with file_lock(Path(state_dir) / STATISTICS_LOCK):
+        if not path.is_file():
+            atomic_write_bytes(path, os.urandom(32))
+        key = path.read_bytes()
+    if len(key) != 32:
+        raise ConfigError(f"{path}: expected 32 bytes, found {len(key)}; delete it to draw a new training subset")
+    return list(np.frombuffer(key, dtype=np.uint32))
 
 
 def _digest(data: dict) -> str:

@@ -35,6 +35,8 @@ from .privacy import PrivacyConfig, PrivacyTerms, plan_privacy
 #: Of the shop's budget, what each statistics release may cost on its own: the label space needs
 #: only the order of the top categories; the scorer's priors need their values.
 STATISTICS_SHARES = {"engagement": 0.15, "label-flows": 0.5}
+#: Of the shop's budget, what all of a run's federated evaluations cost together.
+EVALUATION_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,13 @@ def sensitivity(unit: str) -> float:
     return 1.0 if unit == "user" else 2.0
 
 
-def release_noise(budget: float, share: float, terms: PrivacyTerms) -> float:
-    """σ of one Gaussian release that costs ``share × budget`` on its own."""
+def release_noise(budget: float, share: float, terms: PrivacyTerms, releases: int = 1) -> float:
+    """σ of each of ``releases`` Gaussian releases that together cost ``share × budget`` on their own."""
     if not 0 < share < 1:
         raise ConfigError(f"statistics share must be in (0, 1), got {share}")
-    return plan_privacy(epsilon=share * budget, delta=terms.delta, sample_rate=1.0, steps_per_round=1, rounds=1,
-                        max_grad_norm=1.0, accountant=terms.accountant, unit=terms.unit).noise_multiplier
+    return plan_privacy(epsilon=share * budget, delta=terms.delta, sample_rate=1.0, steps_per_round=1,
+                        rounds=max(int(releases), 1), max_grad_norm=1.0, accountant=terms.accountant,
+                        unit=terms.unit).noise_multiplier
 
 
 def gaussian(size: int, std: float, seed: int | None = None, tag: str = "") -> np.ndarray:
@@ -79,13 +82,15 @@ def release(
     server_round: int | None = None,
     request_sha256: str = "",
     seed: int | None = None,
+    releases: int = 1,
 ) -> StatisticsOutcome:
     """One noised release of ``compute()`` (a bounded-contribution sum), reserved in the ledger first.
 
-    With a ``seed`` (a simulation), a request the ledger already answered is answered again bit
-    for bit and recorded as a replay: the same noise reveals nothing new.
+    Its σ makes ``releases`` like it cost ``share`` of the budget together. With a ``seed`` (a
+    simulation), a request the ledger already answered is answered again bit for bit and recorded
+    as a replay: the same noise reveals nothing new.
     """
-    sigma = release_noise(budget, share if share is not None else STATISTICS_SHARES[kind], terms)
+    sigma = release_noise(budget, share if share is not None else STATISTICS_SHARES[kind], terms, releases)
     request = f"{kind}:{request_sha256}"
     original = ledger.find_release(server_round, request, "statistics") if seed is not None else None
     if original is not None:

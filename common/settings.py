@@ -42,13 +42,14 @@ class RoundConfig:
     rounds: int
     epsilon_cap: float = 0.0  # > 0: the server asks shops to stay below it (it can only lower)
     eval_examples: int = 0  # > 0: evaluate on at most this many test examples per shop
+    evaluations: int = 1  # secure evaluations the run holds (each shop reserves budget for them)
     backbone: str = "minilm"
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: LocalTraining = field(default_factory=LocalTraining)
 
     def to_record_dict(self) -> dict:
         out = {"round": self.round, "rounds": self.rounds, "epsilon_cap": float(self.epsilon_cap),
-               "eval_examples": self.eval_examples, "backbone": self.backbone}
+               "eval_examples": self.eval_examples, "evaluations": self.evaluations, "backbone": self.backbone}
         lora = self.lora.to_dict()
         lora["layers"] = list(lora["layers"]) if lora["layers"] is not None else []
         out.update({f"lora.{k}": v for k, v in lora.items()})
@@ -65,10 +66,16 @@ class RoundConfig:
             return cls(
                 round=int(record["round"]), rounds=int(record["rounds"]),
                 epsilon_cap=float(record["epsilon_cap"]), eval_examples=int(record["eval_examples"]),
+                evaluations=int(record["evaluations"]),
                 backbone=str(record["backbone"]), lora=LoraSettings(**lora), training=training,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the server's round config is malformed ({exc})") from None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.evaluations <= self.rounds:
+            raise ConfigError(f"the server's round config announces {self.evaluations} evaluations in "
+                              f"{self.rounds} rounds (at most one per round)")
 
 
 @dataclass(frozen=True)

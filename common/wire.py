@@ -5,22 +5,26 @@ A federated round is five message types. The server sends the global adapter onl
 few whitelisted scalar metrics, never a plaintext update, text, or a user or item id::
 
     message type          server -> client                     client -> server
-    train                 global, config, task, secagg(setup)  secagg(KeyAdvertisement), metrics(TRAIN)
+    train                 global, config, task, secagg(setup)  secagg(KeyAdvertisement), metrics(OPENING)
     train.share_keys      secagg(KeyBroadcast)                 secagg(ShareDistribution)
     train.masked_input    secagg(ShareRelay)                   secagg(MaskedInput fields), masked(uint32)
     train.consistency     secagg(ConsistencyRequest)           secagg(ConsistencySignature)
     train.unmask          secagg(UnmaskRequest)                secagg(UnmaskResponse)
-    evaluate              global, config, task                 metrics(EVALUATE)
-    query                 task(catalogue), secagg(setup)       secagg(KeyAdvertisement), metrics(QUERY)
-    query.share_keys      as train.share_keys …
-    query.masked_input    … the masked vector is the shop's noised engagement per catalogue category
-    query.consistency     …
-    query.unmask          …
+    evaluate              global, config, task, secagg(setup)  secagg(KeyAdvertisement), metrics(OPENING)
+    evaluate.share_keys   as train.share_keys … the masked vector is the shop's noised evaluation counts
+    query                 task(catalogue), secagg(setup)       secagg(KeyAdvertisement), metrics(OPENING)
+    query.share_keys      as train.share_keys … the masked vector is the shop's noised engagement per category
 
-A train reply says only whether the shop took part and its privacy terms: no loss, no step count,
-no time. Its SecAgg weight is public: a power-of-two bucket of its example count (``weight_bucket``),
+A train reply says only whether the shop took part and its privacy terms: codes for its unit and
+accountant, δ and ε spent as powers (of ten and two) they stay below; no loss, no step count, no
+time. Its SecAgg weight is public: a power-of-two bucket of its example count (``weight_bucket``),
 inside the secure sum. A refused or failed request comes back as a Flower error whose code is one
 of ``ERROR_CODES``, never the exception's text (that stays in the shop's log).
+
+``evaluate`` is a secure round too: each shop scores the adapter on its test period and sends the
+noised counts of ``common.evaluation.FIELDS`` (each privacy unit's share bounded, the release charged to
+its ledger) through the SecAgg+ stages; the server learns only their sum. A shop evaluates one
+adapter per round, and only the one the federation then trains from (``client.rounds``).
 
 ``query`` opens a federated statistics round before training (``query.kind`` in its task record):
 ``engagement`` per catalogue category, from which the label space is chosen, then ``label-flows``
@@ -38,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import METRIC_NAMES
 from .secagg.messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
     ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
@@ -51,6 +54,10 @@ MASKED_INPUT = "train.masked_input"
 CONSISTENCY = "train.consistency"
 UNMASK = "train.unmask"
 EVALUATE = "evaluate"
+EVALUATE_SHARE_KEYS = "evaluate.share_keys"
+EVALUATE_MASKED_INPUT = "evaluate.masked_input"
+EVALUATE_CONSISTENCY = "evaluate.consistency"
+EVALUATE_UNMASK = "evaluate.unmask"
 QUERY = "query"
 QUERY_SHARE_KEYS = "query.share_keys"
 QUERY_MASKED_INPUT = "query.masked_input"
@@ -60,6 +67,7 @@ QUERY_UNMASK = "query.unmask"
 #: The five stages of a secure round: opening (train or query), share keys, masked input, consistency, unmask.
 TRAIN_STAGES = (TRAIN, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
 QUERY_STAGES = (QUERY, QUERY_SHARE_KEYS, QUERY_MASKED_INPUT, QUERY_CONSISTENCY, QUERY_UNMASK)
+EVALUATE_STAGES = (EVALUATE, EVALUATE_SHARE_KEYS, EVALUATE_MASKED_INPUT, EVALUATE_CONSISTENCY, EVALUATE_UNMASK)
 
 # record names inside a message's RecordDict
 GLOBAL = "global"  # ArrayRecord: the global adapter, canonical keys (server -> client)
@@ -71,17 +79,33 @@ METRICS = "metrics"  # MetricRecord: whitelisted scalars (client -> server)
 
 MASKED_ARRAY = "masked"  # the one array inside the MASKED record
 
-#: What a shop says of its guarantee: codes for its privacy unit and accountant, and δ as a power of
-#: ten it stays below (a bucket: the exact δ = 1/(10 × units) would tell the shop's size).
+#: What a shop says of its guarantee: codes for its privacy unit and accountant, δ as a power of
+#: ten it stays below (a bucket: the exact δ = 1/(10 × units) would tell the shop's size), and the
+#: ε it has spent as a power of two it stays below (the exact ε would tell its sampling rate).
 TERMS_METRICS = ("privacy_unit", "accountant", "delta_log10")
 UNIT_CODES = {"user": 1, "example": 2}
 ACCOUNTANT_CODES = {"prv": 1, "rdp": 2}
-TRAIN_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
-QUERY_METRICS = ("declined", "decline_code", "epsilon", *TERMS_METRICS)
+EPSILON_LOG2_RANGE = (-6, 10)  # ε spent is reported as 2^k for k in this range: at most 1/64 ... 1024
+#: The metrics of an opening reply (train, evaluate, query): whether the shop takes part, and its terms.
+OPENING_METRICS = ("declined", "decline_code", "epsilon_log2", *TERMS_METRICS)
+TRAIN_METRICS = QUERY_METRICS = EVALUATE_METRICS = OPENING_METRICS
 STATISTICS_CLIP = float(2**20)  # per-element bound of a shop's noised count vector in the secure sum
 #: SecAgg+ round ids of the statistics rounds (``query.kind``): apart from training rounds 1, 2, ...
 STATISTICS_ROUNDS = {"engagement": 2**40, "label-flows": 2**40 + 1}
-EVALUATE_METRICS = (*METRIC_NAMES, "loss", "n", "n_migrating")
+EVALUATION_ROUND_BASE = 2**41  # SecAgg+ round id of the evaluation after training round r: base + r
+
+
+def secagg_round_id(stages: tuple[str, ...], server_round: int) -> int:
+    """The SecAgg+ round id a shop expects for ``server_round`` of a training or evaluation round."""
+    return EVALUATION_ROUND_BASE + server_round if stages[0] == EVALUATE else server_round
+
+
+def epsilon_code(epsilon: float) -> int:
+    """The smallest k (within ``EPSILON_LOG2_RANGE``) with ε ≤ 2^k: what a shop says of its spend."""
+    import math
+
+    low, high = EPSILON_LOG2_RANGE
+    return int(min(max(math.ceil(math.log2(max(float(epsilon), 2.0**low))), low), high))
 
 DECLINE_BUDGET = 1  # the shop's privacy ledger refuses the round
 DECLINE_NO_DATA = 2  # the shop has no training examples in the training period
@@ -181,7 +205,7 @@ REQUESTS: dict[str, type | None] = {
     MASKED_INPUT: ShareRelay,
     CONSISTENCY: ConsistencyRequest,
     UNMASK: UnmaskRequest,
-    EVALUATE: None,
+    EVALUATE: RoundSetup,
     QUERY: RoundSetup,
     QUERY_SHARE_KEYS: KeyBroadcast,
     QUERY_MASKED_INPUT: ShareRelay,
@@ -199,14 +223,18 @@ REPLIES: dict[str, tuple[Reply, ...]] = {
     MASKED_INPUT: (Reply({SECAGG: "config", MASKED: "array"}, MaskedInput),),
     CONSISTENCY: (Reply({SECAGG: "config"}, ConsistencySignature),),
     UNMASK: (Reply({SECAGG: "config"}, UnmaskResponse),),
-    EVALUATE: (Reply({METRICS: "metrics"}, None, EVALUATE_METRICS),),
+    EVALUATE: (
+        Reply({SECAGG: "config", METRICS: "metrics"}, KeyAdvertisement, EVALUATE_METRICS),
+        Reply({METRICS: "metrics"}, None, EVALUATE_METRICS),  # declined
+    ),
     QUERY: (
         Reply({SECAGG: "config", METRICS: "metrics"}, KeyAdvertisement, QUERY_METRICS),
         Reply({METRICS: "metrics"}, None, QUERY_METRICS),  # declined
     ),
 }
-for _train, _query in zip(TRAIN_STAGES[1:], QUERY_STAGES[1:]):
-    REPLIES[_query] = REPLIES[_train]
+for _train, _query, _evaluate in zip(TRAIN_STAGES[1:], QUERY_STAGES[1:], EVALUATE_STAGES[1:]):
+    REPLIES[_query] = REPLIES[_evaluate] = REPLIES[_train]
+    REQUESTS[_evaluate] = REQUESTS[_train]
 
 
 def audit_reply(message_type: str, content, masked_length: int | None = None) -> list[str]:
@@ -310,3 +338,14 @@ def adapter_to_record(state: "dict[str, np.ndarray]"):
 
 def adapter_from_record(record) -> "dict[str, np.ndarray]":
     return {key: record[key].numpy() for key in record.keys()}
+
+
+def adapter_digest(state: "dict[str, np.ndarray]") -> str:
+    """sha256 over an adapter state's keys and float32 bytes: which adapter a round started from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in state.items():
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+    return h.hexdigest()

@@ -4,8 +4,9 @@
 the top K of the shops' noised engagement from one secure statistics round), builds (or resumes)
 the global adapter, runs the rounds with ``SecureRound``, applies the server optimizer to the
 securely aggregated mean update,
-asks every shop for evaluation metrics (aggregated, weighted by examples), checkpoints after
-every round and exports the final adapter. It never sees one shop's update.
+has the shops evaluate it (a secure sum of their noised counts, after the last round and every
+``eval-every`` rounds), checkpoints after every round and exports the final adapter. It never
+sees one shop's update or metrics.
 """
 
 from __future__ import annotations
@@ -45,24 +46,6 @@ class FederationResult:
     history: list[dict] = field(default_factory=list)
     export_dir: str = ""
     task: TaskSpec | None = None  # the task the run used (its label space included)
-
-
-def weighted_metrics(replies: dict[int, dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over shops, weighted by their example counts (NaN-free)."""
-    out: dict[str, float] = {}
-    total = sum(m.get("n", 0.0) for m in replies.values())
-    if total <= 0:
-        return out
-    keys = {k for m in replies.values() for k in m if k not in ("n", "n_migrating")}
-    for key in sorted(keys):
-        weight_key = "n_migrating" if key.startswith("mig_") else "n"
-        pairs = [(m[key], m.get(weight_key, 0.0)) for m in replies.values() if key in m and m.get(weight_key, 0) > 0]
-        weight = sum(w for _, w in pairs)
-        if weight > 0:
-            out[key] = float(sum(v * w for v, w in pairs) / weight)
-    out["n"] = float(total)
-    out["n_migrating"] = float(sum(m.get("n_migrating", 0.0) for m in replies.values()))
-    return out
 
 
 class Federation:
@@ -187,7 +170,7 @@ class Federation:
     def _round_config(self, server_round: int) -> RoundConfig:
         s = self.settings
         return RoundConfig(round=server_round, rounds=s.rounds, epsilon_cap=float(s["epsilon-cap"]),
-                           eval_examples=int(s["eval-examples"]), backbone=str(s["backbone"]), lora=s.lora,
+                           eval_examples=int(s["eval-examples"]), evaluations=s.evaluations, backbone=str(s["backbone"]), lora=s.lora,
                            training=s.training)
 
     def _content(self, server_round: int, state) -> RecordDict:
@@ -215,23 +198,24 @@ class Federation:
         return result
 
     def _evaluate(self, grid, nodes: list[int], server_round: int, state) -> dict[str, float]:
-        messages = [Message(self._content(server_round, state), node, wire.EVALUATE, group_id=str(server_round))
-                    for node in nodes]
-        replies = {}
-        for reply in grid.send_and_receive(messages, timeout=float(self.settings["round-timeout"])):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                code = int(reply.error.code)
-                self.progress(f"  shop {node} could not evaluate: {wire.ERROR_CODES.get(code, f'error code {code}')}")
-                continue
-            if self.observe is not None:
-                self.observe(wire.EVALUATE, node, reply.content)
-            problems = wire.audit_reply(wire.EVALUATE, reply.content)
-            if problems:
-                self.progress(f"  shop {node} evaluation ignored: {'; '.join(problems)[:200]}")
-                continue
-            replies[node] = {k: float(v) for k, v in reply.content[wire.METRICS].items()}
-        return weighted_metrics(replies)
+        """Metrics of ``state`` from one secure round of the shops' noised evaluation counts ({} if none)."""
+        from common.evaluation import FIELDS, metrics_from_sum
+
+        if not self.settings.evaluates(server_round):
+            return {}
+        config = SecAggConfig(vector_length=len(FIELDS), max_clients=max(len(nodes), 3), clip=wire.STATISTICS_CLIP,
+                              max_weight=1, min_clients=3)
+        content = self._content(server_round, state)
+        result = SecureRound(grid, nodes, config, wire.secagg_round_id(wire.EVALUATE_STAGES, server_round),
+                             float(self.settings["round-timeout"]), self.observe, stages=wire.EVALUATE_STAGES,
+                             roster=self.settings.roster).run(lambda node: content)
+        for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
+                          **result.dropped}.items():
+            self.progress(f"  shop {node} left out of the evaluation of round {server_round}: {why}")
+        if result.weighted_sum is None or result.aborted:
+            self.progress(f"  round {server_round}: no evaluation ({result.aborted or 'no sum'})")
+            return {}
+        return {**metrics_from_sum(result.weighted_sum), "shops": float(len(result.contributors))}
 
     # ------------------------------------------------------------------ reporting
 
@@ -245,7 +229,8 @@ class Federation:
             "dropped": {str(n): why for n, why in result.dropped.items()},
             "aborted": result.aborted,
             "total_weight": result.total_weight,
-            "epsilon": {str(n): m["epsilon"] for n, m in result.train_metrics.items() if "epsilon" in m},
+            "epsilon": {str(n): 2.0 ** int(m["epsilon_log2"]) for n, m in result.train_metrics.items()
+                        if "epsilon_log2" in m},  # each shop's ε spent, as the power of two it stays below
             "privacy_terms": {str(n): t for n, m in result.train_metrics.items()
                               if (t := wire.terms_from_metrics(m)) is not None},
             "eval": evaluation,
@@ -264,7 +249,7 @@ class Federation:
         if entry["dropped"]:
             parts.append(f"{len(entry['dropped'])} dropped")
         if eps is not None:
-            parts.append(f"max ε {eps:.2f}")
+            parts.append(f"ε ≤ {eps:g} per shop")
         if ev:
             parts.append(f"eval loss {ev.get('loss', float('nan')):.3f} acc@1 {ev.get('acc@1', float('nan')):.3f} "
                          f"mig HR@5 {ev.get('mig_hr@5', float('nan')):.3f}")

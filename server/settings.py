@@ -24,6 +24,7 @@ DEFAULTS: dict[str, object] = {
     "seed": -1,
     "epsilon-cap": 0.0,
     "eval-examples": 500,
+    "eval-every": 0,
     "backbone": "minilm",
     "lora-rank": 8,
     "lora-alpha": 16,
@@ -78,6 +79,8 @@ class FederationSettings:
             raise ConfigError("run config: min-shops must be >= 3 (secure aggregation needs three)")
         if not 0 < float(self["fraction-train"]) <= 1:
             raise ConfigError("run config: fraction-train must be in (0, 1]")
+        if int(self["eval-every"]) < 0:
+            raise ConfigError("run config: eval-every must be >= 0 (0: evaluate after the last round only)")
         if self["head-init"] not in ("names", "random"):
             raise ConfigError("run config: head-init must be names or random")
         self.lora  # noqa: B018 - validates
@@ -86,6 +89,16 @@ class FederationSettings:
     @property
     def rounds(self) -> int:
         return int(self["num-server-rounds"])
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether the shops evaluate after ``server_round``: every ``eval-every`` rounds and after the last."""
+        every = int(self["eval-every"])
+        return server_round == self.rounds or (every > 0 and server_round % every == 0)
+
+    @property
+    def evaluations(self) -> int:
+        """How many evaluations the run holds (each shop reserves budget for them)."""
+        return sum(self.evaluates(r) for r in range(1, self.rounds + 1))
 
     @property
     def seed(self) -> int:

@@ -59,7 +59,7 @@ def central_table(
             table, state_dir=state_dir or "/nonexistent", privacy=PrivacyConfig(epsilon=None),
             train=train_config, model=model_config, task=spec.config, taxonomy=spec.taxonomy,
             split=spec.split, max_train_examples=reference_examples, max_test_examples=None,
-            shared=SharedModel(model_config, spec.taxonomy.class_names, train_config.device),
+            shared=SharedModel(model_config, spec.taxonomy.class_names, train_config.device), seed=0,
         )
         val = even_subset(task.val, max_test)
         val_data = reference.shared.dataset(val, table.category_names, train_config.max_length)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from common.secagg import Identity, Roster, SecAggClient, SecAggConfig, SecAggPolicy, SecAggServer, SeededRandomness
@@ -40,3 +42,16 @@ def run_to_unmask(server, clients, vectors, weight=1):
     """Stages 1-4 with every client honest and live; returns the unmask requests."""
     checks = run_to_signatures(server, clients, vectors, weight)
     return server.collect_signatures([clients[i].sign_survivors(m) for i, m in checks.items()])
+
+
+@contextmanager
+def flower_task(run_id: int):
+    """Flower's task identity set to ``run_id``, as in a running app: messages built here carry it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -26,7 +26,8 @@ SMALL = SynthConfig(shops=6, users=360, days=20, seed=5)
 
 def run_config(out, **extra):
     return {"num-server-rounds": ROUNDS, "backbone": "tiny", "out-dir": str(out), "seed": 11, "max-length": 48,
-            "batch-size": 16, "max-steps": 6, "eval-examples": 120, "round-timeout": 600.0, "lr": 0.02, **extra}
+            "batch-size": 16, "max-steps": 6, "eval-examples": 120, "round-timeout": 600.0, "lr": 0.02,
+            "eval-every": 1, **extra}
 
 
 def faults(message, context, call_next):
@@ -55,13 +56,14 @@ def federation(tmp_path_factory):
     exhausted = PrivacyLedger.open(prepared.node_configs[0]["state-dir"])
     exhausted.fix_terms(PrivacyTerms("user", 1e-4, "prv"))
     assert exhausted.reserve("dp-sgd", [(0.6, 0.5, 40)], budget=100.0).epsilon_after > 8.0
-    replies, lines, rounds = [], [], {}
+    replies, lines, rounds, weights_after = [], [], {}, {}
 
     def observe(message_type, node, content):
         replies.append((message_type, node, content))
 
     def on_round(server_round, result, weights):
         rounds[server_round] = result
+        weights_after[server_round] = np.array(weights)
 
     def progress(line):
         lines.append(line)
@@ -73,15 +75,54 @@ def federation(tmp_path_factory):
     finally:
         os.environ.pop("FEDINTEREST_AUDIT_DIR", None)
     return {"out": out, "prepared": prepared, "result": outcome.result, "replies": replies, "lines": lines,
-            "audit": audit_dir, "rounds": rounds}
+            "audit": audit_dir, "rounds": rounds, "weights": weights_after}
+
+
+def pooled_loss(federation, weights) -> float:
+    """Cross-entropy of the adapter ``weights`` on the pooled test set (the simulation's view, no shop's)."""
+    from client.shop import ModelConfig, SharedModel
+    from client.training import predict_proba
+    from common.model import get_adapter_state, set_adapter_state, unflatten
+    from common.model.scorer import set_priors
+    from common.task import prepare_task
+    from server.settings import FederationSettings
+
+    result, prepared = federation["result"], federation["prepared"]
+    spec = result.task
+    test = prepare_task(prepared.table, spec.config, taxonomy=spec.taxonomy, split=spec.split).test
+    settings = FederationSettings.from_run_config(run_config(federation["out"] / "run"))
+    shared = SharedModel(ModelConfig(backbone="tiny", lora=settings.lora), spec.taxonomy.class_names, "cpu")
+    set_priors(shared.model, spec.priors)
+    set_adapter_state(shared.model, unflatten(weights, get_adapter_state(shared.model)))
+    probs = predict_proba(shared.model, shared.dataset(test, prepared.table.category_names, 48))
+    return float(-np.mean(np.log(np.maximum(probs[np.arange(len(test)), test.label], 1e-12))))
 
 
 def test_the_run_finishes_and_the_loss_decreases(federation):
     history = federation["result"].history
     assert [h["round"] for h in history] == list(range(1, ROUNDS + 1))
-    losses = [h["eval"]["loss"] for h in history]
+    losses = [pooled_loss(federation, federation["weights"][r]) for r in (1, ROUNDS)]
     assert losses[-1] < losses[0], losses
     assert all(h["contributors"] >= 3 for h in history)
+
+
+def test_every_round_is_evaluated_by_a_noised_secure_sum(federation):
+    """The server's metrics come from the shops' noised counts: near the truth, never one shop's figures."""
+    from common.evaluation import FIELDS
+
+    history, prepared = federation["result"].history, federation["prepared"]
+    for entry in history:
+        evaluation = entry["eval"]
+        assert evaluation["shops"] == 5, evaluation  # shop 0 declines: its budget is spent
+        assert {"acc@1", "hr@5", "mig_hr@5", "loss", "n"} <= set(evaluation)
+        assert 0 <= evaluation["hr@5"] <= 1 and 0 <= evaluation["loss"] <= 10
+    masked = [c for t, _, c in federation["replies"] if t == wire.EVALUATE_MASKED_INPUT]
+    assert len(masked) == 5 * ROUNDS and all(len(c[wire.MASKED][wire.MASKED_ARRAY].numpy()) == len(FIELDS) + 1
+                                             for c in masked)
+    for pid in range(1, 6):  # every evaluation is a release in the shop's ledger
+        ledger = PrivacyLedger.open(prepared.node_configs[pid]["state-dir"])
+        evaluations = [r for r in ledger.releases if r.input_sha256.startswith("evaluation")]
+        assert [r.server_round - wire.EVALUATION_ROUND_BASE for r in evaluations] == list(range(1, ROUNDS + 1))
 
 
 def test_an_exhausted_shop_is_excluded_with_a_reason(federation):
@@ -118,7 +159,7 @@ def test_secure_aggregate_is_the_weighted_mean_of_the_plaintext_updates(federati
 
 def test_wire_audit_only_declared_content_leaves_a_shop(federation):
     replies = federation["replies"]
-    assert {t for t, _, _ in replies} == {*wire.TRAIN_STAGES, *wire.QUERY_STAGES, wire.EVALUATE}
+    assert {t for t, _, _ in replies} == {*wire.TRAIN_STAGES, *wire.QUERY_STAGES, *wire.EVALUATE_STAGES}
     masked = []
     for message_type, _, content in replies:
         problems = wire.audit_reply(message_type, content)
@@ -153,10 +194,10 @@ def test_wire_audit_only_declared_content_leaves_a_shop(federation):
                     assert value in nodes, (message_type, key)
                 if key.endswith("_ids") or key.endswith("_owners"):
                     assert set(value) <= nodes, (message_type, key)
-        if wire.METRICS in content:
-            allowed = {wire.TRAIN: wire.TRAIN_METRICS, wire.QUERY: wire.QUERY_METRICS}.get(
-                message_type, wire.EVALUATE_METRICS)
-            assert set(content[wire.METRICS].keys()) <= set(allowed)
+        if wire.METRICS in content:  # per shop: only whether it took part, and coded terms
+            assert message_type in (wire.TRAIN, wire.QUERY, wire.EVALUATE)
+            assert set(content[wire.METRICS].keys()) <= set(wire.OPENING_METRICS)
+            assert all(float(v).is_integer() for v in content[wire.METRICS].values()), dict(content[wire.METRICS])
 
 
 def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledger(federation):
@@ -173,7 +214,7 @@ def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledge
     for pid in range(1, 6):
         ledger = PrivacyLedger.open(prepared.node_configs[pid]["state-dir"]).read()
         kinds = [r.kind for r in ledger.releases]
-        assert kinds[:2] == ["statistics"] * 2 and set(kinds[2:]) == {"dp-sgd"}, kinds  # engagement, label flows
+        assert kinds[:2] == ["statistics"] * 2 and set(kinds[2:]) == {"dp-sgd", "statistics"}, kinds
         assert all(r.phases[0][1:] == (1.0, 1) for r in ledger.releases[:2])  # Gaussian releases, no subsampling
         assert ledger.plan is not None and ledger.spent <= 8.0
         assert ledger.terms.unit == "user" and ledger.terms.accountant == "prv"

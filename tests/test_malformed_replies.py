@@ -17,7 +17,7 @@ from common.secagg import (
     ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggClient, SecAggConfig, ShareRelay, UnmaskRequest,
 )
 from server.secure_round import SecureRound
-from tests.secagg_parties import identities, policy_for
+from tests.secagg_parties import flower_task, identities, policy_for
 
 N, D, RUN = 6, 24, 7
 NODES = list(range(101, 101 + N))
@@ -26,12 +26,8 @@ VALUE = 0.125
 
 @pytest.fixture(autouse=True)
 def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with flower_task(RUN):
+        yield
 
 
 class LoopbackGrid:

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed; every random choice derives from it (default 0)")
     group.add_argument("--max-train", type=int, default=None, help="training examples per shop and round")
     group.add_argument("--eval-examples", type=int, default=300, help="test examples per shop per federated evaluation")
+    group.add_argument("--eval-every", type=int, default=0,
+                       help="federated evaluation every N rounds as well as after the last (default 0: the last only; "
+                            "each one is a noised release in every shop's ledger)")
     group.add_argument("--central-test", type=int, default=2000, help="pooled test examples in the final table")
     group.add_argument("--reference-rounds", type=int, default=None,
                        help="rounds of the centralized non-private reference (default --rounds; 0 skips it)")
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "plain-lora": args.plain_lora, "batch-size": train.batch_size,
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
         "max-steps": train.max_steps or 0, "clip": train.max_grad_norm, "max-length": train.max_length,
-        "eval-examples": args.eval_examples, "secagg-clip": args.secagg_clip,
+        "eval-examples": args.eval_examples, "eval-every": args.eval_every, "secagg-clip": args.secagg_clip,
         "server-optimizer": args.server_optimizer, "out-dir": str(out / "federation"), "resume": args.resume,
     }
     if args.server_lr is not None:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     shop = LocalShop(
         table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed or 0),
         task=task_config(args), taxonomy=taxonomy, max_train_examples=args.max_train, max_test_examples=args.max_test,
-        seed=args.seed or 0, statistics_seed=args.seed,
+        seed=args.seed, statistics_seed=args.seed,
     )
     print(shop.task.summary())
     print("label space: " + {"given": f"published taxonomy {args.taxonomy}",

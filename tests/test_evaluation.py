@@ -1,0 +1,153 @@
+"""Federated evaluation: bounded counts, noised and charged to the ledger, of the federation's own adapter.
+
+The unit tests check the sum's bound and that exact sums give the metrics ``common.metrics``
+computes. The attack tests drive the real ClientApp handlers with a scripted malicious server:
+it asks a shop to score an adapter of its own choosing, to score one round twice, or to score an
+old round after a newer one; each time the shop refuses, and an evaluation it does answer is
+noised and in its ledger.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from common import wire
+from common.evaluation import EXAMPLE_NORM, FIELDS, example_counts, metrics_from_sum, unit_sum
+from common.metrics import evaluate
+from common.secagg import Identity, Roster, SecAggConfig, SecAggProtocolError, SecAggServer
+from tests.secagg_parties import flower_task
+
+RUN = 11
+
+
+def random_predictions(n, classes, seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(classes), size=n)
+    labels, current = rng.integers(0, classes, n), rng.integers(0, classes, n)
+    return probs, labels, current
+
+
+def test_each_unit_moves_the_sum_by_at_most_one():
+    probs, labels, current = random_predictions(400, 6, 0)
+    users = np.random.default_rng(1).integers(0, 50, 400)
+    rows = example_counts(probs, labels, current, other=5)
+    assert rows.min() >= 0 and rows.max() <= 1
+    total = unit_sum(rows, users)
+    for user in np.unique(users):
+        without = unit_sum(rows[users != user], users[users != user])
+        assert np.linalg.norm(total - without) <= 1 + 1e-9
+    # the worst case: one named, migrating example ranked first with the loss at the cap
+    worst = np.zeros((1, 6))
+    worst[0, 0] = 1.0
+    one = example_counts(worst, np.array([0]), np.array([1]), other=5)
+    one[0, -1] = 1.0
+    assert np.linalg.norm(unit_sum(one, np.array([0]))) == pytest.approx(1.0)
+    assert EXAMPLE_NORM == pytest.approx(np.sqrt(len(FIELDS) - 1))
+
+
+def test_exact_sums_give_the_example_metrics():
+    probs, labels, current = random_predictions(300, 7, 2)
+    rows = example_counts(probs, labels, current, other=6)
+    reference = evaluate(probs, labels, current, other=6)
+    shops = np.array_split(np.arange(300), 3)  # three shops, example-level units
+    total = sum(unit_sum(rows[s], s) for s in shops)
+    got = metrics_from_sum(total)
+    for key in ("acc@1", "hr@5", "mig_acc@1", "mig_hr@5", "n", "n_migrating", "other_share"):
+        assert got[key] == pytest.approx(reference[key], abs=1e-9), key
+
+
+def test_noise_never_makes_a_rate_impossible():
+    got = metrics_from_sum(np.array([0.3, 3.0, 2.0, -4.0, 0.2, 9.0, 9.0, -1.0]))  # n = 0.3 √7 < 1
+    assert "acc@1" not in got and "mig_hr@5" not in got  # fewer than one unit
+    got = metrics_from_sum(np.array([40.0, 1.0, 50.0, -3.0, 10.0, 1.0, 2.0, 5.0]))
+    assert got["acc@1"] == 1.0 and got["hr@5"] == 0.0 and 0 <= got["loss"] <= 10
+
+
+# ----------------------------------------------------------------------------- the real ClientApp, attacked
+
+
+@pytest.fixture
+def shop(tmp_path, synthetic_dir):
+    """A deployed shop (no seed) on the tiny backbone, its roster, and the federation's starting adapter."""
+    from client.shop import ModelConfig, SharedModel
+    from common.config import TaskConfig
+    from common.data import load_events
+    from common.model import get_adapter_state
+    from common.secagg.identity import IDENTITY_FILE
+    from common.settings import TaskSpec
+    from common.task import build_taxonomy, default_split
+
+    table = load_events(synthetic_dir)
+    split = default_split(table, TaskConfig())
+    spec = TaskSpec(build_taxonomy(table, 20, before=split.val_start), split, TaskConfig())
+    state = tmp_path / "state"
+    state.mkdir()
+    own = Identity.generate()
+    own.save(state / IDENTITY_FILE)
+    roster = Roster({"victim": own.public_key, "b": Identity.generate().public_key, "c": Identity.generate().public_key})
+    roster.save(tmp_path / "roster.json")
+    node_config = {"data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(state), "epsilon": 8.0,
+                   "max-train-examples": 48, "roster": str(tmp_path / "roster.json")}
+    model = SharedModel.get(ModelConfig(backbone="tiny"), spec.taxonomy.class_names, "cpu").model
+    return {"context": Context(RUN, 7, node_config, RecordDict(), {}), "spec": spec, "roster": roster,
+            "start": get_adapter_state(model), "state": state}
+
+
+def request(shop, stages, server_round, adapter, round_id=None):
+    """The opening message of a training or evaluation round, as the server builds it."""
+    from common.settings import LocalTraining, RoundConfig
+
+    config = RoundConfig(round=server_round, rounds=3, evaluations=3, eval_examples=40, backbone="tiny",
+                         training=LocalTraining(batch_size=16, physical_batch_size=16, max_length=32, max_steps=2))
+    length = 1 + sum(v.size for v in adapter.values()) if stages is wire.TRAIN_STAGES else len(FIELDS)
+    secagg = SecAggConfig(vector_length=length, max_clients=3, clip=wire.STATISTICS_CLIP, max_weight=1)
+    round_id = wire.secagg_round_id(stages, server_round) if round_id is None else round_id
+    setup = SecAggServer(secagg, round_id, [7, 8, 9], RUN, shop["roster"]).setup()
+    content = RecordDict({wire.GLOBAL: wire.adapter_to_record(adapter),
+                          wire.CONFIG: ConfigRecord(config.to_record_dict()),
+                          wire.TASK: ConfigRecord(shop["spec"].to_record_dict()),
+                          **wire.secagg_to_records(setup)})
+    return Message(content, 7, stages[0])
+
+
+def foreign(adapter, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: v + rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in adapter.items()}
+
+
+def test_a_shop_scores_only_the_adapter_the_federation_goes_on_from(shop):
+    from client.app import PENDING, evaluate, train
+    from client.ledger import PrivacyLedger
+    from client.shop import EVALUATION
+
+    context, start = shop["context"], shop["start"]
+    with flower_task(RUN):
+        reply = evaluate(request(shop, wire.EVALUATE_STAGES, 1, foreign(start)), context)
+        assert not wire.audit_reply(wire.EVALUATE, reply.content)
+        noisy = context.state[PENDING]["update"].numpy()
+        releases = PrivacyLedger.open(shop["state"]).releases
+        assert [r.kind for r in releases][-1] == "statistics" and releases[-1].input_sha256.startswith(EVALUATION)
+        # the server scored its own adapter after round 1; round 2 must start from it, not from another
+        with pytest.raises(SecAggProtocolError, match="other than the one this shop evaluated"):
+            train(request(shop, wire.TRAIN_STAGES, 2, start), context)
+        # once per round: the same round cannot be scored again, with any adapter
+        with pytest.raises(SecAggProtocolError, match="opened before"):
+            evaluate(request(shop, wire.EVALUATE_STAGES, 1, start), context)
+    # the answer it did give is noised: σ for three evaluations within 0.1 of ε = 8 is several units
+    assert noisy.shape == (len(FIELDS),) and np.abs(noisy).max() > 1.0
+
+
+def test_a_stale_or_mislabelled_evaluation_is_refused(shop):
+    from client.app import evaluate, train
+
+    context, start = shop["context"], shop["start"]
+    with flower_task(RUN):
+        with pytest.raises(SecAggProtocolError, match="is not the round"):  # setup for another round
+            evaluate(request(shop, wire.EVALUATE_STAGES, 1, start, round_id=wire.EVALUATION_ROUND_BASE + 2), context)
+        train(request(shop, wire.TRAIN_STAGES, 2, start), context)
+        with pytest.raises(SecAggProtocolError, match="stale adapter"):
+            evaluate(request(shop, wire.EVALUATE_STAGES, 1, start), context)
+        with pytest.raises(SecAggProtocolError, match="is not the round"):
+            train(request(shop, wire.TRAIN_STAGES, 3, start, round_id=2), context)
