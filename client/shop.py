@@ -135,8 +135,8 @@ class LocalShop:
         engagement; ``priors=None``: it releases its own label flows for the scorer's priors. Both
         releases are charged to its ledger and kept in the state directory; a non-private reference
         computes them from the data. ``statistics_seed`` seeds their noise (simulations only).
-        ``seed`` picks the ``max_train_examples`` subset (simulations); without one the subset is
-        drawn with a secret key kept in the state directory, the same in every process.
+        ``seed`` picks the ``max_train_examples`` subset (simulations); without one a private shop
+        draws it with a secret key kept in its state directory, the same in every process.
         """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
@@ -148,7 +148,9 @@ class LocalShop:
             taxonomy = self._private_taxonomy(table, task, split, statistics_seed)
             self.label_space = "dp-top-k"
         self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split, require_examples=not given)
-        rng = np.random.default_rng(seed if seed is not None else subset_key(self.state_dir))
+        if seed is None:  # a non-private reference keeps no state: its subset needs no secret
+            seed = subset_key(self.state_dir) if privacy.private else 0
+        rng = np.random.default_rng(seed)
         # `other` is never a hit, so it is never a training target either
         named = np.flatnonzero(self.task.train.label != self.task.taxonomy.other)
         train_index = named[_sample(len(named), max_train_examples, rng)]
