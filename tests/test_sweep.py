@@ -1,0 +1,77 @@
+"""`fedinterest sweep`: the summary's statistics, and a two-point sweep on a real Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.sweep import Point, grid, summarise
+
+TINY = ["--backbone", "tiny", "--max-train", "64", "--max-steps", "3", "--batch-size", "16",
+        "--physical-batch-size", "16", "--max-length", "32", "--eval-examples", "20", "--central-test", "80",
+        "--lora-layers", ""]
+
+
+def row(eps, seed, value, baseline=0.5, n=400.0):
+    point = Point(eps, "user", 5, 2, 0.5, seed)
+    return {"key": point.key, "epsilon": eps if math.isfinite(eps) else "inf", "unit": "user", "shops": 5,
+            "rounds": 2, "alpha": 0.5, "seed": seed, "mig_hr@5": value, "hr@5": value, "acc@1": value,
+            "mig_acc@1": value, "n": n, "n_migrating": n, "best_baseline": "markov",
+            **{f"baseline_{m}": baseline for m in ("mig_hr@5", "hr@5", "acc@1", "mig_acc@1")}}
+
+
+def test_the_grid_and_the_recommendation():
+    points = grid([1.0, math.inf], ["user", "example"], [5], [2], [0.5], seeds=2)
+    assert len(points) == 8 and len({p.key for p in points}) == 8
+    assert "--non-private" in points[-1].arguments() and "--epsilon" in points[0].arguments()
+    rows = [row(1.0, 0, 0.48), row(1.0, 1, 0.50), row(2.0, 0, 0.60), row(2.0, 1, 0.62),
+            row(4.0, 0, 0.695), row(4.0, 1, 0.705), row(math.inf, 0, 0.70), row(math.inf, 1, 0.71)]
+    summary = summarise(rows, tolerance=0.01)
+    (group,) = summary["groups"]
+    assert [c["epsilon"] for c in group["curve"]] == [1.0, 2.0, 4.0, math.inf]
+    assert group["curve"][0]["mig_hr@5"] == pytest.approx(0.49) and group["curve"][0]["mig_hr@5_se"] == pytest.approx(0.01)
+    assert group["smallest_epsilon_within_tolerance"] == 4.0  # 0.70 against 0.705 non-private
+    assert group["smallest_epsilon_beating_baseline"] == 2.0  # 0.61 ± 0.01 against 0.5; ε = 1 does not beat it
+    one_seed = summarise([row(1.0, 0, 0.56), row(math.inf, 0, 0.7)])["groups"][0]
+    assert one_seed["smallest_epsilon_beating_baseline"] == 1.0  # 0.56 vs 0.5 over 400 examples: z ≈ 1.7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["FLWR_HOME"] = str(tmp_path / "flwr")
+    port = free_port()
+    started = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                              "--include-dashboard", "false", "--disable-usage-stats"],
+                             capture_output=True, text=True, env=env, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        out = tmp_path / "sweep"
+        command = [sys.executable, "-m", "common", "sweep", "--epsilon", "8,inf", "--seeds", "1", "--rounds", "1",
+                   "--shops", "3", "--out", str(out), "--ray-address", f"127.0.0.1:{port}",
+                   "--cpus-per-point", "1", "--", *TINY]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
+        assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+        rows = json.loads((out / "sweep.json").read_text())["rows"]
+        assert [r["epsilon"] for r in rows] == [8.0, "inf"]
+        assert all(0 <= r["mig_hr@5"] <= 1 and r["seconds"] > 0 for r in rows)
+        assert 0 < rows[0]["epsilon_spent_max"] <= 8.0 * 1.01 and rows[1]["epsilon_spent_max"] is None
+        assert (out / "privacy_utility.png").stat().st_size > 0 and "smallest ε" in result.stdout
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0 and "2 of 2 points already finished" in again.stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=180)
