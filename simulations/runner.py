@@ -74,7 +74,7 @@ def prepare(
     if data is None:
         source = out / "data"
         config = synth or SynthConfig(shops=shops, seed=seed)
-        if not (source / MANIFEST).is_file() or _synth_config(source) != config.__dict__:
+        if not (source / MANIFEST).is_file() or synth_config_of(source) != config.__dict__:
             write_synthetic(source, config)
     else:
         source = Path(data)
@@ -131,7 +131,8 @@ def simulated_node_config(run_config: dict, partition_id: int) -> dict:
             "roster": str(roster)}
 
 
-def _synth_config(directory: Path) -> dict | None:
+def synth_config_of(directory: Path) -> dict | None:
+    """The ``SynthConfig`` (as a dict) that wrote the synthetic shops in ``directory``, if any."""
     truth = directory / "ground_truth.json"
     return json.loads(truth.read_text()).get("config") if truth.is_file() else None
 

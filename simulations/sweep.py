@@ -5,7 +5,9 @@ simulate`` run, DP and SecAgg+ included, on the same data and split. Points run 
 on a local Ray instance or an existing cluster (``ray_address``); each task runs the simulation
 in a child process, which starts its own Flower simulation engine. A finished point is kept in
 ``<out>/points/<key>.json`` and never run again, so an interrupted sweep continues where it
-stopped, and a repeated one returns at once.
+stopped, and a repeated one returns at once. The frozen-prefix encodings of the shops' examples
+are computed once per dataset and split and kept in ``<out>/cache`` for every other point
+(``common.model.prefix``); on a multi-node cluster ``<out>`` must be a shared directory.
 
 ``summarise`` turns the rows into mean ± standard error over seeds per ε, and a recommendation
 per shop count and unit: the smallest ε within ``tolerance`` of the non-private federation, and
@@ -28,6 +30,7 @@ from typing import Callable
 
 from common.atomic import atomic_write_json, atomic_write_text
 from common.config import ConfigError
+from common.model.prefix import CACHE_ENV
 
 METRICS = ("mig_hr@5", "hr@5", "acc@1", "mig_acc@1")
 POINTS = "points"
@@ -94,6 +97,7 @@ def run_point(point: Point, simulate_args: list[str], out: str) -> dict:
     # temporary directory, it cannot find (and join) the cluster this task runs on
     ray_tmp = tempfile.mkdtemp(prefix="ray-")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_TMPDIR": ray_tmp}
+    env.setdefault(CACHE_ENV, str(Path(out) / "cache"))  # frozen-prefix encodings, shared by every point
     started = time.perf_counter()
     log_path = point_log(Path(out), point)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +148,24 @@ def check_settings(out: Path, settings: dict, fresh: bool) -> None:
     atomic_write_json(path, settings)
 
 
-def run_sweep(points: list[Point], simulate_args: list[str], out: Path, *, ray_address: str | None = None,
-              cpus_per_point: float | None = None, progress: Callable[[str], None] = print) -> list[dict]:
-    """Run every unfinished point as a Ray task; return all rows in grid order."""
+def synthetic_shops(out: Path, shops: int) -> Path:
+    """The default synthetic shops (the demo's data at 5 shops), written once for every point of that size."""
+    from common.data.load import MANIFEST
+
+    from .runner import synth_config_of
+    from .synthetic import SynthConfig, write_synthetic
+
+    source = out / f"data-shops{shops}"
+    config = SynthConfig(shops=shops, seed=0)
+    if not (source / MANIFEST).is_file() or synth_config_of(source) != config.__dict__:
+        write_synthetic(source, config)
+    return source
+
+
+def run_sweep(points: list[Point], simulate_args: Callable[[Point], list[str]], out: Path, *,
+              ray_address: str | None = None, cpus_per_point: float | None = None,
+              progress: Callable[[str], None] = print) -> list[dict]:
+    """Run every unfinished point as a Ray task (``simulate_args(point)``: its settings); all rows in grid order."""
     rows = {p.key: row for p in points if (row := finished(out, p)) is not None}
     pending = [p for p in points if p.key not in rows]
     if rows:
@@ -157,7 +176,7 @@ def run_sweep(points: list[Point], simulate_args: list[str], out: Path, *, ray_a
     return [rows[p.key] for p in points]
 
 
-def _run_on_ray(points: list[Point], simulate_args: list[str], out: Path, address: str | None,
+def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]], out: Path, address: str | None,
                 cpus_per_point: float | None, progress: Callable[[str], None]) -> dict[str, dict]:
     import ray
     from tqdm import tqdm
@@ -172,7 +191,7 @@ def _run_on_ray(points: list[Point], simulate_args: list[str], out: Path, addres
              f"{'cluster ' + address if address else 'local Ray'})")
     task = ray.remote(num_cpus=per_point, max_retries=0)(run_point)
     (out / POINTS).mkdir(parents=True, exist_ok=True)
-    waiting = {task.remote(p, simulate_args, str(out)): p for p in points}
+    waiting = {task.remote(p, simulate_args(p), str(out)): p for p in points}
     rows, failures = {}, []
     sweep_bar = tqdm(total=len(points), desc="sweep", unit="point", position=0)
     rounds_bar = tqdm(total=sum(p.rounds for p in points), desc="rounds", unit="round", position=1)

@@ -175,3 +175,25 @@ def test_label_embedding_head_is_centred_scaled_and_the_same_for_every_party(tin
     assert torch.equal(head(again.model), weight)
     rand = SharedModel(ModelConfig(backbone="tiny", lora=LoraSettings(layers=(-1,)), head_init="random"), names, "cpu")
     assert not torch.equal(head(rand.model), weight)
+
+
+def test_prefix_encodings_are_kept_and_read_back_across_processes(tiny, tmp_path, monkeypatch):
+    """With the cache on, a second computation reads the first one's file; other tokens or weights miss."""
+    from common.model.prefix import CACHE_ENV, prefix_hidden_states
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    model = build_model(tiny, 5, LoraSettings(layers=(-1,)))
+    start = model.config.num_hidden_layers - 1
+    ids = np.tile(np.arange(3, 15), (4, 1)).astype(np.int64)
+    lengths = np.array([12, 9, 7, 12])
+    first = prefix_hidden_states(model, ids, lengths, start)
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert torch.equal(prefix_hidden_states(model, ids, lengths, start), first)
+    torch.save(torch.zeros(1), entry)  # what a process reads is the file, not a copy in memory
+    assert prefix_hidden_states(model, ids, lengths, start).shape == (1,)
+    prefix_hidden_states(model, ids[:, ::-1].copy(), lengths, start)  # other tokens: another entry
+    other = build_model(tiny, 5, LoraSettings(layers=(-1,)))
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if "word_embeddings" in n).add_(1.0)
+    prefix_hidden_states(other, ids, lengths, start)  # other frozen weights: another entry
+    assert len(list((tmp_path / "cache").iterdir())) == 3

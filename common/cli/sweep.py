@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from common.config import ConfigError
-    from simulations.sweep import check_settings, grid, recommendation_text, run_sweep, summarise, write_outputs
+    from simulations.sweep import (
+        check_settings, grid, recommendation_text, run_sweep, summarise, synthetic_shops, write_outputs,
+    )
 
     extra = list(args.simulate_args)
     if extra[:1] == ["--"]:
@@ -85,12 +87,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("sweep: --seeds must be >= 1")
     if any(s < 3 for s in args.shops):
         raise ConfigError("sweep: every --shops value must be >= 3 (secure aggregation needs three)")
-    data = ["--data", args.data, "--partition", args.partition] if args.data else []
-    simulate_args = [*DEMO_SETTINGS, *data, *extra]
     out = Path(args.out)
-    check_settings(out, {"simulate_args": simulate_args}, args.fresh)
+    check_settings(out, {"simulate_args": [*DEMO_SETTINGS, *extra], "data": args.data,
+                         "partition": args.partition}, args.fresh)
+    # every point of a shop count sees the same data: --data, or the default synthetic shops written once
+    data = {s: ["--data", args.data, "--partition", args.partition] if args.data
+            else ["--data", str(synthetic_shops(out, s)), "--partition", "natural"] for s in args.shops}
     points = grid(args.epsilon, args.unit, args.shops, args.rounds, args.alpha, args.seeds)
-    rows = run_sweep(points, simulate_args, out, ray_address=args.ray_address, cpus_per_point=args.cpus_per_point)
+    rows = run_sweep(points, lambda p: [*DEMO_SETTINGS, *data[p.shops], *extra], out,
+                     ray_address=args.ray_address, cpus_per_point=args.cpus_per_point)
     summary = summarise(rows, args.tolerance, args.metric)
     paths = write_outputs(rows, summary, out)
     print()

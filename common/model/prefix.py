@@ -13,14 +13,19 @@ alone (``cls_only_layer``): the same output, and most of the top layer's cost sa
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
+#: A directory to keep frozen-prefix encodings in, shared by processes (e.g. the points of a sweep).
+CACHE_ENV = "FEDINTEREST_PREFIX_CACHE"
 
 
 def adapted_layers_start(model: nn.Module) -> int:
@@ -97,16 +102,46 @@ def cls_only_layer(layer: nn.Module, hidden_states: torch.Tensor, attention_mask
     return layer.output(layer.intermediate(attended), attended)
 
 
+def prefix_key(model: nn.Module, input_ids: np.ndarray, lengths: np.ndarray, start: int, dtype: torch.dtype) -> str:
+    """What a prefix encoding depends on: the frozen weights below ``start``, the tokens, the dtype."""
+    inner = sequence_classifier(model)
+    h = hashlib.sha256(f"{start}/{dtype}/{input_ids.shape}".encode())
+    for module in [inner.bert.embeddings, *list(inner.bert.encoder.layer)[:start]]:
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+    h.update(np.ascontiguousarray(input_ids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(lengths, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def prefix_hidden_states(model: nn.Module, input_ids: np.ndarray, lengths: np.ndarray, start: int,
+                         batch_size: int = 64, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The input of encoder layer ``start`` for every example (frozen layers, eval mode), on CPU.
+
+    With ``FEDINTEREST_PREFIX_CACHE`` set, encodings are kept there (keyed by ``prefix_key``,
+    written atomically) and any process that needs the same ones reads them back.
+    """
+    directory = os.environ.get(CACHE_ENV)
+    if not directory or start == 0:
+        return _prefix_hidden_states(model, input_ids, lengths, start, batch_size, dtype)
+    path = Path(directory) / f"{prefix_key(model, input_ids, lengths, start, dtype)}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable entry is recomputed and replaced
+            pass
+    hidden = _prefix_hidden_states(model, input_ids, lengths, start, batch_size, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(hidden, tmp)
+    os.replace(tmp, path)
+    return hidden
+
+
 @torch.no_grad()
-def prefix_hidden_states(
-    model: nn.Module,
-    input_ids: np.ndarray,
-    lengths: np.ndarray,
-    start: int,
-    batch_size: int = 64,
-    dtype: torch.dtype = torch.bfloat16,
-) -> torch.Tensor:
-    """The input of encoder layer ``start`` for every example (frozen layers, eval mode), on CPU."""
+def _prefix_hidden_states(model: nn.Module, input_ids: np.ndarray, lengths: np.ndarray, start: int,
+                          batch_size: int, dtype: torch.dtype) -> torch.Tensor:
     from transformers.masking_utils import create_bidirectional_mask
 
     inner = sequence_classifier(model)
