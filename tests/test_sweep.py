@@ -49,7 +49,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
     ray = str(Path(sys.executable).parent / "ray")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
