@@ -164,13 +164,25 @@ class LocalShop:
         self.activate()
         names = table.category_names
         self.names = names
-        self.train_data = self.shared.dataset(self.train_examples, names, train.max_length)
+        self.train_data = self._training_data(train_index, names, train.max_length)
         if self.priors.counts is not None:  # the priors hold this shop's own flows: leave each user out
             own = own_flow_corrections(self.task.train, len(self.priors.transition), self.priors.counts,
                                        history_features(self.task.train))
             self.train_data = self.train_data.with_own_corrections(own[0][train_index], own[1][train_index])
         self._test_sets: dict[int | None, tuple[ExampleSet, ShopDataset]] = {}
         self.n_users = int(len(np.unique(self.task.train.user)))
+
+    def _training_data(self, index: np.ndarray, names: dict[str, str], max_length: int) -> ShopDataset:
+        """The training examples at ``index``, encoded. With a shared prefix cache on, every training
+        example is encoded once and the subset taken after: the encodings then serve any label
+        space and subset (sweep points that differ in ε choose different ones)."""
+        import os
+
+        from common.model.prefix import CACHE_ENV
+
+        if os.environ.get(CACHE_ENV) and self.shared.prefix_start > 0:
+            return self.shared.dataset(self.task.train, names, max_length).subset(index)
+        return self.shared.dataset(self.train_examples, names, max_length)
 
     def _private_taxonomy(self, table: EventTable, task: TaskConfig, split: TemporalSplit,
                           seed: int | None) -> Taxonomy:

@@ -181,6 +181,7 @@ def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]]
     import ray
     from tqdm import tqdm
 
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPU tip the user cannot act on
     cpus = os.cpu_count() or 2
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -194,7 +195,7 @@ def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]]
     waiting = {task.remote(p, simulate_args(p), str(out)): p for p in points}
     rows, failures = {}, []
     sweep_bar = tqdm(total=len(points), desc="sweep", unit="point", position=0)
-    rounds_bar = tqdm(total=sum(p.rounds for p in points), desc="rounds", unit="round", position=1)
+    point_bars: dict[str, tqdm] = {}  # one bar per running point: its rounds
     try:
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1, timeout=5.0)
@@ -204,13 +205,21 @@ def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]]
                     rows[point.key] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - one failed point does not lose the others
                     failures.append(f"{point.key}: {exc}")
+                if point.key in point_bars:
+                    point_bars.pop(point.key).close()
                 sweep_bar.update(1)
-            finished_rounds = sum(p.rounds for p in points if p.key in rows)
-            rounds_bar.n = min(rounds_bar.total, finished_rounds + sum(point_progress(out, p) for p in waiting.values()))
-            rounds_bar.refresh()
+            for point in waiting.values():
+                rounds = point_progress(out, point)
+                if rounds and point.key not in point_bars:
+                    point_bars[point.key] = tqdm(total=point.rounds, desc=point.key, unit="round", leave=False,
+                                                 position=1 + len(point_bars))
+                if point.key in point_bars:
+                    point_bars[point.key].n = min(rounds, point.rounds)
+                    point_bars[point.key].refresh()
     finally:
+        for bar in point_bars.values():
+            bar.close()
         sweep_bar.close()
-        rounds_bar.close()
         ray.shutdown()
     if failures:
         raise RuntimeError(f"{len(failures)} sweep point(s) failed (the others are kept):\n" + "\n".join(failures))

@@ -197,3 +197,27 @@ def test_prefix_encodings_are_kept_and_read_back_across_processes(tiny, tmp_path
         next(p for n, p in other.named_parameters() if "word_embeddings" in n).add_(1.0)
     prefix_hidden_states(other, ids, lengths, start)  # other frozen weights: another entry
     assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_a_shop_trains_on_the_same_examples_with_the_prefix_cache_on(tiny_shop_table, tmp_path, monkeypatch):
+    """With the cache on, a shop encodes every training example once and subsets: same data, same order."""
+    from client.privacy import PrivacyConfig
+    from client.shop import LocalShop, ModelConfig
+    from client.training import TrainConfig
+    from common.config import TaskConfig
+    from common.model.prefix import CACHE_ENV
+
+    def shop():
+        return LocalShop(tiny_shop_table, state_dir=tmp_path / "state", privacy=PrivacyConfig(epsilon=None),
+                         train=TrainConfig(max_length=32), model=ModelConfig(backbone="tiny",
+                                                                             lora=LoraSettings(layers=(-1,))),
+                         task=TaskConfig(), max_train_examples=40, seed=1)
+
+    plain = shop().train_data
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    cached = shop().train_data
+    assert plain.prefix_start == cached.prefix_start == 1
+    assert torch.equal(plain.labels, cached.labels) and np.array_equal(plain.users, cached.users)
+    width = plain.hidden.shape[1]
+    assert torch.allclose(plain.hidden.float(), cached.hidden[:, :width].float(), atol=2e-2)
+    assert any((tmp_path / "cache").iterdir())

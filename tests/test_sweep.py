@@ -16,7 +16,7 @@ from simulations.sweep import Point, grid, summarise
 
 TINY = ["--backbone", "tiny", "--max-train", "64", "--max-steps", "3", "--batch-size", "16",
         "--physical-batch-size", "16", "--max-length", "32", "--eval-examples", "20", "--central-test", "80",
-        "--lora-layers", ""]
+        "--lora-layers", "top1"]  # a frozen prefix: the points share its encodings
 
 
 def row(eps, seed, value, baseline=0.5, n=400.0):
@@ -70,6 +70,7 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
         assert all(0 <= r["mig_hr@5"] <= 1 and r["seconds"] > 0 for r in rows)
         assert 0 < rows[0]["epsilon_spent_max"] <= 8.0 * 1.01 and rows[1]["epsilon_spent_max"] is None
         assert (out / "privacy_utility.png").stat().st_size > 0 and "smallest ε" in result.stdout
+        assert any((out / "cache").iterdir())  # the frozen-prefix encodings, kept for every point
         again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert again.returncode == 0 and "2 of 2 points already finished" in again.stdout
     finally:
