@@ -343,7 +343,7 @@ def plot(summary: dict, out: Path) -> Path:
             plain = [c for c in g["curve"] if not math.isfinite(c["epsilon"])]
             if plain:
                 ax.axhline(plain[0][metric], color=color, linestyle="--", label=f"non-private federated ({label})")
-            base = g["curve"][0][f"baseline_{metric}"]
+            base = sum(c[f"baseline_{metric}"] for c in g["curve"]) / len(g["curve"])  # the test sets' mean
             ax.axhline(base, color=color, linestyle=":", label=f"best baseline: {g['best_baseline']} ({label})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ε per privacy unit (log scale)")
