@@ -73,18 +73,20 @@ def grid(epsilons, units, shops, rounds, alphas, seeds: int) -> list[Point]:
 
 
 def point_row(point: Point, report: dict, seconds: float) -> dict:
-    """A flat row: the point, the federated model's metrics, the best baseline's, ε, bytes and time."""
+    """A flat row: the point, every metric of the federated model, the best baseline's, ε spent per
+    shop, bytes and time."""
     table = report["table"]
     federated = next(v for k, v in table.items() if k.startswith("federated"))
     baselines = {k: v for k, v in table.items() if not k.startswith(("federated", "centralized"))}
     best = max(baselines, key=lambda k: baselines[k].get("mig_hr@5", -1.0))
-    spent = [values[-1] for values in report.get("epsilon_per_shop", {}).values() if values]
+    spent = {shop: values[-1] for shop, values in report.get("epsilon_per_shop", {}).items() if values}
     row = {"key": point.key, **asdict(point), "epsilon": point.epsilon if point.private else "inf"}
-    row.update({m: federated.get(m) for m in METRICS})
-    row.update({"n": federated.get("n"), "n_migrating": federated.get("n_migrating"), "best_baseline": best})
+    row.update(federated)
+    row["best_baseline"] = best
     row.update({f"baseline_{m}": baselines[best].get(m) for m in METRICS})
-    row.update({"epsilon_spent_max": max(spent) if spent else None, "bytes": report.get("bytes_on_the_wire"),
-                "seconds": seconds})
+    row.update({"epsilon_spent_max": max(spent.values()) if spent else None,
+                "epsilon_spent_per_shop": ";".join(f"{shop}={eps:.4f}" for shop, eps in sorted(spent.items())),
+                "bytes": report.get("bytes_on_the_wire"), "seconds": seconds})
     return row
 
 

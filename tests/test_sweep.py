@@ -69,6 +69,7 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
         assert [r["epsilon"] for r in rows] == [8.0, "inf"]
         assert all(0 <= r["mig_hr@5"] <= 1 and r["seconds"] > 0 for r in rows)
         assert 0 < rows[0]["epsilon_spent_max"] <= 8.0 * 1.01 and rows[1]["epsilon_spent_max"] is None
+        assert rows[0]["epsilon_spent_per_shop"].count("=") == 3 and "mig_auroc" in rows[0]
         assert (out / "privacy_utility.png").stat().st_size > 0 and "smallest ε" in result.stdout
         assert any((out / "cache").iterdir())  # the frozen-prefix encodings, kept for every point
         again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
