@@ -36,6 +36,10 @@ METRICS = ("mig_hr@5", "hr@5", "acc@1", "mig_acc@1")
 POINTS = "points"
 
 
+class SweepFailed(RuntimeError):
+    """Some points failed; the message names each with the end of its log (the others are kept)."""
+
+
 @dataclass(frozen=True)
 class Point:
     """One simulation of the grid; ``epsilon`` is ``inf`` for the non-private federation."""
@@ -206,7 +210,7 @@ def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]]
                 try:
                     rows[point.key] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - one failed point does not lose the others
-                    failures.append(f"{point.key}: {exc}")
+                    failures.append(f"{point.key}: {getattr(exc, 'cause', None) or exc}")  # Ray wraps it
                 if point.key in point_bars:
                     point_bars.pop(point.key).close()
                 sweep_bar.update(1)
@@ -224,7 +228,8 @@ def _run_on_ray(points: list[Point], simulate_args: Callable[[Point], list[str]]
         sweep_bar.close()
         ray.shutdown()
     if failures:
-        raise RuntimeError(f"{len(failures)} sweep point(s) failed (the others are kept):\n" + "\n".join(failures))
+        raise SweepFailed(f"{len(failures)} sweep point(s) failed (the finished ones are kept; run the same "
+                          "command again to retry the rest):\n" + "\n".join(failures))
     return rows
 
 

@@ -43,6 +43,17 @@ def test_the_grid_and_the_recommendation():
     assert one_seed["smallest_epsilon_beating_baseline"] == 1.0  # 0.56 vs 0.5 over 400 examples: z ≈ 1.7
 
 
+def test_a_failing_point_is_named_with_its_log_and_no_traceback(tmp_path):
+    command = [sys.executable, "-m", "common", "sweep", "--epsilon", "8", "--seeds", "1", "--rounds", "1",
+               "--shops", "3", "--out", str(tmp_path / "sweep"), "--cpus-per-point", "1", "--",
+               "--backbone", str(tmp_path / "no-such-backbone")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "1 sweep point(s) failed" in result.stderr and "eps8-user-shops3" in result.stderr
+    assert "no-such-backbone" in result.stderr and "Traceback" not in result.stderr.split("failed", 1)[1][:300]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from common.config import ConfigError
+    import sys
+
     from simulations.sweep import (
-        check_settings, grid, recommendation_text, run_sweep, summarise, synthetic_shops, write_outputs,
+        SweepFailed, check_settings, grid, recommendation_text, run_sweep, summarise, synthetic_shops, write_outputs,
     )
 
     extra = list(args.simulate_args)
@@ -94,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
     data = {s: ["--data", args.data, "--partition", args.partition] if args.data
             else ["--data", str(synthetic_shops(out, s)), "--partition", "natural"] for s in args.shops}
     points = grid(args.epsilon, args.unit, args.shops, args.rounds, args.alpha, args.seeds)
-    rows = run_sweep(points, lambda p: [*DEMO_SETTINGS, *data[p.shops], *extra], out,
-                     ray_address=args.ray_address, cpus_per_point=args.cpus_per_point)
+    try:
+        rows = run_sweep(points, lambda p: [*DEMO_SETTINGS, *data[p.shops], *extra], out,
+                         ray_address=args.ray_address, cpus_per_point=args.cpus_per_point)
+    except SweepFailed as exc:
+        print(f"fedinterest sweep: {exc}", file=sys.stderr)
+        return 1
     summary = summarise(rows, args.tolerance, args.metric)
     paths = write_outputs(rows, summary, out)
     print()
