@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .privacy import Phase, PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
-from .statistics import EVALUATION_SHARE, STATISTICS_SHARES, release_noise
+from .statistics import STATISTICS_SHARES, release_noise, reserved_evaluations
 from .training import TrainConfig
 
 LABEL_SPACES = ("private", "published")
@@ -61,9 +61,7 @@ def statistics_phases(budget: float, shop: Shop) -> tuple[list[Phase], list[Phas
     terms = shop.terms()
     kinds = ["engagement", "label-flows"] if shop.label_space == "private" else ["label-flows"]
     before = [(release_noise(budget, STATISTICS_SHARES[k], terms), 1.0, 1) for k in kinds]
-    reserved = [(release_noise(budget, EVALUATION_SHARE, terms, shop.evaluations), 1.0, shop.evaluations)] \
-        if shop.evaluations > 0 else []
-    return before, reserved
+    return before, reserved_evaluations(budget, terms, shop.evaluations)
 
 
 def _schedule(sigma: float, shop: Shop, budget: float | None, before: list[Phase], reserved: list[Phase],

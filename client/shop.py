@@ -35,7 +35,8 @@ from common.text import encode_texts, render_examples
 from .ledger import LedgerError, PrivacyLedger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
 from .statistics import (
-    EVALUATION_SHARE, StatisticsOutcome, release, release_category_engagement, release_label_flows, release_noise,
+    EVALUATION_SHARE, StatisticsOutcome, release, release_category_engagement, release_label_flows,
+    reserved_evaluations,
 )
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
@@ -269,10 +270,7 @@ class LocalShop:
 
         def reserved(state) -> list:
             done = sum(1 for r in state.releases if r.kind == "statistics" and r.input_sha256.startswith(EVALUATION))
-            if evaluations <= done:
-                return []
-            sigma = release_noise(budget, EVALUATION_SHARE, terms, evaluations)
-            return [(sigma, 1.0, evaluations - done)]
+            return reserved_evaluations(budget, terms, evaluations, done)
 
         unit = terms.unit
         n_units = self.train_data.n_units(unit)

@@ -62,6 +62,13 @@ def release_noise(budget: float, share: float, terms: PrivacyTerms, releases: in
                         unit=terms.unit).noise_multiplier
 
 
+def reserved_evaluations(budget: float, terms: PrivacyTerms, evaluations: int, done: int = 0) -> list:
+    """The run's evaluations still to come, as phases the ledger will compose (reserved by the DP-SGD plan)."""
+    if evaluations <= done:
+        return []
+    return [(release_noise(budget, EVALUATION_SHARE, terms, evaluations), 1.0, evaluations - done)]
+
+
 def gaussian(size: int, std: float, seed: int | None = None, tag: str = "") -> np.ndarray:
     """Gaussian noise from PCG64 seeded with 256 bits of ``os.urandom`` (or, in simulations, a seed + tag)."""
     if seed is None:
