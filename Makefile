@@ -62,6 +62,7 @@ bench: setup
 	$(PY) benchmarks/dp_overhead.py
 	$(PY) benchmarks/secagg_cost.py
 	$(PY) benchmarks/sim_scale.py
+	$(PY) benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache

@@ -11,6 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .federation import Federation
+from .message_log import MessageLog
 from .settings import FederationSettings
 
 app = ServerApp()
@@ -19,4 +20,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = FederationSettings.from_run_config(dict(context.run_config))
-    Federation(settings).start(grid)
+    log_dir = str(settings["message-log"])
+    Federation(settings, observe=MessageLog(log_dir) if log_dir else None).start(grid)

@@ -45,14 +45,16 @@ DEFAULTS: dict[str, object] = {
     "round-timeout": 3600.0,
     "task-spec": "",
     "sim-data": "data/synthetic",
+    "sim-nodes": "",
     "out-dir": "runs/federation",
     "resume": False,
     "top-k": 0,
     "roster": "",
+    "message-log": "",
 }
 
 #: Keys that may change between a run and its resumption.
-RESUMABLE = {"resume", "round-timeout", "out-dir", "roster"}
+RESUMABLE = {"resume", "round-timeout", "out-dir", "roster", "message-log"}
 
 
 @dataclass(frozen=True)

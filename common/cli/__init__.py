@@ -8,10 +8,10 @@ from typing import Sequence
 
 from ..config import ConfigError
 from ..data.schema import DataError
-from . import audit, baselines, budget, keys, ledger, predict, simulate, sweep, synth, train_local
+from . import audit, baselines, budget, keys, ledger, node, platform, predict, serve, simulate, sweep, synth, train_local
 
 #: Subcommand modules; each has NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = (synth, baselines, train_local, ledger, budget, keys, simulate, sweep, predict, audit)
+COMMANDS = (synth, baselines, train_local, ledger, budget, keys, simulate, sweep, predict, serve, audit, platform, node)
 
 #: Exit status for bad input or configuration (clear message, no traceback).
 EXIT_USAGE = 2

@@ -4,17 +4,27 @@ Loads the export (peft adapter, taxonomy, model card) on its backbone, takes eve
 latest history in --data (up to --at, default: the end of the data) and writes, per user, the
 top-5 next categories with their probabilities and the probability of migrating (1 - p of the
 current interest) to --out, atomically.
+
+``load_predictor``, ``prediction_time``, ``score_examples`` and ``rank`` are the steps, shared
+with ``fedinterest serve`` so both give the same numbers for the same events.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .data_args import add_data_arguments, load_options
 
 NAME = "predict"
 HELP = "top-5 next categories and migration probability per user, from an exported adapter"
+
+#: Categories reported per user (``other`` is never one of them).
+TOP_K = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,55 +38,113 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import pandas as pd
 
-    from client.shop import shop_dataset
-    from client.training import predict_proba
     from common.atomic import atomic_write_text
-    from common.config import TaskConfig
     from common.data import load_events
     from common.data.schema import DataError
-    from common.task import EventArrays, Taxonomy, latest_examples
-    from common.model.scorer import set_priors
-    from server.export import ADAPTER, TAXONOMY, read_model_card, read_priors
+    from common.task import EventArrays, latest_examples
 
-    export = Path(args.adapter)
-    if export.name == ADAPTER:
-        export = export.parent
-    card = read_model_card(export)
-    taxonomy = Taxonomy.load(export / TAXONOMY)
-    model, tokenizer = load_exported(export, card, taxonomy, args.device)
-    priors = read_priors(export)
-    if priors is not None:
-        set_priors(model, priors)
-    config = TaskConfig.from_dict(card["task"])
+    predictor = load_predictor(args.adapter, args.device)
+    config, taxonomy = predictor.config, predictor.taxonomy
     table = load_events(args.data, load_options(args))
     print(table.report.summary())
     events = EventArrays.from_table(table, taxonomy)
-    stride = config.stride_seconds
-    at = args.at if args.at is not None else int(-(-(int(events.timestamp.max()) + 1) // stride) * stride)
+    at = args.at if args.at is not None else prediction_time(events.timestamp, config.stride_seconds)
     examples = latest_examples(events, config, at)
     if not len(examples):
         raise DataError(f"{args.data}: no user has {config.min_history} events before {at}")
-    max_length = int(card.get("settings", {}).get("max-length", 128))
-    probs = predict_proba(model, shop_dataset(examples, table.category_names, tokenizer, max_length))
+    probs = score_examples(predictor, examples, table.category_names)
+    ranked = rank(probs, examples.current, taxonomy.other)
     names = np.array(taxonomy.class_names, dtype=object)
-    named = probs.copy()
-    named[:, taxonomy.other] = -1.0  # `other` is never a prediction
-    top = np.argsort(-named, axis=1, kind="stable")[:, :5]
     rows = {
         "user_id": events.user_ids[examples.user],
         "prediction_time": pd.to_datetime(examples.t, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "current_interest": names[examples.current],
     }
-    for k in range(5):
-        rows[f"top{k + 1}"] = names[top[:, k]]
-        rows[f"top{k + 1}_p"] = np.round(probs[np.arange(len(top)), top[:, k]], 6)
-    rows["p_migrate"] = np.round(1.0 - probs[np.arange(len(top)), examples.current], 6)
+    for k in range(TOP_K):
+        rows[f"top{k + 1}"] = names[ranked.top[:, k]]
+        rows[f"top{k + 1}_p"] = np.round(ranked.top_p[:, k], 6)
+    rows["p_migrate"] = np.round(ranked.p_migrate, 6)
     atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
     print(f"wrote predictions for {len(examples):,} users at {rows['prediction_time'][0]} to {args.out}")
     return 0
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """An exported adapter loaded for prediction, with the task settings it was trained under."""
+
+    export: Path
+    model: Any  # peft model, in eval mode, priors set
+    tokenizer: Any
+    taxonomy: Any  # common.task.Taxonomy
+    config: Any  # common.config.TaskConfig
+    max_length: int
+    backbone: str
+
+    @property
+    def device(self) -> str:
+        return str(next(self.model.parameters()).device)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Per example: the top classes (best first), their probabilities, and P(migrate)."""
+
+    top: np.ndarray  # (n, k) class indices
+    top_p: np.ndarray  # (n, k)
+    p_migrate: np.ndarray  # (n,)
+
+
+def load_predictor(adapter: str | Path, device: str = "auto") -> Predictor:
+    """The export at ``adapter`` (or its ``adapter/`` folder) on its backbone, priors set."""
+    from common.config import TaskConfig
+    from common.model.scorer import set_priors
+    from common.task import Taxonomy
+    from server.export import ADAPTER, TAXONOMY, read_model_card, read_priors
+
+    export = Path(adapter)
+    if export.name == ADAPTER:
+        export = export.parent
+    card = read_model_card(export)
+    taxonomy = Taxonomy.load(export / TAXONOMY)
+    model, tokenizer = load_exported(export, card, taxonomy, device)
+    priors = read_priors(export)
+    if priors is not None:
+        set_priors(model, priors)
+    return Predictor(
+        export=export,
+        model=model,
+        tokenizer=tokenizer,
+        taxonomy=taxonomy,
+        config=TaskConfig.from_dict(card["task"]),
+        max_length=int(card.get("settings", {}).get("max-length", 128)),
+        backbone=str(card["backbone"]),
+    )
+
+
+def prediction_time(timestamps: np.ndarray, stride: int) -> int:
+    """The default prediction time: the end of the stride period (day) holding the last event."""
+    return int(-(-(int(np.max(timestamps)) + 1) // stride) * stride)
+
+
+def score_examples(predictor: Predictor, examples, names: dict[str, str], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities, (n, n_classes), for ``examples`` rendered with category ``names``."""
+    from client.shop import shop_dataset
+    from client.training import predict_proba
+
+    data = shop_dataset(examples, names, predictor.tokenizer, predictor.max_length)
+    return predict_proba(predictor.model, data, batch_size=batch_size)
+
+
+def rank(probs: np.ndarray, current: np.ndarray, other: int, k: int = TOP_K) -> Ranked:
+    """Top-``k`` classes by probability (class ``other`` never one) and 1 - p(current interest)."""
+    named = probs.copy()
+    named[:, other] = -1.0  # `other` is never a prediction
+    top = np.argsort(-named, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(top))
+    return Ranked(top, probs[rows[:, None], top], 1.0 - probs[rows, current])
 
 
 def load_exported(export: Path, card: dict, taxonomy, device: str = "auto"):

@@ -1,0 +1,81 @@
+"""The platform's side of a live federation: make its directory, register shops, run it.
+
+``init`` makes a CA and the SuperLink's certificate, the task and an empty roster; ``add-shop``
+registers a merchant's public keys (its ``public-keys.json``); ``start`` runs ``flower-superlink``
+with TLS and SuperNode authentication, registers the shops' keys with it and runs the
+federation to an exported adapter. Run ``start`` again after a crash: it resumes from the last
+checkpoint. Nothing runs without TLS unless ``init --insecure`` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "platform"
+HELP = "platform side of a live federation: init, add-shop, start"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = sub.add_parser("init", help="make the platform directory: CA, server certificate, task, empty roster")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--address", required=True, metavar="HOST:PORT",
+                      help="where the SuperLink listens and merchants connect (e.g. fl.example.com:9092)")
+    init.add_argument("--host", action="append", default=[], metavar="NAME",
+                      help="a host name or IP the server certificate is valid for (repeatable; default: the "
+                           "address's host, or localhost and 127.0.0.1 for a local address)")
+    task = init.add_mutually_exclusive_group(required=True)
+    task.add_argument("--task-spec", metavar="JSON", help="the task as a task-spec file (a published taxonomy)")
+    task.add_argument("--catalogue", metavar="PATH",
+                      help="the platform's catalogue as events data: its categories and time span define the "
+                           "task; the shops choose the label space privately")
+    init.add_argument("--format", default=None, help="format of --catalogue (default: detect)")
+    init.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
+    init.add_argument("--min-shops", type=int, default=3, help="shops every round needs (default 3)")
+    init.add_argument("--backbone", default="minilm", help="backbone the shops fine-tune (default minilm)")
+    init.add_argument("--run-config", metavar="'KEY=VALUE ...'",
+                      help="further run config (see [tool.flwr.app.config] in pyproject.toml), e.g. 'lr=0.01'")
+    init.add_argument("--message-log", action="store_true",
+                      help="keep every reply the platform receives in DIR/messages, for merchants to audit")
+    init.add_argument("--insecure", action="store_true",
+                      help="no TLS and no SuperNode authentication (closed test networks only)")
+    add = sub.add_parser("add-shop", help="register a merchant's public keys and republish the roster")
+    add.add_argument("dir", metavar="DIR")
+    add.add_argument("name", metavar="NAME", help="the shop's name on the roster")
+    add.add_argument("keys", metavar="PUBKEYS", help="the merchant's public-keys.json (or its JSON text)")
+    start = sub.add_parser("start", help="run the SuperLink and the federation (resumes after a crash)")
+    start.add_argument("dir", metavar="DIR")
+    start.add_argument("--run-config", metavar="'KEY=VALUE ...'", help="override run config for this start")
+    start.add_argument("--keep-running", action="store_true", help="keep the SuperLink up after the run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy import flower
+    from deploy.keys import ShopKeys
+    from deploy.platform import INSECURE_WARNING, add_shop, init_platform, start_platform
+
+    root = Path(args.dir)
+    if args.action == "init":
+        if args.insecure:
+            print(INSECURE_WARNING)
+        config = {"num-server-rounds": args.rounds, "min-shops": args.min_shops, "backbone": args.backbone,
+                  **flower.parse_pairs(args.run_config, "--run-config")}
+        platform = init_platform(root, address=args.address, hosts=args.host,
+                                 task_spec=Path(args.task_spec) if args.task_spec else None,
+                                 catalogue=Path(args.catalogue) if args.catalogue else None,
+                                 catalogue_format=args.format, run_config=config, insecure=args.insecure,
+                                 message_log=args.message_log)
+        print(f"platform directory {platform.root}")
+        if not args.insecure:
+            print(f"send merchants: the address {args.address}, {platform.ca} and, once every shop is added, "
+                  f"{platform.roster}; keep {platform.ca_key} offline")
+        return 0
+    if args.action == "add-shop":
+        roster = add_shop(root, args.name, ShopKeys.read(args.keys))
+        print(f"shop {args.name} added; the roster lists {len(roster)} shop(s): {', '.join(sorted(roster.keys))}")
+        print(f"roster fingerprint {roster.fingerprint()}: every merchant compares it out of band")
+        return 0
+    return start_platform(root, run_config=flower.parse_pairs(args.run_config, "--run-config"),
+                          keep_running=args.keep_running)

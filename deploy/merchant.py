@@ -1,0 +1,168 @@
+"""The merchant's side of a deployment: one directory that holds the shop's keys, ledger and state.
+
+``init`` makes the two keys (Flower's SuperNode authentication key and the SecAgg identity) and
+``public-keys.json``, the file the merchant sends to the platform. ``start`` checks the data (the
+baseline table on it, or a clear error), pins the roster the platform published, and runs
+``flower-supernode`` with TLS against the platform's CA, authenticated by the SuperNode key, with
+the shop's node config. The ledger lives in the directory, so a restarted node keeps its budget.
+
+Layout::
+
+    node.json                    roster.json      the roster this shop pinned (compare its fingerprint)
+    supernode.key supernode.pub  identity.key     public-keys.json  what the platform receives
+    ledger.json, rounds, caches  (the state directory of the shop)     flwr/  FLWR_HOME
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from common.atomic import atomic_write_json, atomic_write_text
+from common.config import ConfigError
+from common.secagg import Identity, Roster
+from common.secagg.identity import IDENTITY_FILE
+
+from . import flower
+from .keys import ShopKeys, make_supernode_key
+
+NODE_FORMAT = "fedinterest-node/1"
+INSECURE_WARNING = ("WARNING: --insecure: this node talks to the platform WITHOUT TLS and without "
+                    "authentication; use it on a closed test network only.")
+
+
+class NodeDir:
+    """The files of a node directory (see the module docstring); the directory is the shop's state-dir."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = r = Path(root).resolve()
+        self.settings_file, self.roster, self.flwr_home = r / "node.json", r / "roster.json", r / "flwr"
+        self.supernode_key, self.supernode_pub = r / "supernode.key", r / "supernode.pub"
+        self.identity, self.public_keys = r / IDENTITY_FILE, r / "public-keys.json"
+
+    def check(self) -> None:
+        if not self.settings_file.is_file():
+            raise ConfigError(f"{self.root} is not a node directory (no node.json); make one with "
+                              "`fedinterest node init`")
+
+
+def init_node(root: Path) -> ShopKeys:
+    """Make the shop's keys; refuses to overwrite an existing node directory."""
+    node = NodeDir(root)
+    if node.settings_file.exists():
+        raise ConfigError(f"{node.settings_file} exists: {node.root} is already a node directory")
+    node.root.mkdir(parents=True, exist_ok=True)
+    Identity.generate().save(node.identity)
+    supernode = make_supernode_key(node.supernode_key, node.supernode_pub)
+    keys = ShopKeys(supernode=supernode, identity=Identity.load(node.identity).public_key)
+    atomic_write_text(node.public_keys, keys.to_json() + "\n")
+    atomic_write_json(node.settings_file, {"format": NODE_FORMAT})
+    return keys
+
+
+def pin_roster(node: NodeDir, published: Path, repin: bool = False) -> Roster:
+    """The roster this shop trusts: ``published`` on first start; after that, only the same one unless ``repin``."""
+    roster = Roster.load(published)
+    own = Identity.load(node.identity).public_key
+    if own not in roster:
+        raise ConfigError(f"{published}: this shop's identity key is not on the roster; send {node.public_keys} "
+                          "to the platform (`fedinterest platform add-shop`) and get the new roster")
+    if node.roster.exists() and not repin:
+        pinned = Roster.load(node.roster)
+        if pinned.fingerprint() != roster.fingerprint():
+            raise ConfigError(f"{published} (fingerprint {roster.fingerprint()}) differs from the roster this node "
+                              f"pinned (fingerprint {pinned.fingerprint()}); compare the new fingerprint with the "
+                              "other merchants out of band, then start with --repin")
+        return pinned
+    roster.save(node.roster)
+    return roster
+
+
+def check_data(data: str, data_format: str | None, shop: str | None, echo: Callable[[str], None]) -> None:
+    """Load the shop's data and print the baseline table on it: bad input fails here, before any round."""
+    from common.baselines import run_baselines
+    from common.config import TaskConfig
+    from common.data import LoadOptions, load_events
+    from common.report import format_table
+    from common.task import prepare_task
+
+    table = load_events(data, LoadOptions(format=data_format, shop=shop))
+    echo(table.report.summary())
+    task = prepare_task(table, TaskConfig())
+    echo(task.summary())
+    echo(format_table(run_baselines(task.train, task.test)))
+
+
+def supernode_command(node: NodeDir, *, platform: str, ca: Path | None, runtime_port: int,
+                      node_config: dict) -> list[str]:
+    """``flower-supernode`` for this shop: TLS against ``ca`` and authenticated, or ``--insecure`` without a CA."""
+    security = ["--insecure"] if ca is None else [
+        "--root-certificates", str(Path(ca).resolve()), "--auth-supernode-private-key", str(node.supernode_key)]
+    return [flower.binary("flower-supernode"), *security, "--superlink", platform, "--host", "127.0.0.1",
+            "--port", str(runtime_port), "--node-config", flower.toml_pairs(node_config)]
+
+
+def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str | None, epsilon: float | None,
+                extra: dict) -> dict:
+    """The SuperNode's node config, checked the way the ClientApp will read it."""
+    from client.node import NodeSettings
+
+    config: dict = {"data-path": str(Path(data).resolve()), "state-dir": str(node.root), "roster": str(node.roster)}
+    if data_format:
+        config["data-format"] = data_format
+    if shop:
+        config["shop"] = shop
+    if epsilon is not None:
+        config["epsilon"] = float(epsilon)
+    clash = set(extra) & set(config)
+    if clash:
+        raise ConfigError(f"--node-config: {sorted(clash)} are set by their own options")
+    config.update(extra)
+    NodeSettings.from_node_config(config)
+    return config
+
+
+def run_supernode(node: NodeDir, command: list[str], echo: Callable[[str], None]) -> int:
+    """Run the SuperNode in this process group, its log passing through; explain why it stopped.
+
+    SIGTERM and SIGINT reach it (it stops cleanly); killing this process group kills both.
+    """
+    import collections
+    import signal
+    import subprocess
+    import threading
+
+    process = subprocess.Popen(command, env=flower.environment(node.flwr_home), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: process.send_signal(signum))
+    recent: collections.deque[str] = collections.deque(maxlen=100)
+
+    def pump() -> None:
+        for line in process.stdout:
+            echo(line.rstrip("\n"))
+            recent.append(line)
+
+    # The SuperNode's SuperExec inherits the pipe and exits only once its parent is reaped, so the
+    # log is read beside the wait, never before it.
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    code = process.wait()
+    reader.join(timeout=30)
+    reason = diagnose("".join(recent)) if code else None
+    if reason:
+        echo(f"fedinterest node start: error: {reason}")
+    return code
+
+
+def diagnose(log: str) -> str | None:
+    """Why a SuperNode stopped, in the merchant's terms, from the end of its log."""
+    if "CERTIFICATE_VERIFY_FAILED" in log or "SSL/TLS handshake error" in log:
+        return ("the platform's TLS certificate does not verify against --ca: use the ca.pem the platform sent, "
+                "and the address its certificate names")
+    if "Failed to activate SuperNode" in log:
+        return ("the platform refused this node: its SuperNode key is not registered. Send public-keys.json to "
+                "the platform (`platform add-shop`), wait until `platform start` has registered it, and start again")
+    if "Exit Code: 305" in log:
+        return "the SuperNode could not reach the platform; check --platform and the network"
+    return None
