@@ -5,6 +5,11 @@ our own Poisson sampler (over examples, or over users with one example each for 
 privacy), logical batches split into physical ones by Opacus' ``BatchMemoryManager``, the loss
 computed by us on the logits, and AdamW. An empty Poisson batch still takes a step: the update
 is noise only, as the privacy analysis assumes.
+
+``TrainConfig.dp_engine="fast"`` runs the same DP-SGD (same sampler, physical batches, noise
+generator reseeding, divisor and noise draws) with ``client.fast_dp.FastDPStep`` instead of
+Opacus: per-example gradients of the trainable ``nn.Linear`` layers from one forward and one
+backward pass, without Opacus' module hooks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from common.config import ConfigError
 from common.task.features import HistoryFeatures
 
 
+DP_ENGINES = ("opacus", "fast")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Local optimisation settings (the same in private and non-private mode)."""
@@ -41,6 +49,7 @@ class TrainConfig:
     max_length: int = 128
     bf16: bool = False
     device: str = "auto"
+    dp_engine: str = "opacus"  # per-example gradients: "opacus" (hooks) or "fast" (client.fast_dp)
 
     def __post_init__(self) -> None:
         checks = [
@@ -51,6 +60,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.max_length >= 8, "max_length must be >= 8"),
+            (self.dp_engine in DP_ENGINES, f"dp_engine must be one of {', '.join(DP_ENGINES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -303,6 +313,9 @@ def train_round(
         torch.manual_seed(randomness.next_seed("dropout"))
         if dp is None:
             stats = _train_plain(network, data, loader, optimizer, config, expected_batch, device)
+        elif config.dp_engine == "fast":
+            stats = _train_private_fast(network, data, loader, optimizer, config, dp, expected_batch, device,
+                                        randomness)
         else:
             stats = _train_private(network, data, loader, optimizer, config, dp, expected_batch, device, randomness)
     stats.seconds = time.perf_counter() - start
@@ -390,6 +403,39 @@ def _train_private(model, data, loader, optimizer, config, dp, expected_batch, d
                     samples += len(indices)
     finally:
         release(private_model, model)
+    return RoundStats(dp.steps, samples, empty, sum(losses) / max(samples, 1), 0.0, private=True)
+
+
+def _train_private_fast(model, data, loader, optimizer, config, dp, expected_batch, device,
+                        randomness) -> RoundStats:
+    """``_train_private`` with ``FastDPStep``: the same physical batches (``np.array_split``, as Opacus'
+    ``BatchMemoryManager``) and the same reseeding of the noise generator before each of them.
+    A model with a trainable tensor the fast step does not support trains with Opacus (a warning)."""
+    from .fast_dp import FastDPStep, UnsupportedParameterError
+
+    try:
+        fast = FastDPStep(model, dp.max_grad_norm, dp.noise_multiplier, expected_batch)
+    except UnsupportedParameterError as exc:
+        warnings.warn(f"dp_engine 'fast': {exc}; this round trains with Opacus", RuntimeWarning, stacklevel=3)
+        return _train_private(model, data, loader, optimizer, config, dp, expected_batch, device, randomness)
+    generator = torch.Generator(device=device)
+    losses, samples, empty = [], 0, 0
+    try:
+        for indices in loader:
+            if not indices:
+                randomness.reseed(generator, "noise")
+                empty += 1
+                fast.step(optimizer, generator)  # noise only
+                continue
+            for chunk in np.array_split(np.asarray(indices), math.ceil(len(indices) / config.physical_batch_size)):
+                randomness.reseed(generator, "noise")
+                batch = data.batch(chunk.tolist(), device)
+                loss = fast.accumulate(_loss(model, batch, config.bf16))
+                losses.append(loss.item() * len(chunk))
+                samples += len(chunk)
+            fast.step(optimizer, generator)
+    finally:
+        fast.remove()
     return RoundStats(dp.steps, samples, empty, sum(losses) / max(samples, 1), 0.0, private=True)
 
 
