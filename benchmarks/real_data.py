@@ -6,7 +6,7 @@ one split (the DP federation's: chosen privately, then published to the other ru
 - the baselines (persistence, popularity, Markov, recency-weighted frequency) on the pooled data;
 - a centralized non-private model (the same scorer, trained on the pooled training examples);
 - the federation without DP, and the federation with DP (ε per customer in every shop, PRV,
-  SecAgg+), both on Flower's simulation engine.
+  SecAgg+), both run with ``flwr run`` on a local simulation SuperLink.
 
 Every row is scored on the same pooled test examples with a named label; standard errors are
 binomial (sqrt(p(1-p)/n)). Usage:
@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,14 +53,14 @@ def main() -> int:
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
     from client.shop import ModelConfig
     from client.training import TrainConfig
     from common.config import TaskConfig
     from common.model import LoraSettings
     from common.model.lora import parse_layers
     from simulations.central import central_table, score_weights
-    from simulations.runner import prepare, run_federation
+    from simulations.flwr_run import run_federation_process
+    from simulations.runner import prepare
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -82,12 +81,12 @@ def main() -> int:
 
     dp = prepare(out / "dp", epsilon=args.epsilon, privacy={"privacy-unit": args.unit}, **common)
     print(f"{len(dp.shops)} shops of {args.data}: {dp.table.report.summary()}")
-    federated_dp = run_federation(dp, {**run_config, "out-dir": str(out / "dp" / "federation")},
-                                  progress=_quiet).result
+    federated_dp = run_federation_process(dp, {**run_config, "out-dir": str(out / "dp" / "federation")},
+                                          progress=_quiet).result
     spec = federated_dp.task  # the label space the DP federation chose privately, now public
     plain = prepare(out / "np", epsilon=None, taxonomy=spec.taxonomy, **common)
-    federated = run_federation(plain, {**run_config, "out-dir": str(out / "np" / "federation")},
-                               progress=_quiet).result
+    federated = run_federation_process(plain, {**run_config, "out-dir": str(out / "np" / "federation")},
+                                       progress=_quiet).result
     dp_label = f"federated [DP ε={args.epsilon:g}/{args.unit}, SecAgg+]"
     rows = central_table(dp.table, spec, model, train, federated_dp.weights, dp_label,
                          max_test=args.central_test, reference_rounds=args.rounds)

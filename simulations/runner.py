@@ -3,18 +3,21 @@
 ``prepare`` turns a dataset (the default synthetic shops, or any log plus a partitioning) into
 per-shop node configurations, exactly what each merchant would pass to its SuperNode, and the
 platform's task: the split (calendar dates) and either a published taxonomy or the catalogue
-(every category of the data's items) that the federation chooses its label space from, privately. ``run_federation`` starts the real ServerApp and ClientApp under
-``flwr.simulation.run_simulation``; simulated nodes receive their node config through a mod,
-since the engine itself only gives them a partition id.
+(every category of the data's items) that the federation chooses its label space from, privately.
+``simulations.flwr_run.run_federation_process`` runs them the supported way (``flwr run`` on a
+local simulation SuperLink; ``simulate`` does); ``run_federation`` is the in-process test harness
+(Flower's deprecated ``run_simulation``) for tests that hook into the server and the clients.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from common.atomic import atomic_write_text
 from common.config import ConfigError, TaskConfig
@@ -111,11 +114,15 @@ def prepare(
 
 
 def simulated_node_config(run_config: dict, partition_id: int) -> dict:
-    """Node config of a ``flwr run`` simulation node: the partition's shop of ``sim-data``.
+    """Node config of a ``flwr run`` simulation node: its entry in ``sim-nodes``, else its shop of ``sim-data``.
 
-    Only simulations take this path (all shops' data sits on one machine); a deployed SuperNode
-    gets its node config from the merchant's own command line.
+    ``sim-nodes`` is the JSON file ``{partition id: node config}`` that ``simulate`` writes (its
+    shops' full node configs). Only simulations take this path (all shops' data sits on one
+    machine); a deployed SuperNode gets its node config from the merchant's own command line.
     """
+    nodes = str(run_config.get("sim-nodes", "")).strip()
+    if nodes:
+        return sim_nodes_entry(Path(nodes), partition_id)
     data = Path(str(run_config.get("sim-data", "data/synthetic")))
     manifest = data / MANIFEST
     if not manifest.is_file():
@@ -129,6 +136,18 @@ def simulated_node_config(run_config: dict, partition_id: int) -> dict:
     roster = simulation_roster(out, {shop: out / "shops" / shop / "state" for shop in shops})
     return {"data-path": str(data), "shop": name, "state-dir": str(out / "shops" / name / "state"),
             "roster": str(roster)}
+
+
+def sim_nodes_entry(path: Path, partition_id: int) -> dict:
+    """The node config of simulation node ``partition_id`` in the ``sim-nodes`` file ``path``."""
+    try:
+        nodes = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"simulation node {partition_id}: sim-nodes={path} is unreadable ({exc})") from None
+    if str(partition_id) not in nodes:
+        raise ConfigError(f"simulation node {partition_id}: sim-nodes={path} holds only nodes {sorted(nodes)}; "
+                          "run as many simulated SuperNodes as it lists")
+    return dict(nodes[str(partition_id)])
 
 
 def synth_config_of(directory: Path) -> dict | None:
@@ -180,7 +199,12 @@ def run_federation(
     cpus: int | None = None,
     cpus_per_shop: float = 1.0,
 ) -> SimulationOutcome:
-    """Run the ServerApp and ClientApps under Flower's simulation engine; return the server's result."""
+    """Run the ServerApp and ClientApps in this process under Flower's simulation engine; the server's result.
+
+    A test harness: it calls Flower's deprecated ``run_simulation`` (its deprecation notice is
+    silenced) because tests hook into the run in-process (``observe``, ``on_round``,
+    ``client_mods``). ``simulate`` uses ``simulations.flwr_run.run_federation_process``.
+    """
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -209,8 +233,24 @@ def run_federation(
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
                       "log_to_driver": True},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(prepared.node_configs),
-                   backend_config=backend)
+    with _quiet_deprecation("run_simulation"):
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(prepared.node_configs),
+                       backend_config=backend)
     if outcome.result is None:
         raise RuntimeError("the simulated federation did not finish; see the log above")
     return outcome
+
+
+@contextmanager
+def _quiet_deprecation(feature: str) -> Iterator[None]:
+    """Drop Flower's "DEPRECATED FEATURE" notice about ``feature`` (its logger ``flwr``) while inside."""
+    flwr_log = logging.getLogger("flwr")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (str(record.msg).lstrip().startswith("DEPRECATED FEATURE") and feature in str(record.args))
+
+    flwr_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        flwr_log.removeFilter(keep)

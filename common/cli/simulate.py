@@ -1,4 +1,4 @@
-"""Simulate the whole federation on this machine with Flower's simulation engine (Ray).
+"""Simulate the whole federation on this machine: ``flwr run`` on a local simulation SuperLink (Ray).
 
 N shops (the default synthetic shops, or --data split by --partition) each run the real
 ClientApp: private local rounds under their own ledger, updates only through SecAgg+. The real
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .data_args import add_task_arguments, task_config
 from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
 
 NAME = "simulate"
-HELP = "simulate the federation (Flower simulation engine): DP shops, secure aggregation, report"
+HELP = "simulate the federation (flwr run, Flower simulation runtime): DP shops, secure aggregation, report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
     group.add_argument("--cpus-per-shop", type=float, default=None,
-                       help="CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4))")
+                       help="whole CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4))")
     add_privacy_arguments(parser)
     add_model_arguments(parser)
     add_task_arguments(parser)
@@ -56,17 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
+    from common.model.backbone import resolve_backbone
     from common.report import format_table
     from common.task import Taxonomy
     from simulations.central import central_table
     from simulations.report import plot_rounds, shop_privacy, write_report
-    from simulations.runner import prepare, run_federation
+    from simulations.flwr_run import FederationFailed, run_federation_process
+    from simulations.runner import prepare
 
     if args.shops < 3:
         raise ConfigError("--shops must be >= 3: secure aggregation needs three")
+    resolve_backbone(args.backbone)  # a bad --backbone fails here, not inside the federation
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
     started = time.perf_counter()
     out = Path(args.out)
     privacy = privacy_config(args)
@@ -98,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.server_lr is not None:
         run_config["server-lr"] = args.server_lr
-    outcome = run_federation(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop)
-    result = outcome.result
+    try:
+        result = run_federation_process(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop).result
+    except FederationFailed as exc:
+        print(f"fedinterest simulate: error: {exc}", file=sys.stderr)
+        return 1
     label = f"federated [{privacy.label()}, SecAgg+]"
     reference_rounds = args.rounds if args.reference_rounds is None else args.reference_rounds
     pooled_examples = args.reference_examples or (args.max_train * len(prepared.shops) if args.max_train else None)
