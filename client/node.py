@@ -43,7 +43,9 @@ NODE_KEYS = {
     "identity-key": "this shop's Ed25519 identity key (default: <state-dir>/identity.key; `fedinterest keys new`)",
     "min-clients": "fewest shops in a secure sum this shop takes part in (default 3; the server can only raise it)",
     "min-degree": "least SecAgg+ neighbour count this shop accepts (default 2⌈log2 n⌉)",
-    "seed": "seed all of this node's randomness (simulations only: refused on a deployed SuperNode)",
+    "seed": "seed all of this node's randomness (simulations only: refused on a deployed SuperNode unless rehearsal)",
+    "rehearsal": "true: this SuperNode rehearses the deployment on data without customers, so it may take `seed` "
+                 "(reproducible secrets and noise: NOT private)",
 }
 #: Keys Flower itself puts into node_config (simulation).
 FLOWER_KEYS = {"partition-id", "num-partitions"}
@@ -89,9 +91,11 @@ class NodeSettings:
             min_degree = int(config["min-degree"]) if "min-degree" in config else None
         except ValueError as exc:
             raise ConfigError(f"node config: {exc}") from None
-        if seed is not None and "partition-id" not in config:
+        rehearsal = _bool(config.get("rehearsal", False), "rehearsal")
+        if seed is not None and "partition-id" not in config and not rehearsal:
             raise ConfigError("node config: 'seed' makes a shop's secrets and DP noise reproducible, so it is only "
-                              "for simulations (Flower's simulation engine); remove it from this SuperNode's config")
+                              "for simulations (Flower's simulation engine) and rehearsals without customers' data "
+                              "(rehearsal=true); remove it from this SuperNode's config")
         return cls(
             data_path=str(config["data-path"]),
             state_dir=str(config["state-dir"]),
