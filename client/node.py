@@ -18,7 +18,7 @@ from common.config import ConfigError
 from common.data import EventTable, LoadOptions, load_events
 from common.settings import RoundConfig, TaskSpec
 
-from .privacy import PrivacyConfig
+from .privacy import DP_ENGINES, PrivacyConfig
 
 if TYPE_CHECKING:  # the trainer (torch, peft, Opacus) loads only in stages that train or evaluate
     from .shop import LocalShop
@@ -38,6 +38,8 @@ NODE_KEYS = {
     "max-train-examples": "use at most this many training examples per round",
     "device": "cpu, cuda, ... (default: cuda if available)",
     "bf16": "true: bfloat16 autocast on GPU",
+    "dp-engine": "per-example gradients: opacus (default: Opacus' hooks) or fast (one backward for LoRA; same "
+                 "clipping, noise and accounting)",
     "threads": "torch CPU threads for this node",
     "roster": "the federation's roster of SecAgg identity keys, as this shop pinned it (required)",
     "identity-key": "this shop's Ed25519 identity key (default: <state-dir>/identity.key; `fedinterest keys new`)",
@@ -61,6 +63,7 @@ class NodeSettings:
     max_train_examples: int | None = None
     device: str = "auto"
     bf16: bool = False
+    dp_engine: str = "opacus"
     threads: int | None = None
     seed: int | None = None
     roster: str | None = None
@@ -105,6 +108,7 @@ class NodeSettings:
             max_train_examples=max_train,
             device=str(config.get("device", "auto")),
             bf16=_bool(config.get("bf16", False), "bf16"),
+            dp_engine=_choice(config, "dp-engine", DP_ENGINES),
             threads=threads,
             seed=seed,
             roster=str(config["roster"]) if config.get("roster") else None,
@@ -130,6 +134,13 @@ class NodeSettings:
                                                                           min_degree=self.min_degree)
 
 
+def _choice(config: dict, key: str, choices: tuple[str, ...]) -> str:
+    value = str(config.get(key, choices[0]))
+    if value not in choices:
+        raise ConfigError(f"node config: '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _bool(value, key: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -147,7 +158,7 @@ def train_config(round_config: RoundConfig, node: NodeSettings) -> TrainConfig:
     return TrainConfig(
         batch_size=t.batch_size, physical_batch_size=t.physical_batch_size, learning_rate=t.learning_rate,
         epochs=t.epochs, max_steps=t.max_steps or None, max_grad_norm=t.max_grad_norm, max_length=t.max_length,
-        bf16=node.bf16, device=node.device,
+        bf16=node.bf16, device=node.device, dp_engine=node.dp_engine,
     )
 
 

@@ -21,11 +21,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Callable
 
 from common.config import ConfigError
 
 ACCOUNTANTS = ("prv", "rdp")
 UNITS = ("user", "example")
+DP_ENGINES = ("opacus", "fast")  # how per-example gradients are computed: Opacus' hooks, or client.fast_dp
 Phase = tuple[float, float, int]  # (noise multiplier σ, sample rate q, steps)
 
 
@@ -173,20 +176,46 @@ def plan_privacy(
                 + "; raise the budget, lower rounds or steps"
             )
         e_high = eps(high)
-    low = high / 2.0
-    while low > 1e-3 and eps(low) <= epsilon:
-        high, low = low, low / 2.0
-    e_high = eps(high)
-    while e_high < 0.995 * epsilon and high - low > 1e-5 * high:  # eps(high) <= epsilon < eps(low)
-        mid = (low + high) / 2.0
-        e_mid = eps(mid)
-        if e_mid <= epsilon:
-            high, e_high = mid, e_mid
-        else:
-            low = mid
+    low, e_low = high / 2.0, eps(high / 2.0)
+    while low > 1e-3 and e_low <= epsilon:
+        high, e_high = low, e_low
+        low, e_low = low / 2.0, eps(low / 2.0)
+    high = smallest_sigma(eps, epsilon, (low, e_low), (high, e_high))
     batch = expected_batch_size if expected_batch_size is not None else sample_rate
     return PrivacyPlan(float(high), sample_rate, steps_per_round, rounds, epsilon, delta, max_grad_norm,
                        accountant, unit, float(batch))
+
+
+def smallest_sigma(eps: Callable[[float], float], epsilon: float, low: tuple[float, float],
+                   high: tuple[float, float], tolerance: float = 0.005) -> float:
+    """The σ of a bracket ``eps(low) > epsilon >= eps(high)`` narrowed until ``eps(σ)`` is within
+    ``tolerance`` below ``epsilon``: regula falsi on (log σ, log ε) with the Illinois step, which
+    needs about three evaluations where bisection needs eight; bisection where ε is unbounded."""
+    (s_low, e_low), (s_high, e_high) = low, high
+    target = math.log(epsilon)
+    weight_low = weight_high = 1.0  # Illinois: halve the weight of an end that stays put twice
+    kept = None
+    while e_high < (1.0 - tolerance) * epsilon and s_high - s_low > 1e-5 * s_high:
+        u_low, u_high = math.log(s_low), math.log(s_high)
+        if math.isfinite(e_low) and e_low > 0 and e_high > 0:
+            g_low = weight_low * (math.log(e_low) - target)
+            g_high = weight_high * (math.log(e_high) - target)
+            u = u_high - g_high * (u_high - u_low) / (g_high - g_low)
+            if not u_low < u < u_high:
+                u = (u_low + u_high) / 2.0
+        else:
+            u = (u_low + u_high) / 2.0
+        sigma = math.exp(u)
+        e = eps(sigma)
+        if e <= epsilon:
+            s_high, e_high = sigma, e
+            weight_high, weight_low = 1.0, (weight_low / 2.0 if kept == "low" else 1.0)
+            kept = "low"
+        else:
+            s_low, e_low = sigma, e
+            weight_low, weight_high = 1.0, (weight_high / 2.0 if kept == "high" else 1.0)
+            kept = "high"
+    return float(s_high)
 
 
 #: Above this ε, PRV's numerical grid grows without bound (memory), and no budget is near: RDP answers.
@@ -210,10 +239,16 @@ def epsilon_spent(history: list[Phase] | tuple[Phase, ...], delta: float, accoun
 
 
 def _epsilon(phases: list[Phase], delta: float, accountant: str) -> float:
+    return _cached_epsilon(tuple(phases), float(delta), accountant)
+
+
+@lru_cache(maxsize=4096)
+def _cached_epsilon(phases: tuple[Phase, ...], delta: float, accountant: str) -> float:
+    """A pure function of its arguments, asked again and again by plans and ledgers: kept."""
     from opacus.accountants import create_accountant
 
     acc = create_accountant(accountant)
-    acc.history = phases
+    acc.history = list(phases)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # PRV at q = 1 takes log(0) in a masked branch

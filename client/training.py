@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common.config import ConfigError
 from common.task.features import HistoryFeatures
 
+from .privacy import DP_ENGINES
 
-DP_ENGINES = ("opacus", "fast")
+
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class ShopDataset(Dataset):
 
     def batch(self, indices: list[int] | torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        width = int(self.lengths[idx].max())
+        # tensor cores take sequence lengths in multiples of 8; a CPU gains nothing from padding
+        width = padded_width(int(self.lengths[idx].max()), self.input_ids.shape[1], 8 if device.type == "cuda" else 1)
         ids = self.input_ids[idx, :width]
         mask = (torch.arange(width)[None, :] < self.lengths[idx][:, None]).long()
         classes = self.feature_classes[idx]
@@ -252,6 +254,11 @@ class RoundStats:
 
 def _identity(batch: list[int]) -> list[int]:
     return batch
+
+
+def padded_width(longest: int, limit: int, multiple: int) -> int:
+    """A batch's sequence width: its longest example rounded up to ``multiple``, at most ``limit``."""
+    return min(-(-longest // multiple) * multiple, limit)
 
 
 def _autocast(device: torch.device, enabled: bool):

@@ -63,20 +63,24 @@ def run_federation_process(
     *,
     cpus: int | None = None,
     cpus_per_shop: float = 1.0,
+    gpus: int = 0,
+    gpus_per_shop: float = 0.0,
     progress: Callable[[str], None] = print,
     startup_timeout: float = 120.0,
 ) -> SimulationOutcome:
     """Run the federation with ``flwr run`` on a local simulation SuperLink; the server's result.
 
     ``cpus``: the Ray instance's CPUs (default: this machine's); ``cpus_per_shop``: each simulated
-    shop's (whole CPUs). ``progress`` gets every line the run prints, less Flower's own INFO noise.
+    shop's (whole CPUs); ``gpus``, ``gpus_per_shop``: GPUs for Ray and each shop's share of one (the
+    shops' node configs say ``device=cuda``). ``progress`` gets every line the run prints, less Flower's own INFO noise.
     """
     from server.settings import DEFAULTS
 
     out_dir = Path(str(run_config["out-dir"])).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     config = federation_run_config(prepared, run_config, out_dir)
-    federation = simulation_config(len(prepared.node_configs), cpus or os.cpu_count() or 2, cpus_per_shop)
+    federation = simulation_config(len(prepared.node_configs), cpus or os.cpu_count() or 2, cpus_per_shop,
+                                   gpus, gpus_per_shop)
     logs = out_dir / "logs"
     work = out_dir / "flower"  # the app as flwr run builds it, and FLWR_HOME: this run's only
     shutil.rmtree(work, ignore_errors=True)
@@ -117,14 +121,49 @@ def federation_run_config(prepared: Prepared, run_config: dict, out_dir: Path) -
     return config
 
 
-def simulation_config(shops: int, cpus: int, cpus_per_shop: float) -> dict:
-    """``flwr run --federation-config``: one simulated SuperNode per shop, Ray sized like ``run_federation``'s."""
+def simulation_config(shops: int, cpus: int, cpus_per_shop: float, gpus: int = 0, gpus_per_shop: float = 0.0) -> dict:
+    """``flwr run --federation-config``: one simulated SuperNode per shop, Ray sized like ``run_federation``'s.
+
+    Ray runs as many shop workers at once as both resources allow: ``cpus / cpus_per_shop`` and,
+    on GPUs, ``gpus / gpus_per_shop`` (``gpus_per_shop`` 0.125 puts eight workers on each GPU,
+    each with one frozen backbone that its shops share, swapping only their adapters).
+    """
     if float(cpus_per_shop) != int(cpus_per_shop) or cpus_per_shop < 1:
         raise ConfigError(f"--cpus-per-shop {cpus_per_shop:g}: Flower's simulation runtime gives each shop "
                           "whole CPUs (1, 2, ...)")
-    return {"num-supernodes": int(shops), "client-resources-num-cpus": int(cpus_per_shop),
-            "client-resources-num-gpus": 0.0, "init-args-num-cpus": int(cpus),
-            "init-args-logging-level": "error", "init-args-log-to-driver": True}
+    if gpus and not 0 < gpus_per_shop <= 1:
+        raise ConfigError(f"--gpus-per-shop {gpus_per_shop:g}: a shop worker takes a share of one GPU, in (0, 1]")
+    if not gpus and gpus_per_shop:
+        raise ConfigError(f"--gpus-per-shop {gpus_per_shop:g} without a GPU: use --device cuda on a machine with one")
+    config = {"num-supernodes": int(shops), "client-resources-num-cpus": int(cpus_per_shop),
+              "client-resources-num-gpus": float(gpus_per_shop), "init-args-num-cpus": int(cpus),
+              "init-args-logging-level": "error", "init-args-log-to-driver": True}
+    return {**config, "init-args-num-gpus": int(gpus)} if gpus else config
+
+
+#: A simulated shop worker's default share of a GPU: eight workers per GPU.
+GPUS_PER_SHOP = 0.125
+
+
+def simulation_devices(device: str, gpus_per_shop: float | None, visible_gpus: int) -> tuple[str, int, float]:
+    """``(device of every shop, GPUs for Ray, each shop worker's share of one)`` for ``simulate --device``.
+
+    Ray hands each worker its GPU as the only visible one, so shops say ``cuda``, never ``cuda:N``
+    (``CUDA_VISIBLE_DEVICES`` chooses the GPUs a simulation may use).
+    """
+    kind = ("cuda" if visible_gpus else "cpu") if device in ("", "auto") else device
+    if kind.startswith("cuda:"):
+        raise ConfigError(f"--device {device}: simulate spreads the shops over the GPUs itself; use --device cuda "
+                          "(and CUDA_VISIBLE_DEVICES to choose which GPUs)")
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: simulate runs shops on cpu or cuda")
+    if kind == "cpu":
+        if gpus_per_shop:
+            raise ConfigError(f"--gpus-per-shop {gpus_per_shop:g} needs --device cuda")
+        return "cpu", 0, 0.0
+    if not visible_gpus:
+        raise ConfigError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
+    return "cuda", int(visible_gpus), float(GPUS_PER_SHOP if gpus_per_shop is None else gpus_per_shop)
 
 
 def _absolute(config: dict, keys: tuple[str, ...]) -> dict:

@@ -54,6 +54,7 @@ def prepare(
     seed: int = 0,
     epsilon: float | None = 8.0,
     privacy: dict | None = None,
+    node_settings: dict | None = None,
     taxonomy: Taxonomy | None = None,
     max_train_examples: int | None = None,
     threads: int = 1,
@@ -64,6 +65,7 @@ def prepare(
     """Data, shops and node configs under ``out``.
 
     ``privacy``: node-config privacy keys every shop gets (``privacy-unit``, ``delta``, ``accountant``).
+    ``node_settings``: other node-config keys every shop gets (``device``, ``bf16``, ``dp-engine``).
     ``taxonomy``: a published label space; without it the federation chooses one privately.
     ``fresh``: the simulated shops start with empty state (ledgers) instead of continuing the ones
     an earlier simulation in ``out`` left: a new simulation is new shops.
@@ -105,6 +107,7 @@ def prepare(
         if max_train_examples:
             node["max-train-examples"] = int(max_train_examples)
         node["threads"] = int(threads)
+        node.update(node_settings or {})
         node["seed"] = int(seed) * 1000 + pid  # simulated shops are reproducible; real ones use the CSPRNG
         node_configs[pid] = node
     roster = simulation_roster(out, {name: out / "shops" / name / "state" for name in parts})

@@ -345,3 +345,24 @@ def test_dp_engine_is_validated():
     with pytest.raises(ConfigError, match="dp_engine"):
         TrainConfig(dp_engine="jax")
     assert TrainConfig().dp_engine == "opacus"
+
+
+def test_a_shop_chooses_its_dp_engine_in_its_node_config():
+    from client.node import NodeSettings, train_config
+    from common.settings import LocalTraining, RoundConfig
+
+    base = {"data-path": "shop.csv", "state-dir": "state"}
+    round_config = RoundConfig(round=1, rounds=2, backbone="tiny", training=LocalTraining())
+    assert train_config(round_config, NodeSettings.from_node_config(base)).dp_engine == "opacus"
+    fast = NodeSettings.from_node_config({**base, "dp-engine": "fast"})
+    assert train_config(round_config, fast).dp_engine == "fast"
+    with pytest.raises(ConfigError, match="'dp-engine' must be one of opacus, fast"):
+        NodeSettings.from_node_config({**base, "dp-engine": "hooks"})
+
+
+def test_gpu_batches_are_padded_to_multiples_of_eight_within_the_encoded_width():
+    from client.training import padded_width
+
+    assert [padded_width(n, 48, 8) for n in (1, 8, 9, 41, 47, 48)] == [8, 8, 16, 48, 48, 48]
+    assert padded_width(45, 45, 8) == 45  # never past the encoded tokens
+    assert padded_width(13, 48, 1) == 13  # a CPU batch keeps its longest example's width

@@ -221,3 +221,26 @@ def test_a_shop_trains_on_the_same_examples_with_the_prefix_cache_on(tiny_shop_t
     width = plain.hidden.shape[1]
     assert torch.allclose(plain.hidden.float(), cached.hidden[:, :width].float(), atol=2e-2)
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_bf16_encodings_compute_in_bf16_only_where_it_is_native(tiny, monkeypatch):
+    """Kept in bfloat16, the frozen layers compute in it on a CPU with AVX512-BF16/AMX, within its rounding."""
+    from common.model import prefix
+
+    model = build_model(tiny, 5, LoraSettings(layers=(-1,)))
+    start = model.config.num_hidden_layers - 1
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 90, size=(6, 24)).astype(np.int64)
+    lengths = np.array([24, 20, 17, 24, 9, 12])
+    exact = prefix.prefix_hidden_states(model, ids, lengths, start, dtype=torch.float32)
+    results = {}
+    for flags in (frozenset({"avx2", "avx512f"}), frozenset({"avx2", "avx512_bf16"})):
+        monkeypatch.setattr(prefix, "_cpu_flags", lambda flags=flags: flags)
+        assert prefix.native_bf16(torch.device("cpu")) == ("avx512_bf16" in flags)
+        results[flags] = prefix.prefix_hidden_states(model, ids, lengths, start)
+        assert results[flags].dtype == torch.bfloat16
+    stored, computed = results.values()
+    valid = torch.as_tensor(np.arange(24)[None, :] < lengths[:, None])
+    assert torch.equal(stored.float()[valid], exact.to(torch.bfloat16).float()[valid])  # fp32, then rounded
+    error = (computed.float() - exact)[valid].norm() / exact[valid].norm()
+    assert 0 < error < 2e-2  # computed in bf16: a different rounding, as small as bf16's

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
-from simulations.flwr_run import simulation_config
+from simulations.flwr_run import simulation_config, simulation_devices
 from simulations.runner import simulated_node_config
 
 SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train", "40", "--max-steps", "2",
@@ -89,3 +89,21 @@ def test_the_simulation_config_sizes_ray_and_takes_whole_cpus_per_shop():
     assert config["client-resources-num-cpus"] == 2 and isinstance(config["client-resources-num-cpus"], int)
     with pytest.raises(ConfigError, match="whole CPUs"):
         simulation_config(5, 8, 0.5)
+
+
+def test_shops_share_gpus_in_fractions_and_a_missing_gpu_is_a_clear_error():
+    assert simulation_devices("auto", None, 0) == ("cpu", 0, 0.0)
+    assert simulation_devices("auto", None, 2) == ("cuda", 2, 0.125)
+    assert simulation_devices("cuda", 0.25, 1) == ("cuda", 1, 0.25)
+    assert simulation_devices("cpu", None, 4) == ("cpu", 0, 0.0)
+    config = simulation_config(50, 16, 1.0, gpus=1, gpus_per_shop=0.125)
+    assert config["client-resources-num-gpus"] == 0.125 and config["init-args-num-gpus"] == 1
+    assert "init-args-num-gpus" not in simulation_config(5, 8, 2.0)  # Ray finds none to place on a CPU run
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        simulation_devices("cuda", None, 0)
+    with pytest.raises(ConfigError, match="use --device cuda"):
+        simulation_devices("cuda:1", None, 2)
+    with pytest.raises(ConfigError, match="needs --device cuda"):
+        simulation_devices("cpu", 0.5, 1)
+    with pytest.raises(ConfigError, match="share of one GPU"):
+        simulation_config(5, 8, 1.0, gpus=1, gpus_per_shop=2.0)

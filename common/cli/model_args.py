@@ -8,6 +8,7 @@ from ..config import ConfigError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from client.privacy import DP_ENGINES
     from client.training import TrainConfig
     from common.model import LoraSettings
 
@@ -33,6 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip", type=float, default=t.max_grad_norm, help=f"per-sample gradient clipping norm (default {t.max_grad_norm:g})")
     group.add_argument("--max-length", type=int, default=t.max_length, help=f"tokens per history (default {t.max_length})")
     group.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    group.add_argument("--dp-engine", choices=DP_ENGINES, default=t.dp_engine,
+                       help="per-example gradients: opacus (default, Opacus' hooks) or fast (one backward pass for "
+                            "LoRA's B and the head; the same clipping, noise and accounting)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
@@ -62,6 +66,7 @@ def train_config(args: argparse.Namespace):
         max_length=args.max_length,
         bf16=args.bf16,
         device=args.device,
+        dp_engine=args.dp_engine,
     )
 
 

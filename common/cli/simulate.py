@@ -19,6 +19,7 @@ from .data_args import add_task_arguments, task_config
 from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
 
 NAME = "simulate"
+MAX_TRAIN = 3000  # a shop's training examples by default: the tiny backbone's 3 shops x 2 rounds take about a minute
 HELP = "simulate the federation (flwr run, Flower simulation runtime): DP shops, secure aggregation, report"
 
 
@@ -34,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", default="runs/simulation", metavar="DIR", help="report folder (default runs/simulation)")
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed; every random choice derives from it (default 0)")
-    group.add_argument("--max-train", type=int, default=None, help="training examples per shop and round")
+    group.add_argument("--max-train", type=int, default=MAX_TRAIN,
+                       help=f"training examples per shop (default {MAX_TRAIN}, a random subset, so that a first "
+                            "run takes minutes; 0: all of them)")
     group.add_argument("--eval-examples", type=int, default=300, help="test examples per shop per federated evaluation")
     group.add_argument("--eval-every", type=int, default=0,
                        help="federated evaluation every N rounds as well as after the last (default 0: the last only; "
@@ -48,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
     group.add_argument("--cpus-per-shop", type=float, default=None,
-                       help="whole CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4))")
+                       help="whole CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4); "
+                            "1 with --device cuda)")
+    group.add_argument("--gpus-per-shop", type=float, default=None,
+                       help="with --device cuda: each shop worker's share of one GPU (default 0.125: eight workers "
+                            "per GPU, each with one frozen backbone its shops share)")
     add_privacy_arguments(parser)
     add_model_arguments(parser)
     add_task_arguments(parser)
@@ -61,11 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from common.task import Taxonomy
     from simulations.central import central_table
     from simulations.report import plot_rounds, shop_privacy, write_report
-    from simulations.flwr_run import FederationFailed, run_federation_process
+    from simulations.flwr_run import FederationFailed, run_federation_process, simulation_devices
     from simulations.runner import prepare
 
     if args.shops < 3:
         raise ConfigError("--shops must be >= 3: secure aggregation needs three")
+    if args.max_train is not None and args.max_train < 0:
+        raise ConfigError("--max-train must be >= 0 (0: all of a shop's training examples)")
     resolve_backbone(args.backbone)  # a bad --backbone fails here, not inside the federation
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -76,16 +85,25 @@ def run(args: argparse.Namespace) -> int:
     node_privacy = {"privacy-unit": privacy.unit, "accountant": privacy.accountant}
     if privacy.delta is not None:
         node_privacy["delta"] = privacy.delta
+    import torch
+
+    device, gpus, gpus_per_shop = simulation_devices(args.device, args.gpus_per_shop, torch.cuda.device_count())
+    args.device = device  # the reference and the final table run there too
     cpus = os.cpu_count() or 2
     if args.cpus_per_shop is None:
-        args.cpus_per_shop = float(min(cpus, max(2, cpus // 4)))
+        args.cpus_per_shop = 1.0 if gpus else float(min(cpus, max(2, cpus // 4)))
     threads = max(1, int(args.cpus_per_shop))
+    node_settings = {"device": device, "bf16": bool(args.bf16), "dp-engine": args.dp_engine}
     prepared = prepare(out, data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
                        alpha=args.alpha, seed=args.seed, epsilon=epsilon, privacy=node_privacy,
+                       node_settings=node_settings,
                        taxonomy=Taxonomy.load(args.taxonomy) if args.taxonomy else None,
                        max_train_examples=args.max_train, fresh=not args.resume,
                        threads=threads, task_config=task_config(args))
     print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
+    if gpus:
+        print(f"shops train on {gpus} GPU(s), {gpus_per_shop:g} of a GPU per shop worker "
+              f"({'bf16' if args.bf16 else 'fp32'}, DP engine {args.dp_engine})")
     train = train_config(args)
     models = model_config(args, args.seed)
     run_config = {
@@ -101,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.server_lr is not None:
         run_config["server-lr"] = args.server_lr
     try:
-        result = run_federation_process(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop).result
+        result = run_federation_process(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop,
+                                        gpus=gpus, gpus_per_shop=gpus_per_shop).result
     except FederationFailed as exc:
         print(f"fedinterest simulate: error: {exc}", file=sys.stderr)
         return 1

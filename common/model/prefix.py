@@ -9,6 +9,10 @@ the peft model's adapter, whose state stays the one to export and exchange.
 The head reads only the ``[CLS]`` position of the last layer, so that layer computes keys and
 values for every token but the query, attention output and feed-forward block for ``[CLS]``
 alone (``cls_only_layer``): the same output, and most of the top layer's cost saved.
+
+The encodings are kept in bfloat16, so where bfloat16 matrix products run natively (GPUs, CPUs
+with AVX512-BF16 or AMX) the frozen layers also compute in it (``native_bf16``): about twice as
+fast on such a CPU, for a rounding the stored encodings had already.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,31 @@ from torch import nn
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 #: A directory to keep frozen-prefix encodings in, shared by processes (e.g. the points of a sweep).
 CACHE_ENV = "FEDINTEREST_PREFIX_CACHE"
+
+
+#: CPU features (``/proc/cpuinfo`` flags) with native bfloat16 matrix products.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively, so faster than float32, on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(BF16_CPU_FLAGS & _cpu_flags())
+
+
+def _computes_in_bf16(dtype: torch.dtype, device: torch.device) -> bool:
+    """Encodings kept in bfloat16 are computed in it where that is native."""
+    return dtype == torch.bfloat16 and native_bf16(device)
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no claim
+        return frozenset()
+    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split())
 
 
 def adapted_layers_start(model: nn.Module) -> int:
@@ -103,9 +133,10 @@ def cls_only_layer(layer: nn.Module, hidden_states: torch.Tensor, attention_mask
 
 
 def prefix_key(model: nn.Module, input_ids: np.ndarray, lengths: np.ndarray, start: int, dtype: torch.dtype) -> str:
-    """What a prefix encoding depends on: the frozen weights below ``start``, the tokens, the dtype."""
+    """What a prefix encoding depends on: the frozen weights below ``start``, the tokens, the dtypes."""
     inner = sequence_classifier(model)
-    h = hashlib.sha256(f"{start}/{dtype}/{input_ids.shape}".encode())
+    compute = "bf16" if _computes_in_bf16(dtype, next(model.parameters()).device) else "fp32"
+    h = hashlib.sha256(f"{start}/{dtype}/{compute}/{input_ids.shape}".encode())
     for module in [inner.bert.embeddings, *list(inner.bert.encoder.layer)[:start]]:
         for name, tensor in module.state_dict().items():
             h.update(name.encode())
@@ -148,7 +179,8 @@ def _prefix_hidden_states(model: nn.Module, input_ids: np.ndarray, lengths: np.n
     device = next(model.parameters()).device
     n, width = input_ids.shape
     out = torch.zeros((n, width, inner.config.hidden_size), dtype=dtype)
-    with eval_mode(model):
+    bf16 = _computes_in_bf16(dtype, device)
+    with eval_mode(model), (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()):
         for lo in range(0, n, batch_size):
             ids = torch.as_tensor(input_ids[lo : lo + batch_size], device=device)
             lens = torch.as_tensor(lengths[lo : lo + batch_size], device=device)
