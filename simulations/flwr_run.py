@@ -65,6 +65,7 @@ def run_federation_process(
     cpus_per_shop: float = 1.0,
     gpus: int = 0,
     gpus_per_shop: float = 0.0,
+    environment: dict[str, str] | None = None,
     progress: Callable[[str], None] = print,
     startup_timeout: float = 120.0,
 ) -> SimulationOutcome:
@@ -72,7 +73,8 @@ def run_federation_process(
 
     ``cpus``: the Ray instance's CPUs (default: this machine's); ``cpus_per_shop``: each simulated
     shop's (whole CPUs); ``gpus``, ``gpus_per_shop``: GPUs for Ray and each shop's share of one (the
-    shops' node configs say ``device=cuda``). ``progress`` gets every line the run prints, less Flower's own INFO noise.
+    shops' node configs say ``device=cuda``); ``environment``: variables for every process of the
+    run (e.g. a shared frozen-prefix cache for many workers). ``progress`` gets every line the run prints, less Flower's own INFO noise.
     """
     from server.settings import DEFAULTS
 
@@ -88,7 +90,7 @@ def run_federation_process(
         app = flower.make_app(work / "app" / "fedinterest")
         run_config_file = work / "run_config.toml"
         _write_toml(run_config_file, config)
-        with local_superlink(work / "flwr-home", logs / "superlink.log", startup_timeout) as env:
+        with local_superlink(work / "flwr-home", logs / "superlink.log", startup_timeout, environment) as env:
             run_id = submit(app, run_config_file, federation, env, logs / "flwr-run.log", progress)
             status, details = run_status(run_id, env)
     finally:
@@ -180,13 +182,14 @@ def _write_toml(path: Path, values: dict) -> None:
 
 
 @contextmanager
-def local_superlink(flwr_home: Path, log: Path, timeout: float = 120.0) -> Iterator[dict]:
+def local_superlink(flwr_home: Path, log: Path, timeout: float = 120.0,
+                    environment: dict[str, str] | None = None) -> Iterator[dict]:
     """A ``flower-superlink --simulation`` on a free local port; yields the ``flwr`` CLI's environment.
 
     It runs in a session of its own and is stopped (with everything below it) on the way out, on
     SIGTERM too; should this process die first, the kernel sends it SIGTERM.
     """
-    env = flower.environment(flwr_home, {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"})
+    env = flower.environment(flwr_home, {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", **(environment or {})})
     # a Ray instance of its own: ray.init would join a cluster that `ray start` left on this machine
     # (and refuse the CPU count); RAY_TMPDIR is where it looks for one
     env.pop("RAY_ADDRESS", None)

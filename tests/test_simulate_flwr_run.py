@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from common.cli.simulate import shared_encodings
 from common.config import ConfigError
+from common.model.prefix import CACHE_ENV
 from simulations.flwr_run import simulation_config, simulation_devices
 from simulations.runner import simulated_node_config
 
@@ -53,9 +55,11 @@ def test_simulate_runs_flwr_run_and_leaves_no_process_behind(tmp_path):
     marker = f"fedinterest-test-{uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["FEDINTEREST_TEST_MARKER"] = marker
+    env[CACHE_ENV] = str(tmp_path / "encodings")  # what simulate sets for its shops on GPUs
     out = tmp_path / "sim"
 
-    result = fedinterest("simulate", *SMALL, "--data", str(data), "--out", str(out), env=env)
+    result = fedinterest("simulate", *SMALL, "--lora-layers", "top1", "--data", str(data), "--out", str(out),
+                         env=env)
 
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     assert "[round 2]" in result.stdout and "exported the global adapter" in result.stdout
@@ -69,6 +73,9 @@ def test_simulate_runs_flwr_run_and_leaves_no_process_behind(tmp_path):
     assert (out / "federation" / "logs" / "flwr-run.log").is_file()
     assert not (out / "federation" / "flower").exists()  # the run's app and FLWR_HOME are gone
     assert processes_with(marker) == []
+    # the shops' processes (under Ray, below the SuperLink) got the run's environment: their frozen-prefix
+    # encodings (training and test set of 3 shops) are in the shared cache beside the driver's test set
+    assert len(list((tmp_path / "encodings").glob("*.pt"))) >= 4
 
 
 def test_a_simulated_node_takes_its_node_config_from_sim_nodes(tmp_path):
@@ -91,7 +98,7 @@ def test_the_simulation_config_sizes_ray_and_takes_whole_cpus_per_shop():
         simulation_config(5, 8, 0.5)
 
 
-def test_shops_share_gpus_in_fractions_and_a_missing_gpu_is_a_clear_error():
+def test_shops_share_gpus_in_fractions_and_a_missing_gpu_is_a_clear_error(tmp_path):
     assert simulation_devices("auto", None, 0) == ("cpu", 0, 0.0)
     assert simulation_devices("auto", None, 2) == ("cuda", 2, 0.125)
     assert simulation_devices("cuda", 0.25, 1) == ("cuda", 1, 0.25)
@@ -107,3 +114,6 @@ def test_shops_share_gpus_in_fractions_and_a_missing_gpu_is_a_clear_error():
         simulation_devices("cpu", 0.5, 1)
     with pytest.raises(ConfigError, match="share of one GPU"):
         simulation_config(5, 8, 1.0, gpus=1, gpus_per_shop=2.0)
+    # many GPU workers share the shops' encodings through the run's cache; one CPU worker keeps its own
+    assert shared_encodings(tmp_path, 1) == {CACHE_ENV: str((tmp_path / "prefix-cache").resolve())}
+    assert shared_encodings(tmp_path, 0) == {}

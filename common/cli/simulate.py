@@ -61,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_task_arguments(parser)
 
 
+def shared_encodings(out: Path, gpus: int) -> dict[str, str]:
+    """On GPUs many shop workers run at once and a shop's next round may land on another one: they
+    share the shops' frozen-prefix encodings through a cache in ``out`` instead of each encoding
+    them again. One CPU worker keeps them in memory."""
+    from common.model.prefix import CACHE_ENV
+
+    return {CACHE_ENV: str((out / "prefix-cache").resolve())} if gpus else {}
+
+
 def run(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from common.model.backbone import resolve_backbone
@@ -120,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         run_config["server-lr"] = args.server_lr
     try:
         result = run_federation_process(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop,
-                                        gpus=gpus, gpus_per_shop=gpus_per_shop).result
+                                        gpus=gpus, gpus_per_shop=gpus_per_shop,
+                                        environment=shared_encodings(out, gpus)).result
     except FederationFailed as exc:
         print(f"fedinterest simulate: error: {exc}", file=sys.stderr)
         return 1
