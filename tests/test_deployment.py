@@ -175,10 +175,8 @@ def test_the_rehearsal_runbook_with_refused_nodes_a_killed_node_and_a_crashed_pl
         kill_tree(processes.started["platform"])
         processes.start(VICTIM, ["bash", "-c", "exec " + start_node[VICTIM]], env, cwd=tmp_path)
         platform = processes.start("platform", ["bash", "-c", "exec " + start_platform], env, cwd=tmp_path)
-        while platform.poll() is None:
-            processes.check_running(*SHOPS)
-            assert time.time() < deadline, f"the rehearsal did not finish in {TIMEOUT} s\n{processes.report()}"
-            time.sleep(0.5)
+        wait_for(lambda: platform.poll() is not None, f"the rehearsal to finish (within {TIMEOUT} s)", processes,
+                 SHOPS, deadline)
         assert platform.returncode == 0, processes.report()
         seconds = time.time() - started
     finally:
@@ -296,10 +294,8 @@ def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_p
                  ("platform", *nodes), deadline)
         kill_tree(processes.started["platform"])
         platform = processes.start("platform", ["bash", "-c", "exec " + start_platform], env, cwd=tmp_path)
-        while platform.poll() is None:
-            processes.check_running(*nodes)
-            assert time.time() < deadline, f"the run did not finish in {TIMEOUT} s\n{processes.report()}"
-            time.sleep(0.5)
+        wait_for(lambda: platform.poll() is not None, f"the run to finish (within {TIMEOUT} s)", processes,
+                 tuple(nodes), deadline)
         assert platform.returncode == 0, processes.report()
     finally:
         leftover = processes.stop()
