@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from client.privacy import DP_ENGINES
+
 
 def tree_rss(process: psutil.Process) -> int:
     total = 0
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--gpus-per-shop", type=float, help="each shop worker's share of a GPU (simulate's default)")
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--dp-engine", default="opacus", choices=("opacus", "fast"))
+    parser.add_argument("--dp-engine", default=DP_ENGINES[0], choices=DP_ENGINES)
     args = parser.parse_args()
     extra = ["--backbone", args.backbone, "--device", args.device, "--dp-engine", args.dp_engine]
     if args.device == "cpu":

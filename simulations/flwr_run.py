@@ -74,7 +74,8 @@ def run_federation_process(
     ``cpus``: the Ray instance's CPUs (default: this machine's); ``cpus_per_shop``: each simulated
     shop's (whole CPUs); ``gpus``, ``gpus_per_shop``: GPUs for Ray and each shop's share of one (the
     shops' node configs say ``device=cuda``); ``environment``: variables for every process of the
-    run (e.g. a shared frozen-prefix cache for many workers). ``progress`` gets every line the run prints, less Flower's own INFO noise.
+    run (e.g. a shared frozen-prefix cache for many workers). ``progress`` gets every line the run
+    prints, less Flower's own INFO noise.
     """
     from server.settings import DEFAULTS
 
@@ -135,8 +136,6 @@ def simulation_config(shops: int, cpus: int, cpus_per_shop: float, gpus: int = 0
                           "whole CPUs (1, 2, ...)")
     if gpus and not 0 < gpus_per_shop <= 1:
         raise ConfigError(f"--gpus-per-shop {gpus_per_shop:g}: a shop worker takes a share of one GPU, in (0, 1]")
-    if not gpus and gpus_per_shop:
-        raise ConfigError(f"--gpus-per-shop {gpus_per_shop:g} without a GPU: use --device cuda on a machine with one")
     config = {"num-supernodes": int(shops), "client-resources-num-cpus": int(cpus_per_shop),
               "client-resources-num-gpus": float(gpus_per_shop), "init-args-num-cpus": int(cpus),
               "init-args-logging-level": "error", "init-args-log-to-driver": True}

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shops < 3:
         raise ConfigError("--shops must be >= 3: secure aggregation needs three")
-    if args.max_train is not None and args.max_train < 0:
+    if args.max_train < 0:
         raise ConfigError("--max-train must be >= 0 (0: all of a shop's training examples)")
     resolve_backbone(args.backbone)  # a bad --backbone fails here, not inside the federation
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
