@@ -19,9 +19,11 @@ start-up), its bytes per client (measured on its messages), its server and per-c
 the ratios ours / Flower's.
 
 Then what the defences against a malicious server cost (``--overhead``, default 100 clients x
-300k parameters), side by side in one round: the round's protocol compute, the part spent in
-Ed25519 signatures and verifications (advertisements, survivor sets) and in the consistency
-stage, and the round without them (the protocol before those defences); goal: at most +10%.
+300k parameters), over a run (``--overhead-rounds``, default 16) in which each shop keeps its key
+batches (``--batch-depth``: one signature per shop per 2**depth rounds) and each verifier its
+checked signatures: per round and for the run, the protocol compute, the part spent in Ed25519
+signatures and verifications, the batches' Merkle hashing and the consistency stage, and the
+round without them (the protocol before those defences); goal: at most +10%.
 And how a client's bytes and compute grow with the number of clients (``--scale``, default 10,
 100 and 1,000 clients x 100k parameters): with log n, not n (the degree k follows Bell et al.'s
 bounds, see ``common/secagg/graph``).
@@ -30,7 +32,8 @@ Usage::
 
     python benchmarks/secagg_cost.py [--clients 10 100] [--params 300000 1000000] [--dropout 0.1]
                                      [--quick] [--skip-flower] [--flower-timeout 300]
-                                     [--overhead 100 300000] [--scale 10 100 1000] [--scale-params 100000]
+                                     [--overhead 100 300000] [--overhead-rounds 16] [--batch-depth 4]
+                                     [--scale 10 100 1000] [--scale-params 100000]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import numpy as np
 
 from common.secagg import SecAggConfig, Stage, run_round
 from common.secagg import neighbour_graph
+from common.secagg.keybatch import DEFAULT_BATCH_DEPTH
 
 
 class LazyUpdates:
@@ -274,6 +278,10 @@ def parse_args() -> argparse.Namespace:
                         help="Ray num_cpus per Flower client actor (1.0: as many concurrent clients as cores)")
     parser.add_argument("--overhead", type=int, nargs=2, default=None, metavar=("CLIENTS", "PARAMS"),
                         help="time the malicious-server defences in one round (default 100 300000; 0 0: skip)")
+    parser.add_argument("--overhead-rounds", type=int, default=16,
+                        help="rounds in the --overhead run (default 16: one key batch)")
+    parser.add_argument("--batch-depth", type=int, default=DEFAULT_BATCH_DEPTH,
+                        help=f"key batches of 2**depth rounds in the --overhead run (default {DEFAULT_BATCH_DEPTH})")
     parser.add_argument("--scale", type=int, nargs="*", default=None,
                         help="clients for the per-client scaling table (default 10 100 1000; none: skip)")
     parser.add_argument("--scale-params", type=int, default=100_000)
@@ -314,100 +322,134 @@ def print_our_table(args: argparse.Namespace) -> dict[tuple[int, int], dict]:
     return rows
 
 
-class SignatureClock:
-    """Times every Ed25519 signature and verification of a round (wrapping them for the benchmark only)."""
+class DefenceClock:
+    """Times the defences' own work (wrapping it for the benchmark only): Ed25519 signatures and
+    verifications, and the key batches' Merkle hashing (leaves, trees, paths, the signature cache).
+
+    Nested calls are timed once, by the outermost; ``ed25519`` counts the signatures made and
+    verified. A batch's key generation is not a defence: it is the per-round key generation of the
+    protocol before, done for the batch's rounds at once.
+    """
+
+    TIMED = (("identity", "Identity.sign"), ("keybatch", "verify"), ("keybatch", "leaf_hash"),
+             ("keybatch", "merkle_levels"), ("client", "verify_advertisement"), ("server", "verify_advertisement"))
 
     def __init__(self) -> None:
-        self.seconds, self.count = 0.0, 0
+        self.seconds, self.ed25519, self._depth = 0.0, 0, 0
 
-    def __enter__(self) -> "SignatureClock":
-        from common.secagg import client, identity, server
+    def _timed(self, function, ed25519: bool):
+        def call(*args, **kwargs):
+            self.ed25519 += ed25519
+            if self._depth:
+                return function(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self._depth -= 1
+        return call
 
-        self._saved = (identity.Identity.sign, client.verify, server.verify)
-        sign, verify = self._saved[0], self._saved[1]
+    def _targets(self):
+        import importlib
 
-        def timed(function):
-            def call(*args, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return function(*args, **kwargs)
-                finally:
-                    self.seconds += time.perf_counter() - start
-                    self.count += 1
-            return call
+        for module_name, path in self.TIMED:
+            owner = importlib.import_module(f"common.secagg.{module_name}")
+            *parents, name = path.split(".")
+            for parent in parents:
+                owner = getattr(owner, parent)
+            yield owner, name, path in ("Identity.sign", "verify")
 
-        identity.Identity.sign = timed(sign)
-        client.verify = server.verify = timed(verify)
+    def __enter__(self) -> "DefenceClock":
+        self._saved = [(owner, name, getattr(owner, name)) for owner, name, _ in self._targets()]
+        for owner, name, ed25519 in self._targets():
+            setattr(owner, name, self._timed(getattr(owner, name), ed25519))
         return self
 
     def __exit__(self, *exc) -> None:
-        from common.secagg import client, identity, server
+        for owner, name, function in self._saved:
+            setattr(owner, name, function)
 
-        identity.Identity.sign, client.verify, server.verify = self._saved
 
+def defence_overhead(clients: int, params: int, seed: int, rounds: int, depth: int) -> list[dict]:
+    """A run of ``rounds`` rounds with every stage timed: the defences' work against the rest.
 
-def defence_overhead(clients: int, params: int, seed: int) -> dict:
-    """One round with every stage timed: Ed25519 work and the consistency stage against the rest.
-
-    The defences' cost = all signature and verification time + the consistency stage's other
-    work; the round without them is what the protocol cost before the defences.
+    Each shop keeps its keyring (key batches of ``2**depth`` rounds, verified signatures) and the
+    server its signature cache across the run, as deployed nodes and the ServerApp do. Per round,
+    the defences' cost = signatures, verifications and batch hashing (:class:`DefenceClock`) + the
+    consistency stage's other work; the round without them is what the protocol cost before the
+    defences.
     """
-    from common.secagg import Identity, Roster, SecAggClient, SecAggPolicy, SecAggServer, SeededRandomness
+    from common.secagg import (
+        Identity, Keyring, Roster, SecAggClient, SecAggPolicy, SecAggServer, SeededRandomness, SignatureCache,
+    )
 
     config = SecAggConfig(vector_length=params, max_clients=clients, clip=1.0, max_weight=10_000)
     updates = LazyUpdates(clients, params, seed)
     keys = {i: Identity.generate(SeededRandomness(seed, "identity", i)) for i in range(clients)}
     roster = Roster({f"shop-{i}": keys[i].public_key for i in range(clients)})
     policy = SecAggPolicy(max_clip=config.clip, max_weight=config.max_weight)
-    server = SecAggServer(config, 1, range(clients), 0, roster)
-    parties = {i: SecAggClient(i, keys[i], roster, policy, 0, SeededRandomness(seed, "client", i))
-               for i in range(clients)}
-    seconds: dict[str, float] = {}
-    signing: dict[str, float] = {}
-
-    with SignatureClock() as clock:
-        def stage(name, collect, requests, act):
-            before, replies = clock.seconds, []
-            for i, request in requests.items():
-                update = (updates[i],) if name == "masked input" else ()  # making the update is not protocol
+    keyrings = {i: Keyring(depth) for i in range(clients)}
+    verified = SignatureCache()
+    out = []
+    for round_id in range(1, rounds + 1):
+        server = SecAggServer(config, round_id, range(clients), 0, roster, verified)
+        parties = {i: SecAggClient(i, keys[i], roster, policy, 0, SeededRandomness(seed, "client", round_id, i),
+                                   keyrings[i]) for i in range(clients)}
+        seconds: dict[str, float] = {}
+        defended: dict[str, float] = {}
+        with DefenceClock() as clock:
+            def stage(name, collect, requests, act):
+                before, replies = clock.seconds, []
+                for i, request in requests.items():
+                    update = (updates[i],) if name == "masked input" else ()  # making the update is not protocol
+                    begun = time.perf_counter()
+                    replies.append(act(parties[i], request, *update))
+                    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begun
                 begun = time.perf_counter()
-                replies.append(act(parties[i], request, *update))
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begun
-            begun = time.perf_counter()
-            out = collect(replies)
-            seconds[name] += time.perf_counter() - begun
-            signing[name] = clock.seconds - before
-            return out
+                out_ = collect(replies)
+                seconds[name] += time.perf_counter() - begun
+                defended[name] = clock.seconds - before
+                return out_
 
-        setup = server.setup()
-        ads = stage("advertise", server.collect_keys, {i: setup for i in parties}, lambda c, m: c.advertise_keys(m))
-        relays = stage("share keys", server.collect_shares, ads, lambda c, m: c.share_keys(m))
-        checks = stage("masked input", server.collect_masked_inputs, relays, lambda c, m, x: c.mask_input(m, x, 100))
-        requests = stage("consistency", server.collect_signatures, checks, lambda c, m: c.sign_survivors(m))
-        result = stage("unmask", server.collect_unmask_responses, requests, lambda c, m: c.unmask(m))
-    assert result.total_weight == 100 * clients
-    total = sum(seconds.values())
-    added = sum(signing.values()) + seconds["consistency"] - signing["consistency"]
-    return {"clients": clients, "params": params, "round": total, "signatures": sum(signing.values()),
-            "signature_ops": clock.count, "consistency": seconds["consistency"], "added": added,
-            "before": total - added, "stages": seconds}
+            setup = server.setup()
+            ads = stage("advertise", server.collect_keys, {i: setup for i in parties},
+                        lambda c, m: c.advertise_keys(m))
+            relays = stage("share keys", server.collect_shares, ads, lambda c, m: c.share_keys(m))
+            checks = stage("masked input", server.collect_masked_inputs, relays,
+                           lambda c, m, x: c.mask_input(m, x, 100))
+            requests = stage("consistency", server.collect_signatures, checks, lambda c, m: c.sign_survivors(m))
+            result = stage("unmask", server.collect_unmask_responses, requests, lambda c, m: c.unmask(m))
+        assert result.total_weight == 100 * clients
+        total = sum(seconds.values())
+        added = sum(defended.values()) + seconds["consistency"] - defended["consistency"]
+        out.append({"round": round_id, "total": total, "signatures": sum(defended.values()), "ed25519": clock.ed25519,
+                    "consistency": seconds["consistency"], "added": added, "before": total - added,
+                    "stages": seconds})
+    return out
 
 
-def print_defence_overhead(args: argparse.Namespace, repeats: int = 3) -> None:
-    """The median round of ``repeats`` (by the defences' share): one noisy run says little at 10%."""
+def print_defence_overhead(args: argparse.Namespace) -> None:
+    """Every round of a run, and the run: one signature per shop per batch, one check per batch."""
     clients, params = args.overhead
-    runs = sorted((defence_overhead(clients, params, args.seed + k) for k in range(repeats)),
-                  key=lambda r: r["added"] / r["before"])
-    r = runs[len(runs) // 2]
+    rounds, depth = args.overhead_rounds, args.batch_depth
+    runs = defence_overhead(clients, params, args.seed, rounds, depth)
     print()
-    print(f"defences against a malicious server, one round of {clients} clients x {params:,} parameters "
-          "(protocol compute of all clients and the server, one core):")
-    print("  " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in r["stages"].items()))
-    print(f"  Ed25519: {r['signature_ops']:,} signatures and verifications, {r['signatures']:.2f} s; "
-          f"consistency stage {r['consistency']:.2f} s")
-    print(f"  round {r['round']:.2f} s = without the defences {r['before']:.2f} s + defences {r['added']:.2f} s "
-          f"-> +{100 * r['added'] / r['before']:.1f}% (goal <= 10%; median of {repeats} rounds: "
-          + ", ".join(f"+{100 * x['added'] / x['before']:.1f}%" for x in runs) + ")")
+    print(f"defences against a malicious server, a run of {rounds} rounds of {clients} clients x {params:,} "
+          f"parameters, key batches of {2**depth} rounds (protocol compute of all clients and the server, one core):")
+    print("  Ed25519 ops = signatures + verifications actually run (a batch's signature is checked once per "
+          "verifier); defences = those, the batches' Merkle hashing and the consistency stage")
+    print(f"  {'round':>5} {'round s':>8} {'before s':>8} {'defences s':>10} {'Ed25519 ops':>11} {'added':>7}")
+    for r in runs:
+        print(f"  {r['round']:>5} {r['total']:>8.2f} {r['before']:>8.2f} {r['added']:>10.3f} {r['ed25519']:>11,} "
+              f"{100 * r['added'] / r['before']:>+6.1f}%")
+    before, added = sum(r["before"] for r in runs), sum(r["added"] for r in runs)
+    later = runs[1:] or runs
+    later_share = sum(r["added"] for r in later) / sum(r["before"] for r in later)
+    print(f"  run: {before + added:.1f} s = without the defences {before:.1f} s + defences {added:.2f} s -> "
+          f"+{100 * added / before:.1f}% (goal <= 10%); round 1 +{100 * runs[0]['added'] / runs[0]['before']:.1f}%, "
+          f"rounds 2-{rounds} +{100 * later_share:.1f}%")
 
 
 def print_scaling(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from common import wire
 from common.config import ConfigError
 from common.model import flatten
 from common.secagg import (
-    ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SecAggProtocolError,
+    ConsistencyRequest, KeyBroadcast, Keyring, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SecAggProtocolError,
     SeededRandomness, ShareRelay, UnmaskRequest,
 )
 from common.settings import RoundConfig, TaskSpec
@@ -38,6 +38,7 @@ log = logging.getLogger("fedinterest.client")
 
 PENDING = "fedinterest.pending"  # ArrayRecord: this round's plaintext update (node-local)
 SECRETS = "fedinterest.secagg"  # ConfigRecord: SecAgg+ client state (node-local)
+KEYRING = "fedinterest.keyring"  # ConfigRecord: the shop's key batches and verified signatures (node-local)
 AUDIT_ENV = "FEDINTEREST_AUDIT_DIR"  # tests only: where a node writes its plaintext updates to compare
 
 def _settings(context: Context) -> NodeSettings:
@@ -83,8 +84,16 @@ def _reply(message: Message, records: dict) -> Message:
 
 
 def _save_secagg(context: Context, client: SecAggClient) -> None:
-    """Keep the SecAgg+ client (secrets included) in the node's own state between stages."""
+    """Keep the SecAgg+ client (secrets included) and its keyring in the node's own state between stages."""
     context.state[SECRETS] = ConfigRecord(client.to_state())
+    context.state[KEYRING] = ConfigRecord(client.keyring.to_state())
+
+
+def _keyring(context: Context) -> Keyring:
+    """The node's key batches and verified signatures from earlier rounds (a fresh keyring on a new node)."""
+    if KEYRING not in context.state:
+        return Keyring()
+    return Keyring.from_state(dict(context.state[KEYRING].items()))
 
 
 def _restore_secagg(context: Context, stage: str) -> SecAggClient:
@@ -94,7 +103,7 @@ def _restore_secagg(context: Context, stage: str) -> SecAggClient:
     node = _settings(context)
     identity, roster, policy = node.secagg_parties()
     randomness = _randomness(node, int(state.get("round_id", 0)), stage)
-    return SecAggClient.from_state(state, identity, roster, policy, randomness)
+    return SecAggClient.from_state(state, identity, roster, policy, randomness, _keyring(context))
 
 
 def _open_round(message: Message, context: Context, node: NodeSettings,
@@ -110,7 +119,7 @@ def _open_round(message: Message, context: Context, node: NodeSettings,
                                   "the message's config names")
     identity, roster, policy = node.secagg_parties()
     client = SecAggClient(context.node_id, identity, roster, policy, run_id=message.metadata.run_id,
-                          randomness=_randomness(node, setup.round_id, "keys"))
+                          randomness=_randomness(node, setup.round_id, "keys"), keyring=_keyring(context))
     policy.check_config(setup.config)  # refuse a weak proposal before anything is spent on it
     claim_round(node.state_dir, message.metadata.run_id, setup.round_id)
     return setup, client

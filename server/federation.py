@@ -21,7 +21,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client.shop import ModelConfig, SharedModel
 from common import wire
 from common.model import flatten, get_adapter_state, unflatten
-from common.secagg import SecAggConfig
+from common.secagg import SecAggConfig, SignatureCache
 from common.settings import PendingTask, RoundConfig, TaskSpec
 from common.stats import transition_rows
 from common.model.scorer import set_priors
@@ -58,6 +58,7 @@ class Federation:
         self.model_config = ModelConfig(backbone=str(settings["backbone"]), lora=settings.lora,
                                         head_init=str(settings["head-init"]))
         self.hash = config_hash({**settings.fingerprint_values(), "task": self.spec.fingerprint()})
+        self.verified = SignatureCache()  # the shops' batch signatures checked so far (one check per batch)
 
     # ------------------------------------------------------------------ template
 
@@ -151,7 +152,7 @@ class Federation:
                               max_weight=1, min_clients=3)
         content = RecordDict({wire.TASK: ConfigRecord({**record, "query.kind": kind})})
         result = SecureRound(grid, nodes, config, round_id, float(s["round-timeout"]), self.observe,
-                             stages=wire.QUERY_STAGES, roster=s.roster).run(lambda node: content)
+                             stages=wire.QUERY_STAGES, roster=s.roster, verified=self.verified).run(lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
             self.progress(f"  shop {node} left out of the {kind} statistics: {why}")
@@ -186,7 +187,7 @@ class Federation:
                               max_clients=max(len(nodes), 3), clip=float(s["secagg-clip"]),
                               max_weight=int(s["secagg-max-weight"]), min_clients=3)
         round_driver = SecureRound(grid, nodes, config, server_round, float(s["round-timeout"]), self.observe,
-                                   roster=s.roster)
+                                   roster=s.roster, verified=self.verified)
         result = round_driver.run(lambda node: self._content(server_round, state))
         for node, code in result.declined.items():
             reason = wire.DECLINE_REASONS.get(code, f"code {code}")
@@ -208,7 +209,7 @@ class Federation:
         content = self._content(server_round, state)
         result = SecureRound(grid, nodes, config, wire.secagg_round_id(wire.EVALUATE_STAGES, server_round),
                              float(self.settings["round-timeout"]), self.observe, stages=wire.EVALUATE_STAGES,
-                             roster=self.settings.roster).run(lambda node: content)
+                             roster=self.settings.roster, verified=self.verified).run(lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
             self.progress(f"  shop {node} left out of the evaluation of round {server_round}: {why}")

@@ -21,7 +21,7 @@ from flwr.app import Message, RecordDict
 from common import wire
 from common.secagg import (
     ConsistencySignature, KeyAdvertisement, MaskedInput, Roster, SecAggConfig, SecAggError, SecAggServer,
-    ShareDistribution, UnmaskResponse,
+    ShareDistribution, SignatureCache, UnmaskResponse,
 )
 
 log = logging.getLogger("fedinterest.server")
@@ -74,14 +74,16 @@ class SecureRound:
         observe: ReplyObserver | None = None,
         stages: tuple[str, ...] = wire.TRAIN_STAGES,
         roster: Roster | None = None,
+        verified: SignatureCache | None = None,
     ):
         """``stages``: the five message types (``wire.TRAIN_STAGES`` or ``QUERY_STAGES``); ``roster``: the
-        federation's roster, to exclude unlisted shops early (each shop checks its own copy anyway)."""
+        federation's roster, to exclude unlisted shops early (each shop checks its own copy anyway);
+        ``verified``: the run's cache of checked batch signatures, kept across its rounds."""
         self.grid, self.nodes, self.config, self.round_id = grid, nodes, config, round_id
         self.stages = stages
         self.timeout, self.observe = timeout, observe
         run_id = int(getattr(getattr(grid, "run", None), "run_id", 0) or 0)
-        self.server = SecAggServer(config, round_id, nodes, run_id, roster)
+        self.server = SecAggServer(config, round_id, nodes, run_id, roster, verified)
         self.result = SecureRoundResult()
 
     # ------------------------------------------------------------------ transport

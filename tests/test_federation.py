@@ -200,6 +200,20 @@ def test_wire_audit_only_declared_content_leaves_a_shop(federation):
             assert all(float(v).is_integer() for v in content[wire.METRICS].values()), dict(content[wire.METRICS])
 
 
+def test_a_shop_signs_the_keys_of_its_training_rounds_once(federation):
+    """The node keeps its keyring in its context between rounds: one batch signature covers every
+    training round it advertised in, each round's advertisement proving its own leaf."""
+    ads: dict[int, list[tuple[int, int, bytes]]] = {}
+    for message_type, node, content in federation["replies"]:
+        if message_type == wire.TRAIN and wire.SECAGG in content:
+            record = content[wire.SECAGG]
+            ads.setdefault(node, []).append((record["round_id"], record["batch_first_round"], record["signature"]))
+    assert sum(len(rounds) == ROUNDS for rounds in ads.values()) >= 3  # the shops that took part in every round
+    for rounds in ads.values():
+        assert len({signature for _, _, signature in rounds}) == 1
+        assert {first for _, first, _ in rounds} == {min(round_id for round_id, _, _ in rounds)}
+
+
 def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledger(federation):
     """The statistics round: each shop reserved one release before any training, the server used the sum."""
     from common.stats import category_engagement

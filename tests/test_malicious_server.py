@@ -18,6 +18,7 @@ from common.secagg import (
     SecAggPolicy, SecAggProtocolError, SecAggServer, SeededRandomness, ShareDistribution, ShareKindViolation,
 )
 from common.secagg.identity import advertisement_payload, consistency_tag, survivors_payload
+from common.secagg.keybatch import batch_payload, leaf_hash
 from common.secagg.messages import UnmaskRequest
 from common.secagg.masks import add_signed, pair_mask, pair_sign, self_mask
 from common.secagg.primitives import agree, new_private_key, private_key_from_bytes, public_bytes
@@ -61,12 +62,15 @@ def test_key_substitution_is_refused_before_any_share_is_made():
         shares, masks = list(message.share_public_keys), list(message.mask_public_keys)
         identities, signatures = list(message.identity_keys), list(message.signatures)
         shares[0], masks[0] = server_keys
+        paths = list(message.batch_paths)
         if signer is not None:  # the server signs the substituted advertisement with its own identity
-            identities[0] = signer.public_key
-            signatures[0] = signer.sign(advertisement_payload(0, 1, message.neighbour_ids[0], shares[0], masks[0],
-                                                              message.commitments[0]))
+            identities[0], paths[0] = signer.public_key, ()  # a batch of this one round: the root is the leaf
+            root = leaf_hash(advertisement_payload(0, 1, message.neighbour_ids[0], shares[0], masks[0],
+                                                   message.commitments[0]))
+            signatures[0] = signer.sign(batch_payload(0, message.neighbour_ids[0], 1, 0, root))
         return dataclasses.replace(message, share_public_keys=tuple(shares), mask_public_keys=tuple(masks),
-                                   identity_keys=tuple(identities), signatures=tuple(signatures))
+                                   identity_keys=tuple(identities), signatures=tuple(signatures),
+                                   batch_first_rounds=(1,) + message.batch_first_rounds[1:], batch_paths=tuple(paths))
 
     refuses(victim, lambda: victim.share_keys(substituted(None)), match="signature does not verify")
     _, clients, _ = to_share_stage(5, seed=1)

@@ -187,10 +187,13 @@ def test_wire_declaration_is_complete_and_carries_no_secrets():
 
 
 def test_records_reject_malformed_input():
-    ad = KeyAdvertisement(1, 2, b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32, b"e" * 64)
+    ad = KeyAdvertisement(1, 2, b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32, b"e" * 64, 1, (b"f" * 32, b"g" * 32))
     record = ad.to_record()
     assert KeyAdvertisement.from_record(record) == ad
     assert record_nbytes(record) > 3 * 32
+    for path in (b"f" * 31, b"f" * 32 * 7, [b"f" * 32]):  # not whole hashes, deeper than a batch can be, not bytes
+        with pytest.raises(SecAggProtocolError, match="batch_path"):
+            KeyAdvertisement.from_record({**record, "batch_path": path})
     with pytest.raises(SecAggProtocolError, match="keys"):
         KeyAdvertisement.from_record({**record, "extra": 1})
     with pytest.raises(SecAggProtocolError, match="mask_public_key"):

@@ -14,6 +14,7 @@ from .errors import (
 )
 from .graph import NeighbourGraph, default_degree, neighbour_graph, threshold_for
 from .identity import Identity, Roster
+from .keybatch import Keyring, SignatureCache
 from .messages import (
     WIRE_MESSAGES, ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
     SharePlaintext, ShareDistribution, ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record,
@@ -25,11 +26,11 @@ from .quantize import decode, quantize
 from .server import AggregateResult, SecAggServer, ServerState
 
 __all__ = [
-    "AggregateResult", "ClientState", "ConsistencyRequest", "ConsistencySignature", "Identity", "Roster",
+    "AggregateResult", "ClientState", "ConsistencyRequest", "ConsistencySignature", "Identity", "Keyring", "Roster",
     "SecAggPolicy", "KeyAdvertisement", "KeyBroadcast", "MaskedInput", "NeighbourGraph",
     "Randomness", "RoundSetup", "RoundTrace", "SecAggAbort", "SecAggClient", "SecAggConfig", "SecAggConfigError",
     "SecAggError", "SecAggIntegrityError", "SecAggProtocolError", "SecAggServer", "SeededRandomness",
-    "ServerState", "ShareDistribution", "ShareKindViolation", "SharePlaintext", "ShareRelay", "Stage",
+    "ServerState", "ShareDistribution", "SignatureCache", "ShareKindViolation", "SharePlaintext", "ShareRelay", "Stage",
     "UnmaskRequest", "UnmaskResponse", "WIRE_MESSAGES", "decode", "default_degree", "element_bound",
     "max_frac_bits", "message_from_record", "neighbour_graph", "quantize", "record_nbytes", "run_round",
     "threshold_for",

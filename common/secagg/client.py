@@ -7,7 +7,8 @@ and leaves the state as it was (a stale message); any other error stops the clie
 
 Against a malicious server: the round's parameters must meet the shop's own floors
 (:class:`~common.secagg.policy.SecAggPolicy`); every neighbour's advertisement must be signed by
-an identity key on the shop's pinned roster; the graph seed is recomputed from the members'
+an identity key on the shop's pinned roster (one signature per batch of rounds, checked once per
+batch: :mod:`.keybatch`); the graph seed is recomputed from the members'
 advertisement digests; the client authenticates one survivor set per round to its neighbours
 (an HMAC under each pairwise key) and reveals shares only for that set, with valid tags of at
 least ``t`` neighbours over it.
@@ -25,8 +26,9 @@ from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import neighbour_graph
 from .identity import (
-    Identity, Roster, advertisement_digest, advertisement_payload, consistency_tag, graph_seed, survivors_payload, verify,
+    Identity, Roster, advertisement_digest, consistency_tag, graph_seed, survivors_payload,
 )
+from .keybatch import Keyring, verify_advertisement
 from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
 from .messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
@@ -34,7 +36,7 @@ from .messages import (
 )
 from .policy import SecAggPolicy
 from .primitives import (
-    KEY_BYTES, MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, derive_key, new_private_key,
+    MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, derive_key,
     open_sealed, private_key_from_bytes, public_bytes, seal,
 )
 from .quantize import quantize
@@ -62,10 +64,13 @@ class SecAggClient:
     the client expects (``None``: take the setup's). ``randomness`` supplies every random byte
     (keys, self-mask seed, Shamir coefficients, nonces, stochastic rounding); inject
     :class:`~common.secagg.primitives.SeededRandomness` for reproducible simulations only.
+    ``keyring``: the shop's key batches and verified signatures, kept between rounds by the caller
+    (:mod:`.keybatch`: one signature per batch of rounds); ``None``: a batch of this round alone.
     """
 
     def __init__(self, client_id: int, identity: Identity, roster: Roster, policy: SecAggPolicy = SecAggPolicy(),
-                 run_id: int | None = None, randomness: Randomness = default_randomness) -> None:
+                 run_id: int | None = None, randomness: Randomness = default_randomness,
+                 keyring: Keyring | None = None) -> None:
         if not 0 <= client_id <= MAX_ID:
             raise ValueError(f"client_id must be in [0, 2**64), got {client_id}")
         if identity.public_key not in roster:
@@ -74,6 +79,7 @@ class SecAggClient:
         self.identity, self.roster, self.policy = identity, roster, policy
         self.run_id = run_id
         self._random = randomness
+        self.keyring = keyring if keyring is not None else Keyring(depth=0)
         self.state = ClientState.NEW
 
     # ------------------------------------------------------------ persistence between stages
@@ -119,9 +125,9 @@ class SecAggClient:
 
     @classmethod
     def from_state(cls, state: dict, identity: Identity, roster: Roster, policy: SecAggPolicy = SecAggPolicy(),
-                   randomness: Randomness = default_randomness) -> "SecAggClient":
-        """The client ``to_state`` described, ready for its next stage."""
-        client = cls(int(state["client_id"]), identity, roster, policy, None, randomness)
+                   randomness: Randomness = default_randomness, keyring: Keyring | None = None) -> "SecAggClient":
+        """The client ``to_state`` described, ready for its next stage (the keyring is kept apart)."""
+        client = cls(int(state["client_id"]), identity, roster, policy, None, randomness, keyring)
         client.state = ClientState(state["state"])
         if "round_id" not in state:
             return client
@@ -205,14 +211,16 @@ class SecAggClient:
         self.config = setup.config
         self.round_id, self.run_id = setup.round_id, setup.run_id
         self._participants = frozenset(setup.participants)
-        self._share_private = new_private_key(self._random)
-        self._mask_private_raw = self._random(KEY_BYTES)
+        secrets, proof = self.keyring.round_keys(self.identity, self.run_id, self.round_id, self.client_id,
+                                                 self._random)
+        self._share_private = private_key_from_bytes(secrets.share_private)
+        self._mask_private_raw = secrets.mask_private
         self._mask_private = private_key_from_bytes(self._mask_private_raw)
-        self._self_mask_seed = self._random(KEY_BYTES)
+        self._self_mask_seed = secrets.self_mask_seed
         keys = (public_bytes(self._share_private), public_bytes(self._mask_private),
                 commitment(self._self_mask_seed, self.round_id, self.client_id))
-        signature = self.identity.sign(advertisement_payload(self.run_id, self.round_id, self.client_id, *keys))
-        return KeyAdvertisement(self.round_id, self.client_id, *keys, self.identity.public_key, signature)
+        return KeyAdvertisement(self.round_id, self.client_id, *keys, self.identity.public_key, proof.signature,
+                                proof.first_round, proof.path)
 
     def _digest(self, client_id: int, share_key_: bytes, mask_key: bytes, commit: bytes, identity: bytes) -> bytes:
         return advertisement_digest(self.run_id, self.round_id, client_id, share_key_, mask_key, commit, identity)
@@ -239,17 +247,16 @@ class SecAggClient:
             raise SecAggIntegrityError("the member list does not carry this shop's own advertisement")
         identities = {self.identity.public_key}
         for k, neighbour in enumerate(broadcast.neighbour_ids):
-            share_pk, mask_pk, commit, identity, signature = (
+            share_pk, mask_pk, commit, identity = (
                 broadcast.share_public_keys[k], broadcast.mask_public_keys[k], broadcast.commitments[k],
-                broadcast.identity_keys[k], broadcast.signatures[k])
+                broadcast.identity_keys[k])
             if identity not in self.roster:
                 raise SecAggIntegrityError(f"neighbour {neighbour} signs with a key that is not on the roster")
             if identity in identities:
                 raise SecAggIntegrityError(f"neighbour {neighbour} uses an identity key another member uses")
             identities.add(identity)
-            verify(identity, signature,
-                   advertisement_payload(self.run_id, self.round_id, neighbour, share_pk, mask_pk, commit),
-                   f"advertisement of neighbour {neighbour}")
+            verify_advertisement(self.keyring.verified, self.run_id, self.round_id, neighbour, share_pk, mask_pk,
+                                 commit, identity, broadcast.proof(k), f"advertisement of neighbour {neighbour}")
             if digests.get(neighbour) != self._digest(neighbour, share_pk, mask_pk, commit, identity):
                 raise SecAggIntegrityError(f"the member list carries another advertisement for neighbour {neighbour}")
         self._members_digest = graph_seed(self.run_id, self.round_id, digests)

@@ -3,8 +3,9 @@
 Each shop holds one Ed25519 identity key (``fedinterest keys new``). The federation's roster is
 a JSON file of every shop's public identity key; each shop pins its own copy and compares its
 fingerprint (:meth:`Roster.fingerprint`) with the others out of band. Every key advertisement is
-signed over (protocol, run, round, id, both public keys, commitment) and checked against the
-roster before any share is made, so a server that puts its own keys between two shops is caught.
+signed over (protocol, run, round, id, both public keys, commitment), through the Merkle root of
+the shop's batch of rounds (:mod:`.keybatch`), and checked against the roster before any share is
+made, so a server that puts its own keys between two shops is caught.
 Before unmasking, each survivor authenticates the survivor set to each neighbour with an HMAC
 under their pairwise key (Bonawitz et al.'s consistency check, with the signatures replaced by
 MACs under keys the signed advertisements already authenticate).

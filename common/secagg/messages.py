@@ -4,16 +4,17 @@ A round has four stages; in each the server sends one message to every live clie
 client answers with one message (Bell et al. 2020, semi-honest server, AEAD on shares)::
 
     stage            server -> client      client -> server
-    ADVERTISE_KEYS   RoundSetup            KeyAdvertisement      two X25519 keys + commitment, signed
+    ADVERTISE_KEYS   RoundSetup            KeyAdvertisement      two X25519 keys + commitment, signed (batch)
     SHARE_KEYS       KeyBroadcast          ShareDistribution     AES-GCM sealed Shamir shares
     MASKED_INPUT     ShareRelay            MaskedInput           y_i in Z_2^32, 4 bytes per element
     CONSISTENCY      ConsistencyRequest    ConsistencySignature  one HMAC of the survivor set per neighbour
     UNMASK           UnmaskRequest         UnmaskResponse        one share kind per client id
 
-Advertisements are signed with the shop's long-term identity key (``identity``) and checked
-against the roster the shop pins; the graph seed is the hash of all signed advertisements, so
-the server cannot choose it; survivors authenticate the survivor set to each neighbour (an HMAC
-under their pairwise key) before any share is revealed.
+Advertisements are signed with the shop's long-term identity key (``identity``), one signature
+over a Merkle root for a batch of rounds (``keybatch``), and checked against the roster the shop
+pins; the graph seed is the hash of all signed advertisements, so the server cannot choose it;
+survivors authenticate the survivor set to each neighbour (an HMAC under their pairwise key)
+before any share is revealed.
 
 Each message is a frozen dataclass with ``to_record()`` / ``from_record()`` mapping it to a flat
 ``{str: bytes | int | float | list[int] | numpy.uint32 array}`` (what a Flower ``ConfigRecord`` or
@@ -34,6 +35,7 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggConfigError, SecAggIntegrityError, SecAggProtocolError
 from .identity import CONSISTENCY_TAG_BYTES, SIGNATURE_BYTES
+from .keybatch import HASH_BYTES, MAX_BATCH_DEPTH, BatchProof
 from .primitives import KEY_BYTES, MAX_ID, NONCE_BYTES, TAG_BYTES
 from .shamir import SHARE_BYTES
 
@@ -103,6 +105,36 @@ def _join(items: tuple[bytes, ...], item_bytes: int, cls: type, name: str) -> by
     if any(len(item) != item_bytes for item in items):
         raise _fail(cls, f"every item of {name} must be {item_bytes} bytes")
     return b"".join(items)
+
+
+def _ints(cls: type, record: Record, key: str, high: int = MAX_ID) -> tuple[int, ...]:
+    value = record[key]
+    if not isinstance(value, list) or any(type(v) is not int or not 0 <= v <= high for v in value):
+        raise _fail(cls, f"{key} must be a list of ints in [0, {high}]")
+    return tuple(value)
+
+
+def _path(cls: type, value: RecordValue, name: str) -> tuple[bytes, ...]:
+    """A Merkle path: whole hashes, at most ``MAX_BATCH_DEPTH`` of them."""
+    if not isinstance(value, bytes) or len(value) % HASH_BYTES or len(value) > MAX_BATCH_DEPTH * HASH_BYTES:
+        raise _fail(cls, f"{name} must be at most {MAX_BATCH_DEPTH} hashes of {HASH_BYTES} bytes")
+    return tuple(value[i : i + HASH_BYTES] for i in range(0, len(value), HASH_BYTES))
+
+
+def _paths(cls: type, record: Record, depths: tuple[int, ...]) -> tuple[tuple[bytes, ...], ...]:
+    """``batch_paths``: the neighbours' Merkle paths back to back, ``depths[k]`` hashes for neighbour k."""
+    value = record["batch_paths"]
+    if not isinstance(value, bytes) or len(value) != HASH_BYTES * sum(depths):
+        raise _fail(cls, f"batch_paths must hold {sum(depths)} hashes of {HASH_BYTES} bytes (batch_depths)")
+    hashes = [value[i : i + HASH_BYTES] for i in range(0, len(value), HASH_BYTES)]
+    ends = [sum(depths[: k + 1]) for k in range(len(depths))]
+    return tuple(tuple(hashes[end - depth : end]) for end, depth in zip(ends, depths))
+
+
+def _path_bytes(cls: type, path: tuple[bytes, ...]) -> bytes:
+    if len(path) > MAX_BATCH_DEPTH:
+        raise _fail(cls, f"a batch path has at most {MAX_BATCH_DEPTH} hashes")
+    return _join(path, HASH_BYTES, cls, "batch path")
 
 
 def _same_length(cls: type, *pairs: tuple[str, tuple]) -> None:
@@ -217,7 +249,7 @@ class KeyAdvertisement:
     CODE: ClassVar[int] = 11
     KEYS: ClassVar[tuple[str, ...]] = (
         "round_id", "client_id", "share_public_key", "mask_public_key", "self_mask_commitment", "identity_key",
-        "signature",
+        "signature", "batch_first_round", "batch_path",
     )
 
     round_id: int
@@ -226,10 +258,18 @@ class KeyAdvertisement:
     mask_public_key: bytes  # s_i^PK: agrees pairwise mask seeds
     self_mask_commitment: bytes  # SHA-256 commitment to b_i, checked after reconstruction
     identity_key: bytes  # the shop's Ed25519 public key, as listed in the roster
-    signature: bytes  # Ed25519 over identity.advertisement_payload(run, round, id, keys, commitment)
+    signature: bytes  # Ed25519 over keybatch.batch_payload(run, id, first round, depth, root)
+    batch_first_round: int  # the signed batch covers rounds batch_first_round .. + 2**depth - 1
+    batch_path: tuple[bytes, ...]  # Merkle path (depth hashes) from this round's payload to the root
+
+    @property
+    def proof(self) -> BatchProof:
+        return BatchProof(self.batch_first_round, self.batch_path, self.signature)
 
     def to_record(self) -> Record:
-        return {MESSAGE_KEY: self.CODE, **{key: getattr(self, key) for key in self.KEYS}}
+        record: Record = {MESSAGE_KEY: self.CODE, **{key: getattr(self, key) for key in self.KEYS}}
+        record["batch_path"] = _path_bytes(type(self), self.batch_path)
+        return record
 
     @classmethod
     def from_record(cls, record: Record) -> "KeyAdvertisement":
@@ -242,6 +282,8 @@ class KeyAdvertisement:
             _bytes(cls, record, "self_mask_commitment", KEY_BYTES),
             _bytes(cls, record, "identity_key", KEY_BYTES),
             _bytes(cls, record, "signature", SIGNATURE_BYTES),
+            _id(cls, record, "batch_first_round"),
+            _path(cls, record["batch_path"], "batch_path"),
         )
 
 
@@ -266,7 +308,7 @@ class KeyBroadcast:
     )
     KEYS: ClassVar[tuple[str, ...]] = (
         "round_id", "client_id", "members", "member_digests", "neighbour_ids",
-        *(name for name, _ in NEIGHBOUR_FIELDS),
+        *(name for name, _ in NEIGHBOUR_FIELDS), "batch_first_rounds", "batch_depths", "batch_paths",
     )
 
     round_id: int
@@ -279,12 +321,19 @@ class KeyBroadcast:
     commitments: tuple[bytes, ...]
     identity_keys: tuple[bytes, ...]
     signatures: tuple[bytes, ...]
+    batch_first_rounds: tuple[int, ...]
+    batch_paths: tuple[tuple[bytes, ...], ...]
+
+    def proof(self, k: int) -> BatchProof:
+        """What authenticates neighbour ``k``'s advertisement (see :mod:`.keybatch`)."""
+        return BatchProof(self.batch_first_rounds[k], self.batch_paths[k], self.signatures[k])
 
     def to_record(self) -> Record:
         cls = type(self)
         _same_length(cls, ("members", self.members), ("member_digests", self.member_digests))
         _same_length(cls, ("neighbour_ids", self.neighbour_ids),
-                     *((name, getattr(self, name)) for name, _ in self.NEIGHBOUR_FIELDS))
+                     *((name, getattr(self, name)) for name, _ in self.NEIGHBOUR_FIELDS),
+                     ("batch_first_rounds", self.batch_first_rounds), ("batch_paths", self.batch_paths))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
@@ -293,6 +342,9 @@ class KeyBroadcast:
             "member_digests": _join(self.member_digests, KEY_BYTES, cls, "member_digests"),
             "neighbour_ids": list(self.neighbour_ids),
             **{name: _join(getattr(self, name), size, cls, name) for name, size in self.NEIGHBOUR_FIELDS},
+            "batch_first_rounds": list(self.batch_first_rounds),
+            "batch_depths": [len(path) for path in self.batch_paths],
+            "batch_paths": b"".join(_path_bytes(cls, path) for path in self.batch_paths),
         }
 
     @classmethod
@@ -300,6 +352,9 @@ class KeyBroadcast:
         _check_keys(cls, record, cls.KEYS)
         members = _ids(cls, record, "members")
         neighbours = _ids(cls, record, "neighbour_ids")
+        firsts = _ints(cls, record, "batch_first_rounds")
+        depths = _ints(cls, record, "batch_depths", MAX_BATCH_DEPTH)
+        _same_length(cls, ("neighbour_ids", neighbours), ("batch_first_rounds", firsts), ("batch_depths", depths))
         return cls(
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
@@ -307,6 +362,8 @@ class KeyBroadcast:
             _blob(cls, record, "member_digests", KEY_BYTES, len(members)),
             neighbours,
             *(_blob(cls, record, name, size, len(neighbours)) for name, size in cls.NEIGHBOUR_FIELDS),
+            firsts,
+            _paths(cls, record, depths),
         )
 
 

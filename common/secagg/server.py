@@ -23,7 +23,8 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import NeighbourGraph, neighbour_graph
-from .identity import Roster, advertisement_digest, advertisement_payload, graph_seed, verify
+from .identity import Roster, advertisement_digest, graph_seed
+from .keybatch import SignatureCache, verify_advertisement
 from .masks import add_signed, pair_mask, pair_sign, self_mask
 from .messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
@@ -73,12 +74,13 @@ class SecAggServer:
     dropped), and returns the next stage's message for every live client. A client whose reply is
     for another round, from an unknown or dropped client, repeated, or otherwise wrong is excluded
     (``excluded`` says why); the round aborts (state ``ABORTED``) only when it cannot finish.
-    ``roster`` (optional: clients check it anyway) lets the server exclude unlisted shops early.
+    ``roster`` (optional: clients check it anyway) lets the server exclude unlisted shops early;
+    ``verified``: signatures checked in earlier rounds of the run (:class:`.keybatch.SignatureCache`).
     """
 
     def __init__(
         self, config: SecAggConfig, round_id: int, participants: Sequence[int], run_id: int = 0,
-        roster: Roster | None = None,
+        roster: Roster | None = None, verified: SignatureCache | None = None,
     ) -> None:
         if not 0 <= round_id <= MAX_ID:
             raise ValueError(f"round_id must be in [0, 2**64), got {round_id}")
@@ -95,6 +97,7 @@ class SecAggServer:
         self.config = config
         self.round_id, self.run_id = round_id, run_id
         self.roster = roster
+        self.verified = verified if verified is not None else SignatureCache()
         self.participants = tuple(sorted(ids))
         self.state = ServerState.NEW
         self.graph: NeighbourGraph | None = None
@@ -182,9 +185,9 @@ class SecAggServer:
                 self._exclude(i, "its identity key is not on the roster")
                 continue
             try:
-                verify(ad.identity_key, ad.signature, advertisement_payload(
-                    self.run_id, self.round_id, i, ad.share_public_key, ad.mask_public_key, ad.self_mask_commitment),
-                    f"advertisement of client {i}")
+                verify_advertisement(self.verified, self.run_id, self.round_id, i, ad.share_public_key,
+                                     ad.mask_public_key, ad.self_mask_commitment, ad.identity_key, ad.proof,
+                                     f"advertisement of client {i}")
             except SecAggIntegrityError as err:
                 self._exclude(i, str(err))
         for field in ("share_public_key", "mask_public_key", "identity_key"):
@@ -214,7 +217,8 @@ class SecAggServer:
                 self.round_id, i, self.members, digests, neighbours,
                 tuple(a.share_public_key for a in ads_), tuple(a.mask_public_key for a in ads_),
                 tuple(a.self_mask_commitment for a in ads_), tuple(a.identity_key for a in ads_),
-                tuple(a.signature for a in ads_),
+                tuple(a.signature for a in ads_), tuple(a.batch_first_round for a in ads_),
+                tuple(a.batch_path for a in ads_),
             )
         return broadcasts
 
