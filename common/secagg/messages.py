@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import accumulate
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -127,8 +128,7 @@ def _paths(cls: type, record: Record, depths: tuple[int, ...]) -> tuple[tuple[by
     if not isinstance(value, bytes) or len(value) != HASH_BYTES * sum(depths):
         raise _fail(cls, f"batch_paths must hold {sum(depths)} hashes of {HASH_BYTES} bytes (batch_depths)")
     hashes = [value[i : i + HASH_BYTES] for i in range(0, len(value), HASH_BYTES)]
-    ends = [sum(depths[: k + 1]) for k in range(len(depths))]
-    return tuple(tuple(hashes[end - depth : end]) for end, depth in zip(ends, depths))
+    return tuple(tuple(hashes[end - depth : end]) for end, depth in zip(accumulate(depths), depths))
 
 
 def _path_bytes(cls: type, path: tuple[bytes, ...]) -> bytes:
