@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.secagg import SecAggConfig, Stage, run_round
+from common.secagg import SecAggConfig, Stage, record_nbytes, run_round
 from common.secagg import neighbour_graph
 from common.secagg.keybatch import DEFAULT_BATCH_DEPTH
 
@@ -399,6 +399,7 @@ def defence_overhead(clients: int, params: int, seed: int, rounds: int, depth: i
                                    keyrings[i]) for i in range(clients)}
         seconds: dict[str, float] = {}
         defended: dict[str, float] = {}
+        wire = [0]  # bytes of every request and reply, as records
         with DefenceClock() as clock:
             def stage(name, collect, requests, act):
                 before, replies = clock.seconds, []
@@ -407,6 +408,7 @@ def defence_overhead(clients: int, params: int, seed: int, rounds: int, depth: i
                     begun = time.perf_counter()
                     replies.append(act(parties[i], request, *update))
                     seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - begun
+                    wire[0] += record_nbytes(request.to_record()) + record_nbytes(replies[-1].to_record())
                 begun = time.perf_counter()
                 out_ = collect(replies)
                 seconds[name] += time.perf_counter() - begun
@@ -426,7 +428,7 @@ def defence_overhead(clients: int, params: int, seed: int, rounds: int, depth: i
         added = sum(defended.values()) + seconds["consistency"] - defended["consistency"]
         out.append({"round": round_id, "total": total, "signatures": sum(defended.values()), "ed25519": clock.ed25519,
                     "consistency": seconds["consistency"], "added": added, "before": total - added,
-                    "stages": seconds})
+                    "stages": seconds, "ratio": wire[0] / clients / (4 * params)})
     return out
 
 
@@ -440,10 +442,12 @@ def print_defence_overhead(args: argparse.Namespace) -> None:
           f"parameters, key batches of {2**depth} rounds (protocol compute of all clients and the server, one core):")
     print("  Ed25519 ops = signatures + verifications actually run (a batch's signature is checked once per "
           "verifier); defences = those, the batches' Merkle hashing and the consistency stage")
-    print(f"  {'round':>5} {'round s':>8} {'before s':>8} {'defences s':>10} {'Ed25519 ops':>11} {'added':>7}")
+    print("  bytes ratio = all messages of the round, both directions, per client / the float32 adapter")
+    print(f"  {'round':>5} {'round s':>8} {'before s':>8} {'defences s':>10} {'Ed25519 ops':>11} {'added':>7} "
+          f"{'bytes ratio':>11}")
     for r in runs:
         print(f"  {r['round']:>5} {r['total']:>8.2f} {r['before']:>8.2f} {r['added']:>10.3f} {r['ed25519']:>11,} "
-              f"{100 * r['added'] / r['before']:>+6.1f}%")
+              f"{100 * r['added'] / r['before']:>+6.1f}% {r['ratio']:>11.4f}")
     before, added = sum(r["before"] for r in runs), sum(r["added"] for r in runs)
     later = runs[1:] or runs
     later_share = sum(r["added"] for r in later) / sum(r["before"] for r in later)

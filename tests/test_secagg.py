@@ -305,7 +305,7 @@ def test_server_never_holds_both_share_kinds():
     requests = run_to_unmask(server, clients, [np.zeros(d)] * n)
     responses = [clients[i].unmask(requests[i]) for i in range(n)]
     # client 1 (wrongly) also hands over its share of survivor 3's mask key
-    key_share = clients[1]._mask_private_raw  # any 66-byte value: it must not even be stored
+    key_share = clients[1]._mask_private_raw  # any share-sized value: it must not even be stored
     bad = dataclasses.replace(
         responses[1], mask_key_owners=(3,), mask_key_shares=(shamir.share_to_bytes(int.from_bytes(key_share, "big")),)
     )
@@ -491,6 +491,13 @@ def test_graph_is_k_regular_and_reproducible_from_the_seed():
     assert small.degree == 4 and all(len(small[i]) == 4 for i in small.members)
     fixed = neighbour_graph(members, b"\x01" * 32, degree=6)
     assert all(len(fixed[i]) == 6 for i in members) and fixed.threshold == 4
+
+
+def test_the_shamir_field_holds_every_32_byte_secret_in_33_bytes():
+    import sympy
+
+    assert sympy.isprime(shamir.PRIME) and 2**256 < shamir.PRIME < 2 ** (8 * shamir.SHARE_BYTES)
+    assert shamir.SHARE_BYTES == 33
 
 
 def test_shamir_reconstructs_with_t_shares_and_not_with_fewer():

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import SecAggIntegrityError
 
-PROTOCOL = b"fedinterest-secagg+/v1"
+PROTOCOL = b"fedinterest-secagg+/v2"  # v2: key batches, 33-byte shares
 KEY_BYTES = 32  # X25519 keys, seeds, AES-256 keys
 NONCE_BYTES = 12  # AES-GCM nonce
 TAG_BYTES = 16  # AES-GCM tag

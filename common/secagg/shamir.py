@@ -1,9 +1,11 @@
-"""Shamir secret sharing of 32-byte secrets over the prime field GF(2**521 - 1), Python ints.
+"""Shamir secret sharing of 32-byte secrets over the prime field GF(2**264 - 275), Python ints.
 
 A secret ``s`` is the constant term of a random polynomial ``f`` of degree ``t - 1``; client ``j``
 holds ``f(j + 1)`` (the point is ``id + 1`` so id 0 works). Any ``t`` shares give ``s`` by Lagrange
 interpolation at 0; any ``t - 1`` shares are consistent with every possible secret, so they
-reveal nothing. The field is far larger than 2**256, so every 32-byte secret is a field element.
+reveal nothing. The field is larger than 2**256, so every 32-byte secret is a field element,
+and a share is 33 bytes. An altered share mostly decodes past 2**256 (probability 1 - 2**-8);
+the server checks every reconstruction against the owner's commitment or public key anyway.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Mapping, Sequence
 from .errors import SecAggIntegrityError
 from .primitives import Randomness
 
-PRIME = 2**521 - 1
-SHARE_BYTES = 66  # ceil(521 / 8)
+PRIME = 2**264 - 275  # the largest prime below 2**264
+SHARE_BYTES = 33
 SECRET_BYTES = 32
 
 
@@ -24,9 +26,9 @@ def share_point(client_id: int) -> int:
 
 
 def random_field_element(randomness: Randomness) -> int:
-    """Uniform in [0, PRIME): 521 random bits, rejecting the single value 2**521 - 1."""
+    """Uniform in [0, PRIME): 264 random bits, rejecting the 275 values past PRIME."""
     while True:
-        value = int.from_bytes(randomness(SHARE_BYTES), "big") & ((1 << 521) - 1)
+        value = int.from_bytes(randomness(SHARE_BYTES), "big")
         if value < PRIME:
             return value
 
