@@ -26,7 +26,7 @@ from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import neighbour_graph
 from .identity import (
-    Identity, Roster, advertisement_digest, consistency_tag, graph_seed, survivors_payload,
+    Identity, Roster, advertisement_digest, advertisement_payload, consistency_tag, graph_seed, survivors_payload,
 )
 from .keybatch import Keyring, verify_advertisement
 from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
@@ -222,9 +222,6 @@ class SecAggClient:
         return KeyAdvertisement(self.round_id, self.client_id, *keys, self.identity.public_key, proof.signature,
                                 proof.first_round, proof.path)
 
-    def _digest(self, client_id: int, share_key_: bytes, mask_key: bytes, commit: bytes, identity: bytes) -> bytes:
-        return advertisement_digest(self.run_id, self.round_id, client_id, share_key_, mask_key, commit, identity)
-
     # ------------------------------------------------------------ stage 2
 
     def share_keys(self, broadcast: KeyBroadcast) -> ShareDistribution:
@@ -243,7 +240,8 @@ class SecAggClient:
         digests = dict(zip(broadcast.members, broadcast.member_digests))
         own_keys = (public_bytes(self._share_private), public_bytes(self._mask_private),
                     commitment(self._self_mask_seed, self.round_id, self.client_id))
-        if digests[self.client_id] != self._digest(self.client_id, *own_keys, self.identity.public_key):
+        own = advertisement_payload(self.run_id, self.round_id, self.client_id, *own_keys)
+        if digests[self.client_id] != advertisement_digest(own, self.identity.public_key):
             raise SecAggIntegrityError("the member list does not carry this shop's own advertisement")
         identities = {self.identity.public_key}
         for k, neighbour in enumerate(broadcast.neighbour_ids):
@@ -255,9 +253,10 @@ class SecAggClient:
             if identity in identities:
                 raise SecAggIntegrityError(f"neighbour {neighbour} uses an identity key another member uses")
             identities.add(identity)
-            verify_advertisement(self.keyring.verified, self.run_id, self.round_id, neighbour, share_pk, mask_pk,
-                                 commit, identity, broadcast.proof(k), f"advertisement of neighbour {neighbour}")
-            if digests.get(neighbour) != self._digest(neighbour, share_pk, mask_pk, commit, identity):
+            payload = advertisement_payload(self.run_id, self.round_id, neighbour, share_pk, mask_pk, commit)
+            verify_advertisement(self.keyring.verified, payload, self.run_id, self.round_id, neighbour, identity,
+                                 broadcast.proof(k), f"advertisement of neighbour {neighbour}")
+            if digests.get(neighbour) != advertisement_digest(payload, identity):
                 raise SecAggIntegrityError(f"the member list carries another advertisement for neighbour {neighbour}")
         self._members_digest = graph_seed(self.run_id, self.round_id, digests)
         try:

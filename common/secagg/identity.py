@@ -170,11 +170,9 @@ class Roster:
         return cls(keys)
 
 
-def advertisement_digest(run_id: int, round_id: int, client_id: int, share_public_key: bytes,
-                         mask_public_key: bytes, self_mask_commitment: bytes, identity_key: bytes) -> bytes:
-    """SHA-256 of what an advertisement commits to, its signer included: one entry of the graph seed."""
-    payload = advertisement_payload(run_id, round_id, client_id, share_public_key, mask_public_key,
-                                    self_mask_commitment)
+def advertisement_digest(payload: bytes, identity_key: bytes) -> bytes:
+    """SHA-256 of what an advertisement commits to (its :func:`advertisement_payload`), its signer
+    included: one entry of the graph seed."""
     return hashlib.sha256(payload + identity_key).digest()
 
 

@@ -121,18 +121,16 @@ class BatchProof:
     signature: bytes
 
 
-def verify_advertisement(cache: SignatureCache, run_id: int, round_id: int, client_id: int, share_public_key: bytes,
-                         mask_public_key: bytes, self_mask_commitment: bytes, identity_key: bytes, proof: BatchProof,
-                         what: str) -> None:
-    """Raise :class:`SecAggIntegrityError` unless the advertisement is in a batch ``identity_key`` signed."""
+def verify_advertisement(cache: SignatureCache, payload: bytes, run_id: int, round_id: int, client_id: int,
+                         identity_key: bytes, proof: BatchProof, what: str) -> None:
+    """Raise :class:`SecAggIntegrityError` unless the advertisement whose
+    :func:`~.identity.advertisement_payload` is ``payload`` is in a batch ``identity_key`` signed."""
     index = round_id - proof.first_round
     depth = len(proof.path)
     if depth > MAX_BATCH_DEPTH or not 0 <= index < 2**depth:
         raise SecAggIntegrityError(f"{what}: round {round_id} is not in the signed batch (first round "
                                    f"{proof.first_round}, {2**depth} rounds)")
-    leaf = leaf_hash(advertisement_payload(run_id, round_id, client_id, share_public_key, mask_public_key,
-                                           self_mask_commitment))
-    root = root_from_path(leaf, index, proof.path)
+    root = root_from_path(leaf_hash(payload), index, proof.path)
     cache.verify(identity_key, proof.signature, batch_payload(run_id, client_id, proof.first_round, depth, root), what)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import NeighbourGraph, neighbour_graph
-from .identity import Roster, advertisement_digest, graph_seed
+from .identity import Roster, advertisement_digest, advertisement_payload, graph_seed
 from .keybatch import SignatureCache, verify_advertisement
 from .masks import add_signed, pair_mask, pair_sign, self_mask
 from .messages import (
@@ -180,14 +180,15 @@ class SecAggServer:
 
     def _keys(self, advertisements: Iterable[KeyAdvertisement]) -> dict[int, KeyBroadcast]:
         ads = self._accept(advertisements, self.participants)
+        payloads = {i: advertisement_payload(self.run_id, self.round_id, i, ad.share_public_key, ad.mask_public_key,
+                                             ad.self_mask_commitment) for i, ad in ads.items()}
         for i, ad in ads.items():
             if self.roster is not None and ad.identity_key not in self.roster:
                 self._exclude(i, "its identity key is not on the roster")
                 continue
             try:
-                verify_advertisement(self.verified, self.run_id, self.round_id, i, ad.share_public_key,
-                                     ad.mask_public_key, ad.self_mask_commitment, ad.identity_key, ad.proof,
-                                     f"advertisement of client {i}")
+                verify_advertisement(self.verified, payloads[i], self.run_id, self.round_id, i, ad.identity_key,
+                                     ad.proof, f"advertisement of client {i}")
             except SecAggIntegrityError as err:
                 self._exclude(i, str(err))
         for field in ("share_public_key", "mask_public_key", "identity_key"):
@@ -200,11 +201,7 @@ class SecAggServer:
         self._ads = {i: ad for i, ad in ads.items() if i not in self.excluded}
         members = set(self._ads)
         self._require_min_clients(members, "key advertisement")
-        self._digests = {
-            i: advertisement_digest(self.run_id, self.round_id, i, ad.share_public_key, ad.mask_public_key,
-                                    ad.self_mask_commitment, ad.identity_key)
-            for i, ad in self._ads.items()
-        }
+        self._digests = {i: advertisement_digest(payloads[i], ad.identity_key) for i, ad in self._ads.items()}
         self.graph_seed = graph_seed(self.run_id, self.round_id, self._digests)
         self.graph = self._graph(sorted(members))
         self.members = self.graph.members
