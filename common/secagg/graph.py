@@ -129,9 +129,27 @@ def neighbour_graph(members: Sequence[int], seed: bytes, degree: int | None = No
         return NeighbourGraph(tuple(ids), seed, n - 1, {i: everyone - {i} for i in ids}, t)
     prefix = context(b"graph", seed)
     order = sorted(ids, key=lambda i: hashlib.sha256(prefix + i.to_bytes(8, "big")).digest())
-    half = k // 2
-    neighbours = {
-        client: frozenset(order[(p + step) % n] for step in range(-half, half + 1) if step)
-        for p, client in enumerate(order)
-    }
-    return NeighbourGraph(tuple(ids), seed, k, neighbours, t)
+    return NeighbourGraph(tuple(ids), seed, k, Circulant(tuple(order), k // 2), t)
+
+
+class Circulant(Mapping[int, frozenset[int]]):
+    """Each member's neighbours in the circulant graph over ``order``, made when first asked for:
+    a client needs only its own (O(n log n) for the order, O(k) for its neighbourhood), the server all."""
+
+    def __init__(self, order: tuple[int, ...], half: int) -> None:
+        self._order, self._half = order, half
+        self._position = {client: p for p, client in enumerate(order)}
+        self._made: dict[int, frozenset[int]] = {}
+
+    def __getitem__(self, client: int) -> frozenset[int]:
+        if client not in self._made:
+            p, n = self._position[client], len(self._order)
+            self._made[client] = frozenset(self._order[(p + step) % n]
+                                           for step in range(-self._half, self._half + 1) if step)
+        return self._made[client]
+
+    def __iter__(self):
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
