@@ -52,7 +52,7 @@ import numpy as np
 
 from common.secagg import SecAggConfig, Stage, record_nbytes, run_round
 from common.secagg import neighbour_graph
-from common.secagg.keybatch import DEFAULT_BATCH_DEPTH
+from common.secagg.keybatch import DEFAULT_BATCH_DEPTH, MAX_BATCH_DEPTH
 
 
 class LazyUpdates:
@@ -286,6 +286,8 @@ def parse_args() -> argparse.Namespace:
                         help="clients for the per-client scaling table (default 10 100 1000; none: skip)")
     parser.add_argument("--scale-params", type=int, default=100_000)
     args = parser.parse_args()
+    if args.overhead_rounds < 1 or not 0 <= args.batch_depth <= MAX_BATCH_DEPTH:
+        parser.error(f"--overhead-rounds must be at least 1 and --batch-depth in [0, {MAX_BATCH_DEPTH}]")
     if args.overhead is None:
         args.overhead = (20, 20_000) if args.quick else (100, 300_000)
     if args.overhead == [0, 0]:
