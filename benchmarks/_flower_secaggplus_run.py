@@ -84,8 +84,8 @@ def client_vector(seed: int, client: int, params: int) -> np.ndarray:
 
 
 def client_weights(seed: int, clients: int) -> list[int]:
-    """``num_examples`` per client, drawn like the weights of our benchmark (100..10000)."""
-    return [int(w) for w in np.random.default_rng(seed).integers(100, 10_001, clients)]
+    """``num_examples`` per client, drawn like the weights of our benchmark (powers of two 128..8192)."""
+    return [2 ** int(e) for e in np.random.default_rng(seed).integers(7, 14, clients)]
 
 
 def plaintext_weighted_mean(seed: int, clients: int, params: int, clip: float) -> np.ndarray:

@@ -78,7 +78,7 @@ def plaintext_weighted_mean(updates: LazyUpdates, weights: list[int], members: l
 def measure(clients: int, params: int, dropout: float, seed: int) -> dict:
     config = SecAggConfig(vector_length=params, max_clients=clients, clip=1.0, max_weight=10_000)
     updates = LazyUpdates(clients, params, seed)
-    weights = [int(w) for w in np.random.default_rng(seed).integers(100, 10_001, clients)]
+    weights = [2 ** int(e) for e in np.random.default_rng(seed).integers(7, 14, clients)]  # public buckets 128..8192
     dropped = set(range(0, clients, max(1, round(1 / dropout)))) if dropout > 0 else set()
     start = time.perf_counter()
     trace = run_round(updates, weights, config, dropouts={Stage.MASKED_INPUT: dropped}, seed=seed)
@@ -101,7 +101,7 @@ def measure(clients: int, params: int, dropout: float, seed: int) -> dict:
 def round_graph(clients: int):
     """The graph (degree, threshold) our rounds use for ``clients``: Bell et al.'s bounds at the defaults."""
     defaults = SecAggConfig(vector_length=1, max_clients=max(clients, 2))
-    return neighbour_graph(range(clients), bytes(32), None, defaults.corrupt_fraction, defaults.dropout_fraction)
+    return neighbour_graph(range(clients), bytes(32), None, defaults.colluders, defaults.dropout_fraction)
 
 
 FLOWER_RUNNER = Path(__file__).with_name("_flower_secaggplus_run.py")
@@ -167,7 +167,7 @@ def compare_with_flower_secaggplus(clients: int, params: int, *, seed: int = 0, 
 
     Flower is configured like ours: ``num_shares`` = our degree k + 1 (k neighbours and oneself),
     ``reconstruction_threshold`` = our t, ``clipping_range`` = our clip (1.0), ``max_weight`` =
-    10000 (our weights are 100..10000), Flower's default 2^22 quantization range and 2^32 modulus.
+    10000 (our weights are powers of two 128..8192), Flower's default 2^22 quantization range and 2^32 modulus.
     Returns the runner's JSON (see ``_flower_secaggplus_run.py``): ``status`` ("ok", "timeout"
     or "error"), ``wall`` (s, fit round), ``server``, ``client_mean``, ``client_max``, ``bytes``
     (per client, both directions, measured) and ``error``, plus ``ratio`` = bytes / (4 x params)
@@ -334,7 +334,13 @@ class DefenceClock:
     """
 
     TIMED = (("identity", "Identity.sign"), ("keybatch", "verify"), ("keybatch", "leaf_hash"),
-             ("keybatch", "merkle_levels"), ("client", "verify_advertisement"), ("server", "verify_advertisement"))
+             ("keybatch", "merkle_levels"), ("client", "verify_advertisement"), ("server", "verify_advertisement"),
+             # against malicious shops: the server opens every revealed share (a lie is caught alone), a
+             # client seals and opens each share kind on its own (counted whole: the protocol before sealed
+             # and opened both kinds at once), the round's size is checked against the roster's colluders,
+             # and the sum is projected onto the bounds
+             ("server", "open_once"), ("client", "seal_once"), ("client", "open_once"), ("policy", "threshold_for"),
+             ("server", "bound_sum"))
 
     def __init__(self) -> None:
         self.seconds, self.ed25519, self._depth = 0.0, 0, 0

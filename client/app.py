@@ -32,7 +32,7 @@ from common.secagg import (
 from common.settings import RoundConfig, TaskSpec
 
 from .node import NodeSettings, load_shop, load_table
-from .rounds import claim_evaluation, claim_round, claim_training
+from .rounds import claim_aggregated, claim_evaluation, claim_round, claim_training
 
 log = logging.getLogger("fedinterest.client")
 
@@ -107,20 +107,21 @@ def _restore_secagg(context: Context, stage: str) -> SecAggClient:
 
 
 def _open_round(message: Message, context: Context, node: NodeSettings,
-                expected_round: int | None = None) -> tuple[RoundSetup, SecAggClient]:
+                expected_round: int) -> tuple[RoundSetup, SecAggClient]:
     """The round's setup and a new SecAgg+ client, after the replay check (before any data is read).
 
-    ``expected_round``: the SecAgg+ round id the message's own round config implies (training and
-    evaluation); a setup for any other round is refused.
+    ``expected_round``: the SecAgg+ round id the message itself implies (its round config, or its
+    statistics kind); a setup for any other round is refused, so no message can burn another's id.
     """
     setup = wire.secagg_from_content(message.content, RoundSetup)
-    if expected_round is not None and setup.round_id != expected_round:
+    if setup.round_id != expected_round:
         raise SecAggProtocolError(f"the SecAgg+ round {setup.round_id} is not the round {expected_round} "
-                                  "the message's config names")
+                                  "the message itself names")
     identity, roster, policy = node.secagg_parties()
     client = SecAggClient(context.node_id, identity, roster, policy, run_id=message.metadata.run_id,
                           randomness=_randomness(node, setup.round_id, "keys"), keyring=_keyring(context))
-    policy.check_config(setup.config)  # refuse a weak proposal before anything is spent on it
+    policy.check_config(setup.config, len(roster))  # refuse a weak proposal before anything is spent on it
+    policy.check_members(len(setup.participants), setup.config)
     claim_round(node.state_dir, message.metadata.run_id, setup.round_id)
     return setup, client
 
@@ -129,6 +130,7 @@ def train(message: Message, context: Context) -> Message:
     """One private local round, then the SecAgg+ key advertisement."""
     node = _settings(context)
     round_config, task = _round(message)
+    node.check_backbone(round_config.backbone)
     setup, client = _open_round(message, context, node, wire.secagg_round_id(wire.TRAIN_STAGES, round_config.round))
     global_state = wire.adapter_from_record(message.content[wire.GLOBAL])
     claim_training(node.state_dir, message.metadata.run_id, round_config.round, wire.adapter_digest(global_state))
@@ -152,7 +154,7 @@ def train(message: Message, context: Context) -> Message:
     weight = wire.weight_bucket(outcome.num_examples, setup.config.max_weight)
     log.info("round %s: trained %s steps, loss %.4f (stays on this node)", round_config.round,
              outcome.stats.steps, outcome.stats.mean_loss)
-    advertisement = client.advertise_keys(setup)
+    advertisement = client.advertise_keys(setup, wire.adapter_subject(global_state))
     context.state[PENDING] = ArrayRecord({"update": _array(update), "weight": _array(np.array([weight]))})
     _save_secagg(context, client)
     _audit(node, round_config.round, update, weight)
@@ -170,22 +172,24 @@ def query(message: Message, context: Context) -> Message:
     from .statistics import answer_query
 
     node = _settings(context)
-    setup, client = _open_round(message, context, node)
-    _, outcome = answer_query(dict(message.content[wire.TASK].items()), load_table(node), node.privacy,
-                              node.state_dir, seed=_training_seed(node, setup.round_id))
+    request = dict(message.content[wire.TASK].items())
+    setup, client = _open_round(message, context, node, wire.statistics_round_id(str(request.get("query.kind"))))
+    _, outcome = answer_query(request, load_table(node), node.privacy, node.state_dir,
+                              seed=_training_seed(node, setup.round_id))
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
-    return _answer_release(message, context, setup, client, outcome, ledger, "the statistics round")
+    return _answer_release(message, context, setup, client, outcome, ledger, "the statistics round",
+                           wire.request_subject(request))
 
 
 def _answer_release(message: Message, context: Context, setup: RoundSetup, client: SecAggClient, outcome,
-                    ledger, what: str) -> Message:
+                    ledger, what: str, subject: bytes) -> Message:
     """Reply to a statistics or evaluation round: a decline, or the key advertisement with the noised
     vector waiting on the node (weight 1) for the SecAgg+ stages."""
     metrics = {"declined": int(outcome.declined), **_terms_metrics(ledger, outcome.epsilon)}
     if outcome.declined:
         log.warning("declining %s: %s", what, outcome.reason)  # stays on the node
         return _reply(message, {wire.METRICS: MetricRecord({**metrics, "decline_code": wire.DECLINE_BUDGET})})
-    advertisement = client.advertise_keys(setup)
+    advertisement = client.advertise_keys(setup, subject)
     context.state[PENDING] = ArrayRecord({"update": _array(outcome.vector.ravel()), "weight": _array(np.array([1]))})
     _save_secagg(context, client)
     return _reply(message, {**wire.secagg_to_records(advertisement), wire.METRICS: MetricRecord(metrics)})
@@ -219,6 +223,8 @@ def unmask(message: Message, context: Context) -> Message:
     client = _restore_secagg(context, "unmask")
     reply = client.unmask(wire.secagg_from_content(message.content, UnmaskRequest))
     del context.state[SECRETS]
+    if message.metadata.message_type == wire.UNMASK:  # this shop's update is in the training round's sum
+        claim_aggregated(_settings(context).state_dir, message.metadata.run_id, client.round_id)
     return _reply(message, wire.secagg_to_records(reply))
 
 
@@ -232,6 +238,7 @@ def evaluate(message: Message, context: Context) -> Message:
 
     node = _settings(context)
     round_config, task = _round(message)
+    node.check_backbone(round_config.backbone)
     setup, client = _open_round(message, context, node,
                                 wire.secagg_round_id(wire.EVALUATE_STAGES, round_config.round))
     adapter = wire.adapter_from_record(message.content[wire.GLOBAL])
@@ -242,7 +249,8 @@ def evaluate(message: Message, context: Context) -> Message:
                                       limit=round_config.eval_examples or None,
                                       seed=_training_seed(node, wire.EVALUATION_ROUND_BASE + round_config.round))
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
-    return _answer_release(message, context, setup, client, outcome, ledger, f"the evaluation of round {round_config.round}")
+    return _answer_release(message, context, setup, client, outcome, ledger,
+                           f"the evaluation of round {round_config.round}", wire.adapter_subject(adapter))
 
 
 # ----------------------------------------------------------------------------- the app

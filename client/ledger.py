@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_text, private_dir
 from common.data.schema import DataError
 
 from .privacy import Phase, PrivacyConfig, PrivacyPlan, PrivacyTerms, epsilon_spent
@@ -265,7 +265,7 @@ class PrivacyLedger:
         if mode == fcntl.LOCK_SH and not self.path.exists():
             yield  # nothing to read yet; writers take the exclusive lock
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         with open(self.dir / LOCK_FILE, "a+") as handle:
             fcntl.flock(handle.fileno(), mode)
             try:

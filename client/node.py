@@ -18,6 +18,9 @@ from common.config import ConfigError
 from common.data import EventTable, LoadOptions, load_events
 from common.settings import RoundConfig, TaskSpec
 
+from common.model.backbone import DEFAULT_BACKBONE
+from common.secagg.config import DEFAULT_COLLUDING_FRACTION
+
 from .privacy import DP_ENGINES, PrivacyConfig
 
 if TYPE_CHECKING:  # the trainer (torch, peft, Opacus) loads only in stages that train or evaluate
@@ -45,6 +48,11 @@ NODE_KEYS = {
     "identity-key": "this shop's Ed25519 identity key (default: <state-dir>/identity.key; `fedinterest keys new`)",
     "min-clients": "fewest shops in a secure sum this shop takes part in (default 3; the server can only raise it)",
     "min-degree": "least SecAgg+ neighbour count this shop accepts (default 2⌈log2 n⌉)",
+    "colluding-fraction": "γ: this shop plans for ⌈γ × roster size⌉ shops colluding with the server (default 0.2); "
+                          "it refuses any round whose threshold they could reach",
+    "backbone": "the backbone this node fine-tunes (default minilm on a deployed node); a round naming another is "
+                "refused",
+    "backbone-sha256": "sha256 of the backbone's weights file, checked before every load (minilm: built in)",
     "seed": "seed all of this node's randomness (simulations only: refused on a deployed SuperNode unless rehearsal)",
     "rehearsal": "true: this SuperNode rehearses the deployment on data without customers, so it may take `seed` "
                  "(reproducible secrets and noise: NOT private)",
@@ -70,6 +78,9 @@ class NodeSettings:
     identity_key: str | None = None
     min_clients: int = 3
     min_degree: int | None = None
+    colluding_fraction: float = DEFAULT_COLLUDING_FRACTION
+    backbone: str | None = None  # None: a simulation node, which follows the run's backbone
+    backbone_sha256: str | None = None
 
     @classmethod
     def from_node_config(cls, config: dict) -> "NodeSettings":
@@ -92,6 +103,7 @@ class NodeSettings:
             seed = int(config["seed"]) if "seed" in config else None
             min_clients = int(config.get("min-clients", 3))
             min_degree = int(config["min-degree"]) if "min-degree" in config else None
+            colluding = float(config.get("colluding-fraction", DEFAULT_COLLUDING_FRACTION))
         except ValueError as exc:
             raise ConfigError(f"node config: {exc}") from None
         rehearsal = _bool(config.get("rehearsal", False), "rehearsal")
@@ -115,6 +127,10 @@ class NodeSettings:
             identity_key=str(config["identity-key"]) if config.get("identity-key") else None,
             min_clients=min_clients,
             min_degree=min_degree,
+            colluding_fraction=colluding,
+            backbone=str(config["backbone"]) if config.get("backbone") else
+            (None if "partition-id" in config else DEFAULT_BACKBONE),
+            backbone_sha256=str(config["backbone-sha256"]).lower() if config.get("backbone-sha256") else None,
         )
 
     def secagg_parties(self):
@@ -130,8 +146,30 @@ class NodeSettings:
             raise ConfigError(f"node config: no identity key at {key}; make one with "
                               f"`fedinterest keys new --state-dir {self.state_dir}` and send its public key to the "
                               "platform for the roster")
-        return Identity.load(key), Roster.load(self.roster), SecAggPolicy(min_clients=self.min_clients,
-                                                                          min_degree=self.min_degree)
+        return Identity.load(key), Roster.load(self.roster), SecAggPolicy(
+            min_clients=self.min_clients, min_degree=self.min_degree, colluding_fraction=self.colluding_fraction)
+
+    def check_backbone(self, requested: str) -> None:
+        """Refuse a round naming a backbone other than this node's, or whose weights differ from the pinned hash.
+
+        The server names the backbone in every round; a deployed node loads only its own (node config
+        ``backbone``, default minilm), verified by hash, never a directory or hub id the server chose.
+        """
+        from common.model.backbone import MINILM_SHA256, resolve_backbone, weights_sha256
+
+        if self.backbone is None:  # a simulation node: all shops' data and the server share one machine
+            return
+        if requested != self.backbone:
+            raise ConfigError(f"the server asks for backbone {requested!r}; this node fine-tunes its own "
+                              f"{self.backbone!r} (node config 'backbone') and refuses any other")
+        pinned = self.backbone_sha256 or (MINILM_SHA256 if self.backbone == DEFAULT_BACKBONE else None)
+        if pinned is None:
+            raise ConfigError(f"node config: backbone {self.backbone!r} needs 'backbone-sha256' (the sha256 of its "
+                              "weights file; `fedinterest node start` pins it)")
+        actual = weights_sha256(resolve_backbone(self.backbone))
+        if actual != pinned:
+            raise ConfigError(f"backbone {self.backbone!r}: its weights have sha256 {actual}, not the pinned {pinned}; "
+                              "restore the files or pin the new hash deliberately")
 
 
 def _choice(config: dict, key: str, choices: tuple[str, ...]) -> str:

@@ -7,9 +7,13 @@ already opened. Evaluation rounds have their own ids (``wire.EVALUATION_ROUND_BA
 shop evaluates at most once per round.
 
 It also keeps the digest of each adapter it evaluated. The platform may not score any adapter
-it likes on the shop's customers: the adapter evaluated after round r must be the one the
-federation trains round r + 1 from, and a shop refuses to train from anything else. An
-evaluation of a round older than the last one the shop trained is refused too.
+it likes on the shop's customers: a shop evaluates only after the last training round whose
+aggregation it took part in (it reached that round's unmasking), once; the adapter it evaluated
+after round r must be the one the federation trains round r + 1 from, and a shop refuses to train
+from anything else. Within a round every neighbour vouches for the same adapter digest in the
+consistency check (``secagg.identity.survivors_payload``), so the server cannot show different
+shops different adapters either. Statistics rounds take the ids ``wire.STATISTICS_ROUNDS``, one per
+kind, never a training round's id.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from common.atomic import private_dir
 from common.secagg import SecAggProtocolError
 
 ROUNDS_FILE = "secagg_rounds.json"
@@ -30,8 +35,7 @@ ROUNDS_FILE = "secagg_rounds.json"
 @contextmanager
 def _run_record(state_dir: str | Path, run_id: int) -> Iterator[dict]:
     """This run's record (``rounds``, ``trained``, ``evaluated``), read and written back under a lock."""
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
+    state = private_dir(state_dir)
     path = state / ROUNDS_FILE
     with open(state / (ROUNDS_FILE + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -69,13 +73,22 @@ def claim_training(state_dir: str | Path, run_id: int, server_round: int, digest
         record["trained"] = max(int(record.get("trained", 0)), server_round)
 
 
-def claim_evaluation(state_dir: str | Path, run_id: int, server_round: int, digest: str) -> None:
-    """Pin ``digest`` as the adapter of round ``server_round``; refuse a stale or repeated evaluation."""
+def claim_aggregated(state_dir: str | Path, run_id: int, server_round: int) -> None:
+    """Record that this shop's update of training round ``server_round`` went into the aggregation."""
     with _run_record(state_dir, run_id) as record:
-        trained = int(record.get("trained", 0))
-        if server_round < trained:
-            raise SecAggProtocolError(f"evaluation of round {server_round} of run {run_id} after this shop trained "
-                                      f"round {trained}; refusing a stale adapter")
+        record["aggregated"] = max(int(record.get("aggregated", 0)), server_round)
+
+
+def claim_evaluation(state_dir: str | Path, run_id: int, server_round: int, digest: str) -> None:
+    """Pin ``digest`` as the adapter of round ``server_round``; refuse any round but the last aggregation this
+    shop took part in, and a repeated evaluation."""
+    with _run_record(state_dir, run_id) as record:
+        aggregated, trained = int(record.get("aggregated", 0)), int(record.get("trained", 0))
+        if server_round != aggregated or trained > aggregated:
+            raise SecAggProtocolError(
+                f"evaluation of round {server_round} of run {run_id}: this shop evaluates only the adapter of the "
+                f"last aggregation it took part in (round {aggregated or 'none'}"
+                f"{f', and it has trained round {trained} since' if trained > aggregated else ''})")
         if str(server_round) in record["evaluated"]:
             raise SecAggProtocolError(f"round {server_round} of run {run_id} was evaluated before on this shop")
         record["evaluated"][str(server_round)] = digest

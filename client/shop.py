@@ -404,12 +404,14 @@ def subset_key(state_dir: Path) -> list[int]:
     """Entropy for the training subset: the shop's own secret, made once from ``os.urandom`` and kept."""
     import os
 
-    from common.atomic import atomic_write_bytes
+    from common.atomic import atomic_write_bytes, private_dir
 
-    path = Path(state_dir) / SUBSET_KEY
+    path = private_dir(state_dir) / SUBSET_KEY
     with file_lock(Path(state_dir) / STATISTICS_LOCK):
         if not path.is_file():
-            atomic_write_bytes(path, os.urandom(32))
+            atomic_write_bytes(path, os.urandom(32), mode=0o600)
+        elif path.stat().st_mode & 0o077:  # a key written by an older release: tighten it
+            os.chmod(path, 0o600)
         key = path.read_bytes()
     if len(key) != 32:
         raise ConfigError(f"{path}: expected 32 bytes, found {len(key)}; delete it to draw a new training subset")

@@ -30,6 +30,19 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     _fsync_dir(path.parent)
 
 
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a directory only its owner can enter (0700), made if missing and tightened if wider.
+
+    A shop's state directory holds its ledger, its SecAgg identity and subset keys and its caches:
+    nothing another local account should list or read.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

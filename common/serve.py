@@ -52,6 +52,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -191,6 +192,8 @@ def parse_request(body: bytes, limits: Limits, stride: int) -> Query:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RequestError(400, [f"body: not valid JSON ({exc})"]) from None
+    except ValueError:  # Python refuses integers of more than 4300 digits: valid JSON, absurd content
+        raise RequestError(422, ["body: holds a number too large to be an id or a timestamp"]) from None
     try:
         request = PredictRequest.model_validate(data)
     except ValidationError as exc:
@@ -483,10 +486,28 @@ def category_names(predictor: Predictor, extra: dict[str, str] | None = None) ->
     return {**dict(zip(predictor.taxonomy.categories, predictor.taxonomy.names)), **(extra or {})}
 
 
+def public_identity(predictor: Predictor) -> dict[str, str]:
+    """What the server says about its model to anyone who asks: no path on this machine.
+
+    The adapter is named by a digest of its weights; a backbone given as a directory by its last part.
+    """
+    import hashlib
+
+    from server.export import ADAPTER
+
+    weights = Path(predictor.export) / ADAPTER / "adapter_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else "unknown"
+    backbone = str(predictor.backbone)
+    if "/" in backbone or "\\" in backbone:
+        backbone = Path(backbone).name
+    return {"backbone": backbone, "adapter": f"sha256:{digest}"}
+
+
 def create_app(predictor: Predictor, names: dict[str, str], settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The FastAPI app serving ``predictor``; ``names`` as from ``category_names``."""
-    metrics = Metrics(labels={"backbone": predictor.backbone, "device": predictor.device,
-                              "adapter": str(predictor.export)})
+    identity = public_identity(predictor)
+    metrics = Metrics(labels={"backbone": identity["backbone"], "device": predictor.device,
+                              "adapter": identity["adapter"]})
     batcher: Batcher | None = None
     limits, stride = settings.limits, predictor.config.stride_seconds
 
@@ -531,8 +552,7 @@ def create_app(predictor: Predictor, names: dict[str, str], settings: ServeSetti
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "backbone": predictor.backbone, "device": predictor.device,
-                "adapter": str(predictor.export), "classes": predictor.taxonomy.n_classes,
+        return {"status": "ok", **identity, "device": predictor.device, "classes": predictor.taxonomy.n_classes,
                 "min_history": predictor.config.min_history, "max_batch": settings.max_batch}
 
     @app.get("/metrics", response_class=PlainTextResponse)

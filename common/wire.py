@@ -18,7 +18,7 @@ few whitelisted scalar metrics, never a plaintext update, text, or a user or ite
 A train reply says only whether the shop took part and its privacy terms: codes for its unit and
 accountant, δ and ε spent as powers (of ten and two) they stay below; no loss, no step count, no
 time. Its SecAgg weight is public: a power-of-two bucket of its example count (``weight_bucket``),
-inside the secure sum. A refused or failed request comes back as a Flower error whose code is one
+sent beside its masked vector and checked on its own (``secagg.server.valid_weight``). A refused or failed request comes back as a Flower error whose code is one
 of ``ERROR_CODES``, never the exception's text (that stays in the shop's log).
 
 ``evaluate`` is a secure round too: each shop scores the adapter on its test period and sends the
@@ -89,10 +89,46 @@ EPSILON_LOG2_RANGE = (-6, 10)  # ε spent is reported as 2^k for k in this range
 #: The metrics of an opening reply (train, evaluate, query): whether the shop takes part, and its terms.
 OPENING_METRICS = ("declined", "decline_code", "epsilon_log2", *TERMS_METRICS)
 TRAIN_METRICS = QUERY_METRICS = EVALUATE_METRICS = OPENING_METRICS
-STATISTICS_CLIP = float(2**20)  # per-element bound of a shop's noised count vector in the secure sum
+#: A shop's statistics or evaluation vector sums one vector of L2 norm <= 1 per privacy unit, plus its
+#: Gaussian noise. The platform publishes the largest shop it expects (``max-shop-customers``); a
+#: release is scaled into ``release_bound(...)`` before masking and the secure sum is projected onto
+#: n times it, so one shop adds at most as much as a shop of that size could, whatever it sends.
+DEFAULT_MAX_SHOP_CUSTOMERS = 10_000
+NOISE_ALLOWANCE = 128.0  # L2 room per sqrt(element) for the noise: σ·Δ up to 64·2 fits unscaled
 #: SecAgg+ round ids of the statistics rounds (``query.kind``): apart from training rounds 1, 2, ...
 STATISTICS_ROUNDS = {"engagement": 2**40, "label-flows": 2**40 + 1}
 EVALUATION_ROUND_BASE = 2**41  # SecAgg+ round id of the evaluation after training round r: base + r
+
+
+def release_bound(max_customers: int, length: int) -> float:
+    """The L2 (and per-element) bound of one shop's noised statistics or evaluation vector of ``length``."""
+    import math
+
+    return float(max_customers) + NOISE_ALLOWANCE * (math.sqrt(length) + 3.0)
+
+
+def statistics_round_id(kind: str) -> int:
+    """The SecAgg+ round id of a statistics ``query`` of ``kind``; an unknown kind is refused."""
+    from .config import ConfigError
+
+    if kind not in STATISTICS_ROUNDS:
+        raise ConfigError(f"the server asks for statistics of an unknown kind {kind!r}")
+    return STATISTICS_ROUNDS[kind]
+
+
+def adapter_subject(state: "dict[str, np.ndarray]") -> bytes:
+    """The 32-byte digest survivors vouch for in a training or evaluation round: the adapter's."""
+    return bytes.fromhex(adapter_digest(state))
+
+
+def request_subject(record: dict) -> bytes:
+    """The 32-byte digest survivors vouch for in a statistics round: the request (its task record)."""
+    import hashlib
+    import json
+
+    canonical = json.dumps({k: (v.hex() if isinstance(v, bytes) else v) for k, v in record.items()},
+                           sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 def secagg_round_id(stages: tuple[str, ...], server_round: int) -> int:

@@ -21,7 +21,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from client.shop import ModelConfig, SharedModel
 from common import wire
 from common.model import flatten, get_adapter_state, unflatten
-from common.secagg import SecAggConfig, SignatureCache
+from common.secagg import SignatureCache
 from common.settings import PendingTask, RoundConfig, TaskSpec
 from common.stats import transition_rows
 from common.model.scorer import set_priors
@@ -59,6 +59,7 @@ class Federation:
                                         head_init=str(settings["head-init"]))
         self.hash = config_hash({**settings.fingerprint_values(), "task": self.spec.fingerprint()})
         self.verified = SignatureCache()  # the shops' batch signatures checked so far (one check per batch)
+        self.banned: set[int] = set()  # shops shown to have sabotaged a secure round: left out for the rest of the run
 
     # ------------------------------------------------------------------ template
 
@@ -76,6 +77,7 @@ class Federation:
             ckpt = Checkpoint.load(checkpoints, expected_hash=self.hash)
             weights, history, first = ckpt.weights.astype(np.float32), ckpt.history, ckpt.round + 1
             optimizer.load_state_dict(ckpt.optimizer)
+            self.banned = {int(n) for entry in history for n in entry.get("banned", [])}
             self.progress(f"resuming after round {ckpt.round} from {checkpoints}")
         elif has_checkpoint(checkpoints):
             self.progress(f"note: {checkpoints} holds an earlier run; it is replaced (pass resume=true to continue it)")
@@ -90,6 +92,7 @@ class Federation:
                 self.on_round(server_round, result, weights)
             evaluation = self._evaluate(grid, nodes, server_round, unflatten(weights, template))
             entry = self._history_entry(server_round, result, evaluation, time.perf_counter() - started)
+            entry["banned"] = sorted(self.banned)
             history.append(entry)
             Checkpoint(server_round, weights, self.hash, optimizer.state_dict(), history).save(checkpoints)
             self.progress(self._progress_line(entry))
@@ -148,11 +151,10 @@ class Federation:
         """The secure sum of every shop's noised ``kind`` vector (a ``query`` round)."""
         s = self.settings
         round_id = wire.STATISTICS_ROUNDS[kind]
-        config = SecAggConfig(vector_length=length, max_clients=max(len(nodes), 3), clip=wire.STATISTICS_CLIP,
-                              max_weight=1, min_clients=3)
+        bound = wire.release_bound(int(s["max-shop-customers"]), length)
+        config = s.secagg(length, len(nodes), clip=bound, norm=bound)
         content = RecordDict({wire.TASK: ConfigRecord({**record, "query.kind": kind})})
-        result = SecureRound(grid, nodes, config, round_id, float(s["round-timeout"]), self.observe,
-                             stages=wire.QUERY_STAGES, roster=s.roster, verified=self.verified).run(lambda node: content)
+        result = self._secure_round(grid, nodes, config, round_id, wire.QUERY_STAGES, lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
             self.progress(f"  shop {node} left out of the {kind} statistics: {why}")
@@ -161,7 +163,24 @@ class Federation:
                                "publish a taxonomy and priors (task-spec) or bring more shops")
         return result.weighted_sum
 
+    def _secure_round(self, grid, nodes: list[int], config, round_id: int, stages: tuple[str, ...],
+                      content) -> SecureRoundResult:
+        """One SecAgg+ round over ``nodes`` less the banned shops; shops it shows to be saboteurs are banned."""
+        members = [n for n in nodes if n not in self.banned]
+        result = SecureRound(grid, members, config, round_id, float(self.settings["round-timeout"]), self.observe,
+                             stages=stages, roster=self.settings.roster, verified=self.verified).run(content)
+        for node in result.culprits:
+            if node not in self.banned:
+                self.banned.add(node)
+                self.progress(f"  shop {node} dealt shares that do not rebuild its own secret; it is left out of "
+                              "the rest of the run")
+        if result.projected:
+            self.progress(f"  {stages[0]} round {round_id}: the sum lay outside what honest inputs can give (a "
+                          "crafted input); it was projected onto the bound")
+        return result
+
     def _sample(self, nodes: list[int], server_round: int) -> list[int]:
+        nodes = [n for n in nodes if n not in self.banned]
         k = max(int(self.settings["min-shops"]), int(round(float(self.settings["fraction-train"]) * len(nodes))))
         if k >= len(nodes):
             return list(nodes)
@@ -183,12 +202,10 @@ class Federation:
 
     def _train_round(self, grid, nodes: list[int], server_round: int, state) -> SecureRoundResult:
         s = self.settings
-        config = SecAggConfig(vector_length=int(sum(v.size for v in state.values())),
-                              max_clients=max(len(nodes), 3), clip=float(s["secagg-clip"]),
-                              max_weight=int(s["secagg-max-weight"]), min_clients=3)
-        round_driver = SecureRound(grid, nodes, config, server_round, float(s["round-timeout"]), self.observe,
-                                   roster=s.roster, verified=self.verified)
-        result = round_driver.run(lambda node: self._content(server_round, state))
+        config = s.secagg(int(sum(v.size for v in state.values())), len(nodes), clip=float(s["secagg-clip"]),
+                          max_weight=int(s["secagg-max-weight"]), norm=float(s["secagg-norm"]))
+        result = self._secure_round(grid, nodes, config, server_round, wire.TRAIN_STAGES,
+                                    lambda node: self._content(server_round, state))
         for node, code in result.declined.items():
             reason = wire.DECLINE_REASONS.get(code, f"code {code}")
             self.progress(f"  shop {node} declined round {server_round}: {reason}; it is left out")
@@ -204,12 +221,11 @@ class Federation:
 
         if not self.settings.evaluates(server_round):
             return {}
-        config = SecAggConfig(vector_length=len(FIELDS), max_clients=max(len(nodes), 3), clip=wire.STATISTICS_CLIP,
-                              max_weight=1, min_clients=3)
+        bound = wire.release_bound(int(self.settings["max-shop-customers"]), len(FIELDS))
+        config = self.settings.secagg(len(FIELDS), len(nodes), clip=bound, norm=bound)
         content = self._content(server_round, state)
-        result = SecureRound(grid, nodes, config, wire.secagg_round_id(wire.EVALUATE_STAGES, server_round),
-                             float(self.settings["round-timeout"]), self.observe, stages=wire.EVALUATE_STAGES,
-                             roster=self.settings.roster, verified=self.verified).run(lambda node: content)
+        result = self._secure_round(grid, nodes, config, wire.secagg_round_id(wire.EVALUATE_STAGES, server_round),
+                                    wire.EVALUATE_STAGES, lambda node: content)
         for node, why in {**{n: wire.DECLINE_REASONS.get(c, str(c)) for n, c in result.declined.items()},
                           **result.dropped}.items():
             self.progress(f"  shop {node} left out of the evaluation of round {server_round}: {why}")

@@ -40,6 +40,8 @@ class SecureRoundResult:
     dropped: dict[int, str] = field(default_factory=dict)  # node -> why
     train_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     aborted: str | None = None
+    culprits: list[int] = field(default_factory=list)  # shops shown to have dealt shares that rebuild nothing
+    projected: bool = False  # the sum lay outside what honest inputs give (a crafted input) and was projected
     bytes_down: int = 0
     bytes_up: int = 0
 
@@ -103,13 +105,13 @@ class SecureRound:
                     self.result.dropped[node] = f"{message_type}: {wire.ERROR_CODES.get(code, f'error code {code}')}"
                     continue
                 self.result.bytes_up += content_nbytes(reply.content)
-                if self.observe is not None:
-                    self.observe(message_type, node, reply.content)
                 masked = self.config.masked_length if message_type == self.stages[2] else None
                 problems = wire.audit_reply(message_type, reply.content, masked)
                 if problems:
                     self.result.dropped[node] = "; ".join(problems)[:300]
                     continue
+                if self.observe is not None:  # only what the audit let through is ever kept
+                    self.observe(message_type, node, reply.content)
                 replies[node] = reply.content
             except Exception as exc:  # noqa: BLE001 - one client's reply never ends the round
                 node = getattr(getattr(reply, "metadata", None), "src_node_id", None)
@@ -146,6 +148,7 @@ class SecureRound:
             self._run(train_content)
         except SecAggError as exc:
             self.result.aborted = f"{type(exc).__name__}: {exc}"
+            self.result.culprits = list(getattr(exc, "culprits", ()))
             self.result.mean_update = None
             log.warning("round %s aborted: %s", self.round_id, self.result.aborted)
         finally:
@@ -181,6 +184,8 @@ class SecureRound:
         replies = self._exchange(unmask, self._records(requests))
         aggregate = self.server.collect_unmask_responses(self._parse(replies, UnmaskResponse))
         self.result.contributors = list(aggregate.contributors)
+        self.result.culprits = list(aggregate.culprits)
+        self.result.projected = aggregate.projected
         self.result.total_weight = int(aggregate.total_weight)
         self.result.weighted_sum = np.asarray(aggregate.weighted_sum, dtype=np.float64)
         if aggregate.total_weight > 0:

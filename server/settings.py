@@ -39,7 +39,10 @@ DEFAULTS: dict[str, object] = {
     "clip": 1.0,
     "max-length": 128,
     "secagg-clip": 0.5,
+    "secagg-norm": 0.0,
     "secagg-max-weight": 1000,
+    "colluding-fraction": 0.2,
+    "max-shop-customers": 10_000,
     "server-optimizer": "fedavg",
     "server-lr": 1.0,
     "round-timeout": 3600.0,
@@ -85,6 +88,12 @@ class FederationSettings:
             raise ConfigError("run config: eval-every must be >= 0 (0: evaluate after the last round only)")
         if self["head-init"] not in ("names", "random"):
             raise ConfigError("run config: head-init must be names or random")
+        if not 0 <= float(self["colluding-fraction"]) < 0.5:
+            raise ConfigError("run config: colluding-fraction must be in [0, 0.5) (of the roster)")
+        if float(self["secagg-norm"]) < 0:
+            raise ConfigError("run config: secagg-norm must be >= 0 (0: no L2 bound beyond secagg-clip)")
+        if int(self["max-shop-customers"]) < 1:
+            raise ConfigError("run config: max-shop-customers must be >= 1 (the largest shop the platform expects)")
         self.lora  # noqa: B018 - validates
         self.training  # noqa: B018
 
@@ -119,6 +128,17 @@ class FederationSettings:
             learning_rate=float(self["lr"]), epochs=float(self["local-epochs"]), max_steps=int(self["max-steps"]),
             max_grad_norm=float(self["clip"]), max_length=int(self["max-length"]),
         )
+
+    def secagg(self, vector_length: int, shops: int, clip: float, max_weight: int = 1,
+               norm: float | None = None) -> "SecAggConfig":
+        """A round's SecAgg+ parameters: colluders planned from the roster (``colluding-fraction`` of it)."""
+        from common.secagg import SecAggConfig, planned_colluders
+
+        roster = self.roster
+        members = len(roster) if roster is not None else shops
+        return SecAggConfig(vector_length=vector_length, max_clients=max(shops, 3), clip=clip, max_weight=max_weight,
+                            min_clients=3, colluders=planned_colluders(members, float(self["colluding-fraction"])),
+                            norm_bound=norm or None)
 
     @property
     def roster(self):

@@ -2,9 +2,10 @@
 
 The unit tests check the sum's bound and that exact sums give the metrics ``common.metrics``
 computes. The attack tests drive the real ClientApp handlers with a scripted malicious server:
-it asks a shop to score an adapter of its own choosing, to score one round twice, or to score an
-old round after a newer one; each time the shop refuses, and an evaluation it does answer is
-noised and in its ledger.
+it asks a shop to score an adapter of its own choosing, to score one round twice, to score a
+round it did not aggregate (an old one, or a future one: 10, 11, 12, 500), or to open a
+statistics round under a training round's id; each time the shop refuses, and an evaluation it
+does answer is noised and in its ledger.
 """
 
 from __future__ import annotations
@@ -88,8 +89,11 @@ def shop(tmp_path, synthetic_dir):
     own.save(state / IDENTITY_FILE)
     roster = Roster({"victim": own.public_key, "b": Identity.generate().public_key, "c": Identity.generate().public_key})
     roster.save(tmp_path / "roster.json")
+    from common.model.backbone import resolve_backbone, weights_sha256
+
     node_config = {"data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(state), "epsilon": 8.0,
-                   "max-train-examples": 48, "roster": str(tmp_path / "roster.json")}
+                   "max-train-examples": 48, "roster": str(tmp_path / "roster.json"), "backbone": "tiny",
+                   "backbone-sha256": weights_sha256(resolve_backbone("tiny"))}
     model = SharedModel.get(ModelConfig(backbone="tiny"), spec.taxonomy.class_names, "cpu").model
     return {"context": Context(RUN, 7, node_config, RecordDict(), {}), "spec": spec, "roster": roster,
             "start": get_adapter_state(model), "state": state}
@@ -101,8 +105,10 @@ def request(shop, stages, server_round, adapter, round_id=None):
 
     config = RoundConfig(round=server_round, rounds=3, evaluations=3, eval_examples=40, backbone="tiny",
                          training=LocalTraining(batch_size=16, physical_batch_size=16, max_length=32, max_steps=2))
-    length = 1 + sum(v.size for v in adapter.values()) if stages is wire.TRAIN_STAGES else len(FIELDS)
-    secagg = SecAggConfig(vector_length=length, max_clients=3, clip=wire.STATISTICS_CLIP, max_weight=1)
+    length = sum(v.size for v in adapter.values()) if stages is wire.TRAIN_STAGES else len(FIELDS)
+    bound = wire.release_bound(wire.DEFAULT_MAX_SHOP_CUSTOMERS, length)
+    secagg = SecAggConfig(vector_length=length, max_clients=3, clip=bound, max_weight=1, colluders=1,
+                          norm_bound=bound)
     round_id = wire.secagg_round_id(stages, server_round) if round_id is None else round_id
     setup = SecAggServer(secagg, round_id, [7, 8, 9], RUN, shop["roster"]).setup()
     content = RecordDict({wire.GLOBAL: wire.adapter_to_record(adapter),
@@ -120,9 +126,11 @@ def foreign(adapter, seed=0):
 def test_a_shop_scores_only_the_adapter_the_federation_goes_on_from(shop):
     from client.app import PENDING, evaluate, train
     from client.ledger import PrivacyLedger
+    from client.rounds import claim_aggregated
     from client.shop import EVALUATION
 
     context, start = shop["context"], shop["start"]
+    claim_aggregated(shop["state"], RUN, 1)  # this shop's update went into round 1's sum
     with flower_task(RUN):
         reply = evaluate(request(shop, wire.EVALUATE_STAGES, 1, foreign(start)), context)
         assert not wire.audit_reply(wire.EVALUATE, reply.content)
@@ -141,13 +149,46 @@ def test_a_shop_scores_only_the_adapter_the_federation_goes_on_from(shop):
 
 def test_a_stale_or_mislabelled_evaluation_is_refused(shop):
     from client.app import evaluate, train
+    from client.rounds import claim_aggregated
 
     context, start = shop["context"], shop["start"]
     with flower_task(RUN):
         with pytest.raises(SecAggProtocolError, match="is not the round"):  # setup for another round
             evaluate(request(shop, wire.EVALUATE_STAGES, 1, start, round_id=wire.EVALUATION_ROUND_BASE + 2), context)
+        claim_aggregated(shop["state"], RUN, 1)
         train(request(shop, wire.TRAIN_STAGES, 2, start), context)
-        with pytest.raises(SecAggProtocolError, match="stale adapter"):
+        with pytest.raises(SecAggProtocolError, match="trained round 2 since"):  # stale: round 2 began
             evaluate(request(shop, wire.EVALUATE_STAGES, 1, start), context)
+        with pytest.raises(SecAggProtocolError, match="last aggregation"):  # round 2 was never aggregated here
+            evaluate(request(shop, wire.EVALUATE_STAGES, 2, start), context)
         with pytest.raises(SecAggProtocolError, match="is not the round"):
             train(request(shop, wire.TRAIN_STAGES, 3, start, round_id=2), context)
+
+
+@pytest.mark.parametrize("future", [10, 11, 12, 500])
+def test_a_shop_never_scores_a_round_that_has_not_been_aggregated(shop, future):
+    """The review's attack: after training round 9 the server asks for evaluations of rounds 10, 11, 12, 500."""
+    from client.app import evaluate
+    from client.rounds import claim_aggregated, claim_training
+
+    claim_training(shop["state"], RUN, 9, wire.adapter_digest(shop["start"]))
+    claim_aggregated(shop["state"], RUN, 9)
+    with flower_task(RUN), pytest.raises(SecAggProtocolError, match="last aggregation it took part in"):
+        evaluate(request(shop, wire.EVALUATE_STAGES, future, foreign(shop["start"], future)), shop["context"])
+
+
+def test_a_statistics_round_cannot_take_a_training_rounds_id(shop):
+    """``query`` under the id of training round 5 would burn it (a replay-protected id); it is refused before
+    the id is claimed, and round 5 still trains."""
+    from client.app import query, train
+
+    record = {**shop["spec"].to_record_dict(), "query.kind": "label-flows"}
+    secagg = SecAggConfig(vector_length=4, max_clients=3, clip=100.0, max_weight=1, colluders=1, norm_bound=100.0)
+    for round_id, kind in ((5, "label-flows"), (wire.STATISTICS_ROUNDS["engagement"], "label-flows"),
+                           (wire.STATISTICS_ROUNDS["label-flows"], "popularity")):
+        setup = SecAggServer(secagg, round_id, [7, 8, 9], RUN, shop["roster"]).setup()
+        with flower_task(RUN), pytest.raises(Exception, match="is not the round|unknown kind"):
+            query(Message(RecordDict({wire.TASK: ConfigRecord({**record, "query.kind": kind}),
+                                      **wire.secagg_to_records(setup)}), 7, wire.QUERY), shop["context"])
+    with flower_task(RUN):
+        train(request(shop, wire.TRAIN_STAGES, 5, shop["start"]), shop["context"])  # round 5's id is unspent

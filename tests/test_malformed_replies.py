@@ -114,18 +114,18 @@ def record_kind(stage):
 CASES = {
     # the three crashes the review found
     "masked array with another serialisation": masked_array(
-        ArrayRecord({wire.MASKED_ARRAY: Array(dtype="uint32", shape=(D + 1,), stype="torch.Tensor", data=b"0" * 4)})),
+        ArrayRecord({wire.MASKED_ARRAY: Array(dtype="uint32", shape=(D,), stype="torch.Tensor", data=b"0" * 4)})),
     "npy header claiming 2**40 elements": masked_array(
         ArrayRecord({wire.MASKED_ARRAY: Array(dtype="uint32", shape=(2**40,), stype="numpy.ndarray",
                                               data=npy_header((2**40,)))})),
     "masked record sent as a ConfigRecord": masked_array(ConfigRecord({wire.MASKED_ARRAY: b"\x00" * 8})),
     # each stage's record: wrong kind, wrong fields, out-of-range or foreign ids, wrong sizes
-    "masked vector of float32": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(D + 1, np.float32))})),
+    "masked vector of float32": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(D, np.float32))})),
     "masked vector too short": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(D - 3, np.uint32))})),
     "masked vector oversized": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros(10 * D, np.uint32))})),
-    "masked vector 2-D": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros((D + 1, 1), np.uint32))})),
+    "masked vector 2-D": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(np.zeros((D, 1), np.uint32))})),
     "header and fields disagree": masked_array(ArrayRecord({wire.MASKED_ARRAY: Array(
-        dtype="uint32", shape=(D + 1,), stype="numpy.ndarray", data=npy_header((D + 1,), "<f4") + bytes(4 * (D + 1)))})),
+        dtype="uint32", shape=(D,), stype="numpy.ndarray", data=npy_header((D,), "<f4") + bytes(4 * D))})),
     **{f"{stage}: record of the wrong kind": record_kind(stage) for stage in wire.TRAIN_STAGES},
     "train: a foreign client id": secagg_field(wire.TRAIN, "client_id", NODES[0]),
     "train: a negative client id": secagg_field(wire.TRAIN, "client_id", -1),
@@ -139,7 +139,7 @@ CASES = {
     "train: a batch that does not cover the round": secagg_field(wire.TRAIN, "batch_first_round", 2**40),
     "train: a negative batch round": secagg_field(wire.TRAIN, "batch_first_round", -1),
     "share_keys: shares to strangers": secagg_field(wire.SHARE_KEYS, "receiver_ids", lambda v: [*v[:-1], 999]),
-    "share_keys: ids and ciphertexts disagree": secagg_field(wire.SHARE_KEYS, "ciphertexts", lambda v: v[:-1]),
+    "share_keys: ids and ciphertexts disagree": secagg_field(wire.SHARE_KEYS, "seed_shares", lambda v: v[:-1]),
     "share_keys: duplicate receivers": secagg_field(wire.SHARE_KEYS, "receiver_ids", lambda v: [v[0]] * len(v)),
     "share_keys: another round": secagg_field(wire.SHARE_KEYS, "round_id", 2),
     "masked_input: another client's id": secagg_field(wire.MASKED_INPUT, "client_id", NODES[0]),
@@ -149,8 +149,10 @@ CASES = {
         RecordDict({wire.SECAGG: ConfigRecord({k: v for k, v in content[wire.SECAGG].items() if k != "tags"})})
         if s == wire.CONSISTENCY and node == VICTIM else content),
     "unmask: shares of both kinds": secagg_field(wire.UNMASK, "mask_key_owners", lambda v: [NODES[0]]),
-    "unmask: a share of the wrong size": secagg_field(wire.UNMASK, "self_mask_shares", lambda v: v[:-1]),
-    "unmask: an altered share": secagg_field(wire.UNMASK, "self_mask_shares", lambda v: bytes(len(v))),
+    "unmask: a key of the wrong size": secagg_field(wire.UNMASK, "self_mask_openers", lambda v: v[:-1]),
+    "unmask: a key that opens nothing": secagg_field(wire.UNMASK, "self_mask_openers", lambda v: bytes(len(v))),
+    "masked_input: a weight that is not a bucket": secagg_field(wire.MASKED_INPUT, "weight", 3),
+    "masked_input: a weight above max_weight": secagg_field(wire.MASKED_INPUT, "weight", 4744),
     "unmask: an undeclared extra key": secagg_field(wire.UNMASK, "extra", 1),
     "a metric that is not whitelisted": lambda s, node, content: (
         RecordDict({**dict(content.items()), wire.METRICS: MetricRecord({"declined": 0, "train_loss": 1.5})})

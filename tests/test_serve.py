@@ -204,6 +204,8 @@ BAD = [
     ({"users": [{"user_id": "a", "events": [event()] * (MAX_EVENTS + 1)}]}, 422, "users[0].events"),
     ({"users": [{"user_id": str(i), "events": [event()]} for i in range(17)]}, 422, "users"),
     (b'{"users": "' + b"x" * 300_000 + b'"}', 413, "body"),
+    (b'{"users": [{"user_id": ' + b"9" * 5000 + b', "events": []}]}', 422, "body"),  # beyond int parsing
+    (b'{"users": [{"user_id": "a", "events": [{"timestamp": ' + b"1" * 5000 + b'}]}]}', 422, "body"),
 ]
 
 
@@ -213,6 +215,14 @@ def test_bad_input_is_a_4xx_naming_the_field(served, body, status, where):
     assert got == status, reply
     assert isinstance(reply, dict) and reply["error"].startswith(f"{where}:"), reply
     assert "Traceback" not in json.dumps(reply)
+
+
+def test_health_and_metrics_name_no_path_on_the_server(served):
+    status, health = call(f"{served['url']}/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["adapter"].startswith("sha256:") and "/" not in json.dumps(health)
+    status, text = call(f"{served['url']}/metrics")
+    assert status == 200 and "/tmp" not in text and "/work" not in text
 
 
 def counters(url: str) -> dict[str, float]:

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-optimizer", choices=("fedavg", "fedadam"), default="fedavg")
     group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
+    group.add_argument("--secagg-norm", type=float, default=None,
+                       help="L2 bound of one shop's update (the run config's secagg-norm by default; 0: the clip "
+                            "box only): no shop moves the mean further than twice it")
     group.add_argument("--cpus-per-shop", type=float, default=None,
                        help="whole CPUs (and torch threads) per simulated shop worker (default: max(2, cores/4); "
                             "1 with --device cuda)")
@@ -127,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.server_lr is not None:
         run_config["server-lr"] = args.server_lr
+    if args.secagg_norm is not None:
+        if args.secagg_norm < 0:
+            raise ConfigError("--secagg-norm must be >= 0 (0: the clip box only)")
+        run_config["secagg-norm"] = args.secagg_norm
     try:
         result = run_federation_process(prepared, run_config, cpus=cpus, cpus_per_shop=args.cpus_per_shop,
                                         gpus=gpus, gpus_per_shop=gpus_per_shop,

@@ -86,6 +86,21 @@ def packaged_minilm() -> Path:
     return model
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_sha256(backbone: Backbone) -> str:
+    """sha256 of a local backbone's weights file: what a node pins (a hub id cannot be pinned)."""
+    if not backbone.is_local:
+        raise ConfigError(f"backbone {backbone.spec!r} is a hub id and cannot be pinned by hash; download it to a "
+                          "directory and use that")
+    for name in WEIGHT_FILES:
+        path = Path(backbone.source) / name
+        if path.is_file():
+            return _sha256(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    raise ConfigError(f"backbone {backbone.spec!r}: no {' or '.join(WEIGHT_FILES)} in {backbone.source}")
+
+
 @lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()

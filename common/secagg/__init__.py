@@ -7,7 +7,7 @@ the total weight. Start with :class:`SecAggConfig`, then drive :class:`SecAggSer
 """
 
 from .client import ClientState, SecAggClient
-from .config import SecAggConfig, element_bound, max_frac_bits
+from .config import DEFAULT_COLLUDING_FRACTION, SecAggConfig, element_bound, max_frac_bits, planned_colluders
 from .driver import RoundTrace, run_round
 from .errors import (
     SecAggAbort, SecAggConfigError, SecAggError, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation,
@@ -17,7 +17,7 @@ from .identity import Identity, Roster
 from .keybatch import Keyring, SignatureCache
 from .messages import (
     WIRE_MESSAGES, ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
-    SharePlaintext, ShareDistribution, ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record,
+    ShareDistribution, ShareRelay, Stage, UnmaskRequest, UnmaskResponse, message_from_record,
     record_nbytes,
 )
 from .policy import SecAggPolicy
@@ -30,8 +30,8 @@ __all__ = [
     "SecAggPolicy", "KeyAdvertisement", "KeyBroadcast", "MaskedInput", "NeighbourGraph",
     "Randomness", "RoundSetup", "RoundTrace", "SecAggAbort", "SecAggClient", "SecAggConfig", "SecAggConfigError",
     "SecAggError", "SecAggIntegrityError", "SecAggProtocolError", "SecAggServer", "SeededRandomness",
-    "ServerState", "ShareDistribution", "SignatureCache", "ShareKindViolation", "SharePlaintext", "ShareRelay", "Stage",
+    "ServerState", "ShareDistribution", "SignatureCache", "ShareKindViolation", "ShareRelay", "Stage",
     "UnmaskRequest", "UnmaskResponse", "WIRE_MESSAGES", "decode", "default_degree", "element_bound",
-    "max_frac_bits", "message_from_record", "neighbour_graph", "quantize", "record_nbytes", "run_round",
+    "max_frac_bits", "message_from_record", "planned_colluders", "DEFAULT_COLLUDING_FRACTION", "neighbour_graph", "quantize", "record_nbytes", "run_round",
     "threshold_for",
 ]

@@ -6,12 +6,18 @@ and leaves the state as it was (a stale message); any other error stops the clie
 (state ``FAILED``): it never answers a later stage of a round it has refused.
 
 Against a malicious server: the round's parameters must meet the shop's own floors
-(:class:`~common.secagg.policy.SecAggPolicy`); every neighbour's advertisement must be signed by
+(:class:`~common.secagg.policy.SecAggPolicy`), with the colluders planned from the shop's pinned
+roster, so no round the server assembles lets them reach the threshold; every neighbour's
+advertisement must be signed by
 an identity key on the shop's pinned roster (one signature per batch of rounds, checked once per
 batch: :mod:`.keybatch`); the graph seed is recomputed from the members'
 advertisement digests; the client authenticates one survivor set per round to its neighbours
-(an HMAC under each pairwise key) and reveals shares only for that set, with valid tags of at
-least ``t`` neighbours over it.
+(an HMAC under each pairwise key, over the set and the digest of what the round is about) and
+reveals share keys only for that set, with valid tags of at least ``t`` neighbours over it.
+
+Against a malicious shop: a neighbour's share that does not open is not held (and said so at
+unmasking) instead of failing this client, so one shop cannot knock out its neighbours; the shares
+this client holds are revealed as the keys that seal them, so a lie is caught by the server alone.
 """
 
 from __future__ import annotations
@@ -26,23 +32,34 @@ from .config import SecAggConfig
 from .errors import SecAggAbort, SecAggIntegrityError, SecAggProtocolError, ShareKindViolation
 from .graph import neighbour_graph
 from .identity import (
-    Identity, Roster, advertisement_digest, advertisement_payload, consistency_tag, graph_seed, survivors_payload,
+    NO_SUBJECT, Identity, Roster, advertisement_digest, advertisement_payload, consistency_tag, graph_seed,
+    survivors_payload,
 )
 from .keybatch import Keyring, verify_advertisement
-from .masks import add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key
+from .masks import (
+    KEY_SHARE, SEED_SHARE, add_signed, pair_mask, pair_sign, self_mask, share_associated_data, share_key,
+)
 from .messages import (
     ConsistencyRequest, ConsistencySignature, KeyAdvertisement, KeyBroadcast, MaskedInput, RoundSetup,
-    SharePlaintext, ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
+    ShareDistribution, ShareRelay, UnmaskRequest, UnmaskResponse,
 )
 from .policy import SecAggPolicy
 from .primitives import (
-    MAX_ID, NONCE_BYTES, Randomness, agree, commitment, default_randomness, derive_key,
-    open_sealed, private_key_from_bytes, public_bytes, seal,
+    MAX_ID, Randomness, agree, commitment, default_randomness, derive_key, open_once, private_key_from_bytes,
+    public_bytes, seal_once,
 )
 from .quantize import quantize
 from .shamir import share_from_bytes, share_to_bytes, split
 
 T = TypeVar("T")
+
+
+def _is_share(raw: bytes) -> bool:
+    try:
+        share_from_bytes(raw)
+    except SecAggIntegrityError:
+        return False
+    return True
 
 class ClientState(Enum):
     """Where a client is in its round; each stage method moves it one step."""
@@ -100,6 +117,7 @@ class SecAggClient:
             share_private=self._share_private.private_bytes_raw(),
             mask_private=self._mask_private_raw,
             self_mask_seed=self._self_mask_seed,
+            subject=self._subject,
             **{f"config.{k}": (0 if v is None else v) for k, v in self.config.to_dict().items()},
         )
         if self.state in (ClientState.SHARES_SENT, ClientState.INPUT_SENT, ClientState.SIGNED):
@@ -118,8 +136,9 @@ class SecAggClient:
             held = sorted(self._held)
             state.update(
                 held=held,
-                held_self=[share_to_bytes(self._held[i][0]) for i in held],
-                held_key=[share_to_bytes(self._held[i][1]) for i in held],
+                held_self=[self._held[i][0] for i in held],
+                held_key=[self._held[i][1] for i in held],
+                unopened=sorted(self._unopened),
             )
         return state
 
@@ -133,6 +152,7 @@ class SecAggClient:
             return client
         fields = {k[len("config."):]: v for k, v in state.items() if k.startswith("config.")}
         fields["degree"] = fields.get("degree") or None
+        fields["norm_bound"] = fields.get("norm_bound") or None
         client.config = SecAggConfig(**fields)
         client.round_id = int(state["round_id"])
         client.run_id = int(state["run_id"])
@@ -141,6 +161,7 @@ class SecAggClient:
         client._mask_private_raw = bytes(state["mask_private"])
         client._mask_private = private_key_from_bytes(client._mask_private_raw)
         client._self_mask_seed = bytes(state["self_mask_seed"])
+        client._subject = bytes(state["subject"])
         if "neighbours" in state:
             ids = [int(i) for i in state["neighbours"]]
             client._threshold = int(state["threshold"])
@@ -153,10 +174,9 @@ class SecAggClient:
             client._signed = (frozenset(int(i) for i in state["signed_survivors"]),
                               frozenset(int(i) for i in state["signed_dropped"]))
         if "held" in state:
-            client._held = {
-                int(i): (share_from_bytes(bytes(a)), share_from_bytes(bytes(b)))
-                for i, a, b in zip(state["held"], state["held_self"], state["held_key"])
-            }
+            client._held = {int(i): (bytes(a), bytes(b))
+                            for i, a, b in zip(state["held"], state["held_self"], state["held_key"])}
+            client._unopened = frozenset(int(i) for i in state["unopened"])
         return client
 
     # ------------------------------------------------------------ stage plumbing
@@ -191,14 +211,21 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stage 1
 
-    def advertise_keys(self, setup: RoundSetup) -> KeyAdvertisement:
-        """Check the round parameters, make this round's two key pairs and self-mask seed."""
-        return self._run(ClientState.NEW, setup, None, lambda: self._advertise(setup), ClientState.KEYS_ADVERTISED)
+    def advertise_keys(self, setup: RoundSetup, subject: bytes = NO_SUBJECT) -> KeyAdvertisement:
+        """Check the round parameters, make this round's two key pairs and self-mask seed.
 
-    def _advertise(self, setup: RoundSetup) -> KeyAdvertisement:
+        ``subject``: the 32-byte digest of what this round is about as this shop received it (the
+        adapter, the statistics request); survivors vouch for it, so all must have the same.
+        """
+        if not isinstance(subject, bytes) or len(subject) != len(NO_SUBJECT):
+            raise ValueError(f"subject must be a {len(NO_SUBJECT)}-byte digest")
+        return self._run(ClientState.NEW, setup, None, lambda: self._advertise(setup, subject),
+                         ClientState.KEYS_ADVERTISED)
+
+    def _advertise(self, setup: RoundSetup, subject: bytes) -> KeyAdvertisement:
         if self.run_id is not None and setup.run_id != self.run_id:
             raise SecAggProtocolError(f"the setup is for run {setup.run_id}, this is run {self.run_id}")
-        self.policy.check_config(setup.config)
+        self.policy.check_config(setup.config, len(self.roster))
         if len(setup.participants) > len(self.roster):
             raise SecAggProtocolError(f"{len(setup.participants)} participants, but the roster lists only "
                                       f"{len(self.roster)} shops")
@@ -208,7 +235,9 @@ class SecAggClient:
             raise SecAggProtocolError(
                 f"{len(setup.participants)} participants exceed max_clients={setup.config.max_clients}"
             )
+        self.policy.check_members(len(setup.participants), setup.config)
         self.config = setup.config
+        self._subject = subject
         self.round_id, self.run_id = setup.round_id, setup.run_id
         self._participants = frozenset(setup.participants)
         secrets, proof = self.keyring.round_keys(self.identity, self.run_id, self.round_id, self.client_id,
@@ -261,10 +290,10 @@ class SecAggClient:
         self._members_digest = graph_seed(self.run_id, self.round_id, digests)
         try:
             graph = neighbour_graph(broadcast.members, self._members_digest, self.config.degree,
-                                    self.config.corrupt_fraction, self.config.dropout_fraction)
+                                    self.config.colluders, self.config.dropout_fraction)
         except ValueError as err:
             raise SecAggProtocolError(f"the round's parameters give no usable graph: {err}") from None
-        self.policy.check_graph(graph)
+        self.policy.check_graph(graph, len(self.roster))
         if set(broadcast.neighbour_ids) != graph[self.client_id] or len(broadcast.neighbour_ids) != graph.degree:
             raise SecAggProtocolError("neighbour list does not match the graph derived from the advertisements")
         keys = [*broadcast.share_public_keys, *broadcast.mask_public_keys]
@@ -275,26 +304,25 @@ class SecAggClient:
         self._share_keys = dict(zip(broadcast.neighbour_ids, broadcast.share_public_keys))
         self._mask_keys = dict(zip(broadcast.neighbour_ids, broadcast.mask_public_keys))
         receivers = tuple(broadcast.neighbour_ids)
-        seed_shares = split(self._self_mask_seed, receivers, self._threshold, self._random)
-        key_shares = split(self._mask_private_raw, receivers, self._threshold, self._random)
-        ciphertexts = []
+        shares = {SEED_SHARE: split(self._self_mask_seed, receivers, self._threshold, self._random),
+                  KEY_SHARE: split(self._mask_private_raw, receivers, self._threshold, self._random)}
+        sealed: dict[bytes, list[bytes]] = {SEED_SHARE: [], KEY_SHARE: []}
         self._pair_keys = {}
         for receiver in receivers:
-            plaintext = SharePlaintext(
-                self.client_id, receiver, share_to_bytes(seed_shares[receiver]), share_to_bytes(key_shares[receiver])
-            ).to_bytes()
             secret = agree(self._share_private, self._share_keys[receiver])
             low, high = sorted((self.client_id, receiver))
             self._pair_keys[receiver] = derive_key(secret, b"consistency", self.round_id, low, high)
-            key = share_key(secret, self.round_id, self.client_id, receiver)
-            associated = share_associated_data(self.round_id, self.client_id, receiver)
-            ciphertexts.append(seal(key, self._random(NONCE_BYTES), plaintext, associated))
-        return ShareDistribution(self.round_id, self.client_id, receivers, tuple(ciphertexts))
+            for kind, kind_shares in shares.items():
+                key = share_key(secret, self.round_id, self.client_id, receiver, kind)
+                associated = share_associated_data(self.round_id, self.client_id, receiver, kind)
+                sealed[kind].append(seal_once(key, share_to_bytes(kind_shares[receiver]), associated))
+        return ShareDistribution(self.round_id, self.client_id, receivers, tuple(sealed[SEED_SHARE]),
+                                 tuple(sealed[KEY_SHARE]))
 
     # ------------------------------------------------------------ stage 3
 
     def mask_input(self, relay: ShareRelay, update: np.ndarray, weight: int = 1) -> MaskedInput:
-        """Open the relayed shares, then send ``encode(weight·update, weight)`` under all masks."""
+        """Check the relayed shares open, then send ``encode(weight·update)`` under all masks and ``weight``."""
         return self._run(
             ClientState.SHARES_SENT, relay, self.round_id, lambda: self._mask(relay, update, weight),
             ClientState.INPUT_SENT,
@@ -311,15 +339,25 @@ class SecAggClient:
                 f"client {self.client_id} has {len(senders)} live neighbours, fewer than the threshold "
                 f"{self._threshold}"
             )
-        self._held: dict[int, tuple[int, int]] = {}
-        for sender, sealed in zip(senders, relay.ciphertexts):
-            key = share_key(agree(self._share_private, self._share_keys[sender]), self.round_id, sender, self.client_id)
-            plain = SharePlaintext.from_bytes(
-                open_sealed(key, sealed, share_associated_data(self.round_id, sender, self.client_id))
-            )
-            if (plain.sender_id, plain.receiver_id) != (sender, self.client_id):
-                raise SecAggIntegrityError(f"share from client {sender} names the wrong sender or receiver")
-            self._held[sender] = (share_from_bytes(plain.self_mask_share), share_from_bytes(plain.mask_key_share))
+        # Hold the keys that open each neighbour's two shares, once both are seen to open; a share that
+        # does not (a neighbour that sealed garbage, or a server that altered it) is not held, and this
+        # client goes on: the pair masks depend on the signed mask keys only.
+        self._held: dict[int, tuple[bytes, bytes]] = {}
+        unopened = set()
+        for sender, seed_share, key_share in zip(senders, relay.seed_shares, relay.key_shares):
+            secret = agree(self._share_private, self._share_keys[sender])
+            openers = []
+            for kind, sealed in ((SEED_SHARE, seed_share), (KEY_SHARE, key_share)):
+                key = share_key(secret, self.round_id, sender, self.client_id, kind)
+                plain = open_once(key, sealed, share_associated_data(self.round_id, sender, self.client_id, kind))
+                if plain is None or not _is_share(plain):
+                    break
+                openers.append(key)
+            if len(openers) == 2:
+                self._held[sender] = (openers[0], openers[1])
+            else:
+                unopened.add(sender)
+        self._unopened = frozenset(unopened)
         length = self.config.masked_length
         masked = quantize(update, weight, self.config, self._random)
         add_signed(masked, self_mask(self._self_mask_seed, self.round_id, self.client_id, length), +1)
@@ -327,7 +365,7 @@ class SecAggClient:
             secret = agree(self._mask_private, self._mask_keys[other])
             add_signed(masked, pair_mask(secret, self.round_id, self.client_id, other, length),
                        pair_sign(self.client_id, other))
-        return MaskedInput(self.round_id, self.client_id, masked)
+        return MaskedInput(self.round_id, self.client_id, int(weight), masked)
 
     # ------------------------------------------------------------ stage 4
 
@@ -339,7 +377,8 @@ class SecAggClient:
     def _sign(self, request: ConsistencyRequest) -> ConsistencySignature:
         survivors, dropped = self._check_sets(request.survivors, request.dropped)
         self._signed = (frozenset(survivors), frozenset(dropped))
-        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
+        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest,
+                                    self._subject)
         receivers = tuple(sorted(self._neighbours & survivors))
         tags = tuple(consistency_tag(self._pair_keys[j], payload) for j in receivers)
         return ConsistencySignature(self.round_id, self.client_id, receivers, tags)
@@ -357,7 +396,7 @@ class SecAggClient:
             raise SecAggProtocolError("unmask request names clients outside the round")
         if len(survivors) < self.config.min_clients:
             raise SecAggAbort(f"only {len(survivors)} survivors, min_clients={self.config.min_clients}")
-        unlisted = set(self._held) - survivors - dropped
+        unlisted = (set(self._held) | self._unopened) - survivors - dropped
         if unlisted:
             raise SecAggProtocolError(f"neighbours {sorted(unlisted)} are neither survivors nor dropped")
         return survivors, dropped
@@ -365,7 +404,8 @@ class SecAggClient:
     # ------------------------------------------------------------ stage 5
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Reveal one share kind per neighbour: ``b`` for survivors, the mask key for the dropped.
+        """Reveal the key of one sealed share kind per neighbour: ``b``'s for survivors, the mask key's for
+        the dropped (the server opens the ciphertexts it relayed; it never gets a share it cannot check).
 
         Only for the survivor set this client authenticated, and only with valid tags of at least
         ``t`` surviving neighbours over that same set (Bonawitz et al.'s consistency check). Refuses
@@ -382,7 +422,8 @@ class SecAggClient:
             raise ShareKindViolation(
                 f"the unmask request's survivor set differs from the one this client signed (client(s) {changed}); "
                 "refusing to reveal any share")
-        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest)
+        payload = survivors_payload(self.run_id, self.round_id, survivors, dropped, self._members_digest,
+                                    self._subject)
         valid = {signer for signer, tag in zip(request.signer_ids, request.tags)  # a wrong tag counts for nothing
                  if signer in self._neighbours and signer in survivors
                  and hmac.compare_digest(tag, consistency_tag(self._pair_keys[signer], payload))}
@@ -396,9 +437,10 @@ class SecAggClient:
             self.round_id,
             self.client_id,
             self_owners,
-            tuple(share_to_bytes(self._held[j][0]) for j in self_owners),
+            tuple(self._held[j][0] for j in self_owners),
             key_owners,
-            tuple(share_to_bytes(self._held[j][1]) for j in key_owners),
+            tuple(self._held[j][1] for j in key_owners),
+            tuple(sorted(self._unopened & (survivors | dropped))),
         )
         self._held = {}
         return response

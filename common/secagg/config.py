@@ -11,6 +11,7 @@ from .errors import SecAggConfigError
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 MAX_FRAC_BITS = 52  # beyond this float64 cannot carry the fixed-point value exactly anyway
+DEFAULT_COLLUDING_FRACTION = 0.2  # of the roster: shops that may collude with the server
 
 
 def _require(ok: bool, message: str) -> None:
@@ -35,6 +36,16 @@ def fits(max_clients: int, clip: float, max_weight: int, frac_bits: int) -> bool
     )
 
 
+def planned_colluders(roster_size: int, colluding_fraction: float = DEFAULT_COLLUDING_FRACTION) -> int:
+    """``⌈γ · |roster|⌉``: the colluding shops a threshold must withstand, whatever members a round has.
+
+    Planned from the roster (which the shops pin), never from the round's size (which the server picks):
+    a server that seats a victim with two colluders in a round of three must still face a threshold
+    that two colluders cannot reach.
+    """
+    return math.ceil(colluding_fraction * roster_size - 1e-9)
+
+
 def max_frac_bits(max_clients: int, clip: float, max_weight: int) -> int | None:
     """The largest ``frac_bits`` in [0, 52] that :func:`fits`, or ``None`` if even 0 does not."""
     for frac_bits in range(MAX_FRAC_BITS, -1, -1):
@@ -50,16 +61,20 @@ class SecAggConfig:
     - ``vector_length``: parameters per update (the masked vector has one more element: the weight).
     - ``max_clients``: most clients one round may have; sizes the overflow check.
     - ``clip``: each update element is clipped to ``[-clip, clip]`` before encoding.
-    - ``max_weight``: largest client weight (integer, e.g. number of examples); weights are
-      secret-summed, so the server learns only the total.
+    - ``max_weight``: largest client weight. Each client's weight is public (a power-of-two bucket
+      of its example count, sent beside its masked input) and checked on its own.
+    - ``norm_bound``: each update is scaled to L2 norm at most ``norm_bound`` before encoding, and
+      the server projects the unmasked sum onto ``‖Σ w x‖ ≤ Σw · norm_bound`` (and the clip box), so
+      no input, however crafted, moves the mean further than that; ``None``: the clip box only.
     - ``frac_bits``: fixed point scale ``2**frac_bits``; ``None`` picks the largest that fits.
       The weighted mean is accurate to ``2**-frac_bits`` per element (see ``quantize``).
     - ``degree``: neighbours per client (even); ``None`` = the least degree that Bell et al.'s
-      bounds allow for ``corrupt_fraction`` and ``dropout_fraction``, or everyone (see ``graph``).
+      bounds allow for ``colluders`` and ``dropout_fraction``, or everyone (see ``graph``).
     - ``min_clients``: the round aborts when fewer inputs than this would be summed (a sum over
       one or two clients reveals too much); at least 2.
-    - ``corrupt_fraction``: the fraction of clients that may collude with the server; sets the
-      Shamir threshold ``⌊(k + c)/2⌋ + 1`` (``graph.threshold_for``).
+    - ``colluders``: how many shops may collude with the server (planned from the roster,
+      :func:`planned_colluders`); sets the Shamir threshold ``⌊(k + c)/2⌋ + 1`` with ``c`` the most
+      of them one neighbourhood can hold (``graph.threshold_for``). ``None``: ``⌈0.2 · max_clients⌉``.
     - ``dropout_fraction``: the fraction of clients expected to drop; sets the degree.
     """
 
@@ -70,15 +85,24 @@ class SecAggConfig:
     frac_bits: int | None = None
     degree: int | None = None
     min_clients: int = 3
-    corrupt_fraction: float = 0.2
+    colluders: int | None = None
     dropout_fraction: float = 0.1
+    norm_bound: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("corrupt_fraction", "dropout_fraction"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and 0 <= value < 0.5,
-                     f"{name} must be a number in [0, 0.5), got {value!r}")
-            object.__setattr__(self, name, float(value))
+        value = self.dropout_fraction
+        _require(isinstance(value, (int, float)) and 0 <= value < 0.5,
+                 f"dropout_fraction must be a number in [0, 0.5), got {value!r}")
+        object.__setattr__(self, "dropout_fraction", float(value))
+        if self.colluders is None and isinstance(self.max_clients, int):
+            object.__setattr__(self, "colluders", planned_colluders(self.max_clients))
+        _require(isinstance(self.colluders, int) and not isinstance(self.colluders, bool) and self.colluders >= 0,
+                 f"colluders must be None (automatic) or an int >= 0, got {self.colluders!r}")
+        _require(self.norm_bound is None or (isinstance(self.norm_bound, (int, float)) and
+                                             math.isfinite(self.norm_bound) and self.norm_bound > 0),
+                 f"norm_bound must be None or a finite number > 0 (L2 bound of one update), got {self.norm_bound!r}")
+        if self.norm_bound is not None:
+            object.__setattr__(self, "norm_bound", float(self.norm_bound))
         _require(
             isinstance(self.vector_length, int) and self.vector_length >= 1,
             f"vector_length must be an int >= 1 (parameters per update), got {self.vector_length!r}",
@@ -142,8 +166,8 @@ class SecAggConfig:
 
     @property
     def masked_length(self) -> int:
-        """Length of a masked input: the weighted update plus one element for the weight."""
-        return self.vector_length + 1
+        """Length of a masked input: the weighted update (the weight travels in the clear beside it)."""
+        return self.vector_length
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

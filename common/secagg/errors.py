@@ -19,7 +19,13 @@ class SecAggAbort(SecAggError):
     Raised as soon as the round can no longer be completed (a survivor with fewer than ``t``
     live neighbours, a dropped client whose mask key cannot be rebuilt, fewer than
     ``min_clients`` inputs). Nothing beyond what the protocol reveals has been revealed.
+    ``culprits``: clients shown to have caused it (a client whose own authentic shares do not
+    rebuild the secret it committed to); the caller may leave them out of later rounds.
     """
+
+    def __init__(self, message: str, culprits: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.culprits = tuple(sorted(set(culprits)))
 
 
 class SecAggProtocolError(SecAggError):

@@ -6,21 +6,25 @@ anyone can recompute) and joined in a circulant (Harary) graph: position ``p`` i
 oneself is ``2 log2 n + 1`` rounded up to an odd number), or a configured even ``k``; when
 ``k >= n - 1`` everyone is everyone's neighbour.
 
-Degree and threshold (Bell et al. 2020, Section 4, for a stated fraction ``γ`` of corrupt clients
-and ``δ`` of dropouts). A client's secrets are Shamir-shared among its ``k`` neighbours with
-threshold ``t``. A server that tells some neighbours "i survived" and others "i dropped" gets
-``t`` shares of both kinds of ``i`` only if ``2t <= k + c``, where ``c`` is the number of
-corrupt neighbours (they hand over both kinds). So ``t = ⌊(k + c)/2⌋ + 1`` with ``c`` the most
-corrupt neighbours any client has except with probability ``2**-SECURITY_BITS`` (a binomial
-tail, union over the ``n`` neighbourhoods, and never more than ``⌊γ n⌋``): the graph seed comes
-from the signed advertisements, so corrupt clients cannot choose their positions. The round
-finishes when no neighbourhood loses more than ``k - t`` clients, except with probability
+Degree and threshold (Bell et al. 2020, Section 4). A client's secrets are Shamir-shared among
+its ``k`` neighbours with threshold ``t``. Colluders hand the server both share kinds; a server
+that tells some neighbours "i survived" and others "i dropped" gets ``t`` shares of both kinds of
+``i`` only if ``2t <= k + c``, where ``c`` is the number of colluding neighbours. So
+``t = ⌊(k + c)/2⌋ + 1``, and ``c < t`` always. The colluders are planned from the **roster**:
+``C = ⌈γ |roster|⌉`` shops (``config.planned_colluders``), whatever members the server seats in a
+round. In a complete graph all ``min(C, n - 1)`` of them may be neighbours; in a sparse graph
+``c`` is the binomial tail bound at their share ``min(C, n - 1)/(n - 1)`` (union over the ``n``
+neighbourhoods, ``2**-SECURITY_BITS``), since the graph seed comes from the signed advertisements
+and colluders cannot choose their positions. When ``t`` would exceed ``k`` the round is refused:
+a server that seats a victim with two colluders in a round of three gets no round at all. The
+round finishes when no neighbourhood loses more than ``k - t`` clients, except with probability
 ``2**-CORRECTNESS_BITS``; the degree is the least even ``k >= 2⌈log2 n⌉`` that meets both, or
 everyone. A malicious server can show one victim a member list with forged digests of members
 that are not the victim's neighbours, and so try many random neighbourhoods for it; in a sparse
-graph the threshold therefore also keeps the chance that ``t`` of ``k`` random neighbours are
-corrupt below ``2**-GRINDING_BITS`` per try. Examples (γ = 0.2, δ = 0.1): every client is everyone's neighbour up to a few dozen
-clients; ``k`` grows like ``log n`` beyond (``secure_parameters``).
+graph the threshold therefore also keeps the chance that ``t`` of ``k`` random neighbours collude
+below ``2**-GRINDING_BITS`` per try. Examples (γ = 0.2 of a roster of n, δ = 0.1): every client is
+everyone's neighbour up to a few dozen clients; ``k`` grows like ``log n`` beyond
+(``secure_parameters``).
 """
 
 from __future__ import annotations
@@ -57,38 +61,50 @@ def _quantile(n: int, k: int, p: float, bits: int) -> int:
     return k
 
 
+def colluding_share(n: int, colluders: int) -> float:
+    """The fraction of a member's ``n - 1`` possible neighbours that may be colluders."""
+    return min(colluders, n - 1) / (n - 1) if n > 1 else 0.0
+
+
 @lru_cache(maxsize=4096)
-def corrupt_neighbours(n: int, k: int, corrupt_fraction: float) -> int:
-    """The most corrupt neighbours to plan for: a binomial tail bound, capped at ``⌊γ n⌋``."""
-    total = math.floor(corrupt_fraction * n + 1e-9)
-    return 0 if total == 0 else min(total, _quantile(n, k, corrupt_fraction, SECURITY_BITS))
+def corrupt_neighbours(n: int, k: int, colluders: int) -> int:
+    """The most colluders one neighbourhood of ``k`` may hold when up to ``colluders`` shops of the roster
+    sit among the ``n`` members: all of them in a complete graph (the server chose the members), a
+    binomial tail bound at their share otherwise (the graph seed is not the server's), never more
+    than ``min(colluders, k)``."""
+    present = min(colluders, n - 1)
+    if present <= 0:
+        return 0
+    if k >= n - 1:
+        return present
+    return min(present, k, _quantile(n, k, colluding_share(n, colluders), SECURITY_BITS))
 
 
-def threshold_for(degree: int, n: int | None = None, corrupt_fraction: float = 0.0) -> int:
-    """``⌊(k + c)/2⌋ + 1``: more than half of the honest and corrupt shares together (a strict majority
-    of the neighbours when nobody is assumed corrupt)."""
-    c = 0 if n is None else corrupt_neighbours(n, degree, corrupt_fraction)
+def threshold_for(degree: int, n: int | None = None, colluders: int = 0) -> int:
+    """``⌊(k + c)/2⌋ + 1``: more than half of the honest and colluding shares together (a strict majority
+    of the neighbours when nobody is assumed to collude), so ``c`` colluders alone never reach it."""
+    c = 0 if n is None else corrupt_neighbours(n, degree, colluders)
     return (degree + c) // 2 + 1
 
 
-def sparse_threshold(k: int, n: int, corrupt_fraction: float) -> int:
-    """:func:`threshold_for`, raised until ``P(Binomial(k, γ) >= t) <= 2**-GRINDING_BITS`` (seed grinding)."""
-    t = threshold_for(k, n, corrupt_fraction)
-    if corrupt_fraction > 0:
-        t = max(t, _quantile(1, k, corrupt_fraction, GRINDING_BITS) + 1)
+def sparse_threshold(k: int, n: int, colluders: int) -> int:
+    """:func:`threshold_for`, raised until ``P(Binomial(k, share) >= t) <= 2**-GRINDING_BITS`` (seed grinding)."""
+    t = threshold_for(k, n, colluders)
+    if colluders > 0:
+        t = max(t, _quantile(1, k, colluding_share(n, colluders), GRINDING_BITS) + 1)
     return t
 
 
 @lru_cache(maxsize=4096)
-def secure_parameters(n: int, corrupt_fraction: float, dropout_fraction: float) -> tuple[int, int]:
+def secure_parameters(n: int, colluders: int, dropout_fraction: float) -> tuple[int, int]:
     """``(k, t)`` for ``n`` members: the least even degree meeting both bounds of the module docstring,
-    or the complete graph (``k = n - 1``) when none does."""
+    or the complete graph (``k = n - 1``) when none does (then ``t`` may exceed ``k``: no safe round)."""
     for k in range(default_degree(n), n - 1, 2):  # even degrees below the complete graph
-        t = sparse_threshold(k, n, corrupt_fraction)
+        t = sparse_threshold(k, n, colluders)
         if t <= k and k - t >= _quantile(n, k, dropout_fraction, CORRECTNESS_BITS):
             return k, t
     k = n - 1
-    return k, min(threshold_for(k, n, corrupt_fraction), k)
+    return k, threshold_for(k, n, colluders)
 
 
 @dataclass(frozen=True)
@@ -106,24 +122,25 @@ class NeighbourGraph:
 
 
 def neighbour_graph(members: Sequence[int], seed: bytes, degree: int | None = None,
-                    corrupt_fraction: float = 0.0, dropout_fraction: float = 0.0) -> NeighbourGraph:
+                    colluders: int = 0, dropout_fraction: float = 0.0) -> NeighbourGraph:
     """The graph over ``members`` (client ids) from the public ``seed``; see the module docstring.
 
     ``degree=None`` picks ``k`` and ``t`` by :func:`secure_parameters`; a given degree gets the
-    threshold :func:`threshold_for` it under ``corrupt_fraction``.
+    threshold :func:`threshold_for` it with ``colluders`` planned. Raises ``ValueError`` when no
+    threshold up to the degree withstands them (the round must not run).
     """
     ids = sorted(set(members))
     if len(ids) != len(members):
         raise ValueError("members must be distinct client ids")
     n = len(ids)
     if degree is None:
-        k, t = secure_parameters(n, corrupt_fraction, dropout_fraction)
+        k, t = secure_parameters(n, colluders, dropout_fraction)
     else:
         k = min(degree, n - 1)
-        t = threshold_for(k, n, corrupt_fraction) if k == n - 1 else sparse_threshold(k, n, corrupt_fraction)
+        t = threshold_for(k, n, colluders) if k == n - 1 else sparse_threshold(k, n, colluders)
     if t > k:
-        raise ValueError(f"threshold {t} exceeds the degree {k}: {n} members cannot tolerate a corrupt "
-                         f"fraction of {corrupt_fraction:g}")
+        raise ValueError(f"threshold {t} exceeds the degree {k}: a round of {n} members cannot withstand "
+                         f"{colluders} colluding shop(s)")
     if k >= n - 1:
         everyone = frozenset(ids)
         return NeighbourGraph(tuple(ids), seed, n - 1, {i: everyone - {i} for i in ids}, t)

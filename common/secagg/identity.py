@@ -33,6 +33,7 @@ from .primitives import KEY_BYTES, Randomness, context
 SIGNATURE_BYTES = 64
 CONSISTENCY_TAG_BYTES = 32  # HMAC-SHA256 consistency tags
 ROSTER_FORMAT = "fedinterest-roster/1"
+NO_SUBJECT = bytes(32)  # the subject digest of a round about nothing in particular (tests, benchmarks)
 IDENTITY_FILE = "identity.key"  # raw 32-byte Ed25519 private key, mode 0600, in the shop's state dir
 
 
@@ -108,9 +109,12 @@ def advertisement_payload(run_id: int, round_id: int, client_id: int, share_publ
 
 
 def survivors_payload(run_id: int, round_id: int, survivors: Iterable[int], dropped: Iterable[int],
-                      members_digest: bytes) -> bytes:
-    """What a survivor signs before unmasking: the round, who survived, who dropped, the member list."""
-    return context(b"survivors", run_id, round_id, _ids_digest(survivors), _ids_digest(dropped), members_digest)
+                      members_digest: bytes, subject: bytes = NO_SUBJECT) -> bytes:
+    """What a survivor vouches for before unmasking: the round, who survived, who dropped, the member
+    list, and the digest of what the round is about (the adapter it trained from or evaluates, the
+    statistics request), so the server cannot have neighbours work on different ones."""
+    return context(b"survivors", run_id, round_id, _ids_digest(survivors), _ids_digest(dropped), members_digest,
+                   subject)
 
 
 def _ids_digest(ids: Iterable[int]) -> bytes:

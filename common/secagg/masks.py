@@ -32,11 +32,18 @@ def add_signed(target: np.ndarray, mask: np.ndarray, sign: int) -> None:
     (np.add if sign > 0 else np.subtract)(target, mask, out=target)
 
 
-def share_associated_data(round_id: int, sender: int, receiver: int) -> bytes:
-    """AES-GCM associated data of a sealed share: protocol, round, sender, receiver."""
-    return context(b"share", round_id, sender, receiver)
+SEED_SHARE, KEY_SHARE = b"self-mask-seed", b"mask-key"  # the two kinds of share a client deals
 
 
-def share_key(shared_secret: bytes, round_id: int, sender: int, receiver: int) -> bytes:
-    """AES-256-GCM key for shares from ``sender`` to ``receiver`` (one key per direction)."""
-    return derive_key(shared_secret, b"share-key", round_id, sender, receiver)
+def share_associated_data(round_id: int, sender: int, receiver: int, kind: bytes) -> bytes:
+    """AES-GCM associated data of a sealed share: protocol, kind, round, sender, receiver."""
+    return context(b"share", kind, round_id, sender, receiver)
+
+
+def share_key(shared_secret: bytes, round_id: int, sender: int, receiver: int, kind: bytes) -> bytes:
+    """The AES-256-GCM key of the one ``kind`` share ``sender`` seals for ``receiver`` in this round.
+
+    One key per share: at unmasking the receiver reveals it (never the share), the server opens the
+    ciphertext it relayed, and a receiver that lies reveals a key that opens nothing.
+    """
+    return derive_key(shared_secret, b"share-key", kind, round_id, sender, receiver)

@@ -5,27 +5,29 @@ client answers with one message (Bell et al. 2020, semi-honest server, AEAD on s
 
     stage            server -> client      client -> server
     ADVERTISE_KEYS   RoundSetup            KeyAdvertisement      two X25519 keys + commitment, signed (batch)
-    SHARE_KEYS       KeyBroadcast          ShareDistribution     AES-GCM sealed Shamir shares
-    MASKED_INPUT     ShareRelay            MaskedInput           y_i in Z_2^32, 4 bytes per element
+    SHARE_KEYS       KeyBroadcast          ShareDistribution     two AES-GCM sealed Shamir shares per neighbour
+    MASKED_INPUT     ShareRelay            MaskedInput           y_i in Z_2^32, 4 bytes per element; public weight
     CONSISTENCY      ConsistencyRequest    ConsistencySignature  one HMAC of the survivor set per neighbour
-    UNMASK           UnmaskRequest         UnmaskResponse        one share kind per client id
+    UNMASK           UnmaskRequest         UnmaskResponse        the key of one sealed share kind per client id
 
 Advertisements are signed with the shop's long-term identity key (``identity``), one signature
 over a Merkle root for a batch of rounds (``keybatch``), and checked against the roster the shop
 pins; the graph seed is the hash of all signed advertisements, so the server cannot choose it;
-survivors authenticate the survivor set to each neighbour (an HMAC under their pairwise key)
-before any share is revealed.
+survivors authenticate the survivor set (and the digest of what the round is about: the adapter
+or the statistics request) to each neighbour (an HMAC under their pairwise key) before any share
+is revealed. Each share is sealed on its own, under a key used for it alone; at unmasking a
+neighbour reveals that key, and the server opens the ciphertext it relayed: a neighbour that lies
+reveals a key that opens nothing, and is caught alone.
 
 Each message is a frozen dataclass with ``to_record()`` / ``from_record()`` mapping it to a flat
 ``{str: bytes | int | float | list[int] | numpy.uint32 array}`` (what a Flower ``ConfigRecord`` or
 ``ArrayRecord`` can carry). ``from_record`` checks every key, type and length and raises
-:class:`SecAggProtocolError` on anything else. :class:`SharePlaintext` is what is inside each
-sealed share; the server never sees it.
+:class:`SecAggProtocolError` on anything else. Inside each sealed share is one Shamir share
+(``SHARE_BYTES``); the server opens it only with the key its holder reveals at unmasking.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import accumulate
@@ -34,10 +36,10 @@ from typing import Any, ClassVar, Union
 import numpy as np
 
 from .config import SecAggConfig
-from .errors import SecAggConfigError, SecAggIntegrityError, SecAggProtocolError
+from .errors import SecAggConfigError, SecAggProtocolError
 from .identity import CONSISTENCY_TAG_BYTES, SIGNATURE_BYTES
 from .keybatch import HASH_BYTES, MAX_BATCH_DEPTH, BatchProof
-from .primitives import KEY_BYTES, MAX_ID, NONCE_BYTES, TAG_BYTES
+from .primitives import KEY_BYTES, MAX_ID, TAG_BYTES
 from .shamir import SHARE_BYTES
 
 RecordValue = Union[bytes, int, float, list, np.ndarray]
@@ -143,41 +145,17 @@ def _same_length(cls: type, *pairs: tuple[str, tuple]) -> None:
         raise _fail(cls, f"lengths differ: {lengths}")
 
 
-# ---------------------------------------------------------------- what is inside a sealed share
+# ---------------------------------------------------------------- a sealed share
 
-SHARE_PLAINTEXT_BYTES = 8 + 8 + 2 * SHARE_BYTES
-SEALED_SHARE_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
-
-
-@dataclass(frozen=True)
-class SharePlaintext:
-    """Inside each AES-GCM ciphertext from ``sender_id`` to ``receiver_id``: the sender's two shares.
-
-    Associated data (see ``client.share_associated_data``) binds protocol, round, sender and
-    receiver; the ids are repeated inside and checked after decryption.
-    """
-
-    sender_id: int
-    receiver_id: int
-    self_mask_share: bytes  # Shamir share of the self-mask seed b_sender
-    mask_key_share: bytes  # Shamir share of the sender's X25519 mask private key
-
-    def to_bytes(self) -> bytes:
-        return struct.pack(">QQ", self.sender_id, self.receiver_id) + self.self_mask_share + self.mask_key_share
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> "SharePlaintext":
-        if len(raw) != SHARE_PLAINTEXT_BYTES:
-            raise SecAggIntegrityError(f"share plaintext must be {SHARE_PLAINTEXT_BYTES} bytes")
-        sender, receiver = struct.unpack(">QQ", raw[:16])
-        return cls(sender, receiver, raw[16 : 16 + SHARE_BYTES], raw[16 + SHARE_BYTES :])
+SEALED_SHARE_BYTES = SHARE_BYTES + TAG_BYTES  # one Shamir share under AES-GCM (its key is used once)
+OPENER_BYTES = KEY_BYTES  # the key that opens one sealed share, revealed at unmasking
 
 
 # ---------------------------------------------------------------- stage 1: ADVERTISE_KEYS
 
 _CONFIG_FIELDS = ("vector_length", "max_clients", "clip", "max_weight", "frac_bits", "degree", "min_clients",
-                  "corrupt_fraction", "dropout_fraction")
-_FLOAT_FIELDS = ("clip", "corrupt_fraction", "dropout_fraction")
+                  "colluders", "dropout_fraction", "norm_bound")
+_FLOAT_FIELDS = ("clip", "dropout_fraction", "norm_bound")
 
 
 @dataclass(frozen=True)
@@ -213,8 +191,9 @@ class RoundSetup:
             "config.frac_bits": c.frac_bits,  # always resolved
             "config.degree": 0 if c.degree is None else c.degree,  # 0 = automatic
             "config.min_clients": c.min_clients,
-            "config.corrupt_fraction": c.corrupt_fraction,
+            "config.colluders": c.colluders,
             "config.dropout_fraction": c.dropout_fraction,
+            "config.norm_bound": 0.0 if c.norm_bound is None else c.norm_bound,  # 0 = no L2 bound
         }
 
     @classmethod
@@ -228,6 +207,7 @@ class RoundSetup:
             if name not in _FLOAT_FIELDS and type(values[name]) is not int:
                 raise _fail(cls, f"config.{name} must be an int")
         values["degree"] = values["degree"] or None
+        values["norm_bound"] = values["norm_bound"] or None
         try:
             config = SecAggConfig(**values)
         except SecAggConfigError as err:
@@ -369,26 +349,31 @@ class KeyBroadcast:
 
 @dataclass(frozen=True)
 class ShareDistribution:
-    """Client -> server: one sealed :class:`SharePlaintext` per neighbour, for the server to relay."""
+    """Client -> server: for each neighbour, its self-mask-seed share and its mask-key share, each sealed
+    under its own key (``masks.share_key``), for the server to relay and keep."""
 
     STAGE: ClassVar[Stage] = Stage.SHARE_KEYS
     SENDER: ClassVar[str] = "client"
     CODE: ClassVar[int] = 21
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "receiver_ids", "ciphertexts")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "receiver_ids", "seed_shares", "key_shares")
 
     round_id: int
     client_id: int  # the sender
     receiver_ids: tuple[int, ...]
-    ciphertexts: tuple[bytes, ...]  # SEALED_SHARE_BYTES each, aligned with receiver_ids
+    seed_shares: tuple[bytes, ...]  # SEALED_SHARE_BYTES each, aligned with receiver_ids
+    key_shares: tuple[bytes, ...]  # SEALED_SHARE_BYTES each, aligned with receiver_ids
 
     def to_record(self) -> Record:
-        _same_length(type(self), ("receiver_ids", self.receiver_ids), ("ciphertexts", self.ciphertexts))
+        cls = type(self)
+        _same_length(cls, ("receiver_ids", self.receiver_ids), ("seed_shares", self.seed_shares),
+                     ("key_shares", self.key_shares))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
             "client_id": self.client_id,
             "receiver_ids": list(self.receiver_ids),
-            "ciphertexts": _join(self.ciphertexts, SEALED_SHARE_BYTES, type(self), "ciphertexts"),
+            "seed_shares": _join(self.seed_shares, SEALED_SHARE_BYTES, cls, "seed_shares"),
+            "key_shares": _join(self.key_shares, SEALED_SHARE_BYTES, cls, "key_shares"),
         }
 
     @classmethod
@@ -399,7 +384,8 @@ class ShareDistribution:
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
             receivers,
-            _blob(cls, record, "ciphertexts", SEALED_SHARE_BYTES, len(receivers)),
+            _blob(cls, record, "seed_shares", SEALED_SHARE_BYTES, len(receivers)),
+            _blob(cls, record, "key_shares", SEALED_SHARE_BYTES, len(receivers)),
         )
 
 
@@ -413,21 +399,25 @@ class ShareRelay:
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     SENDER: ClassVar[str] = "server"
     CODE: ClassVar[int] = 30
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "sender_ids", "ciphertexts")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "sender_ids", "seed_shares", "key_shares")
 
     round_id: int
     client_id: int  # the recipient
     sender_ids: tuple[int, ...]
-    ciphertexts: tuple[bytes, ...]
+    seed_shares: tuple[bytes, ...]
+    key_shares: tuple[bytes, ...]
 
     def to_record(self) -> Record:
-        _same_length(type(self), ("sender_ids", self.sender_ids), ("ciphertexts", self.ciphertexts))
+        cls = type(self)
+        _same_length(cls, ("sender_ids", self.sender_ids), ("seed_shares", self.seed_shares),
+                     ("key_shares", self.key_shares))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
             "client_id": self.client_id,
             "sender_ids": list(self.sender_ids),
-            "ciphertexts": _join(self.ciphertexts, SEALED_SHARE_BYTES, type(self), "ciphertexts"),
+            "seed_shares": _join(self.seed_shares, SEALED_SHARE_BYTES, cls, "seed_shares"),
+            "key_shares": _join(self.key_shares, SEALED_SHARE_BYTES, cls, "key_shares"),
         }
 
     @classmethod
@@ -438,25 +428,29 @@ class ShareRelay:
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
             senders,
-            _blob(cls, record, "ciphertexts", SEALED_SHARE_BYTES, len(senders)),
+            _blob(cls, record, "seed_shares", SEALED_SHARE_BYTES, len(senders)),
+            _blob(cls, record, "key_shares", SEALED_SHARE_BYTES, len(senders)),
         )
 
 
 @dataclass(frozen=True, eq=False)
 class MaskedInput:
-    """Client -> server: ``y_i = encode(w_i x_i, w_i) + PRG(b_i) + Σ_j ±PRG(s_ij) mod 2**32``."""
+    """Client -> server: ``y_i = encode(w_i x_i) + PRG(b_i) + Σ_j ±PRG(s_ij) mod 2**32`` and the public
+    weight ``w_i`` (a power-of-two bucket, checked on its own against ``max_weight``)."""
 
     STAGE: ClassVar[Stage] = Stage.MASKED_INPUT
     SENDER: ClassVar[str] = "client"
     CODE: ClassVar[int] = 31
-    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "masked")
+    KEYS: ClassVar[tuple[str, ...]] = ("round_id", "client_id", "weight", "masked")
 
     round_id: int
     client_id: int
-    masked: np.ndarray  # uint32, length vector_length + 1
+    weight: int
+    masked: np.ndarray  # uint32, length vector_length
 
     def to_record(self) -> Record:
-        return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id, "masked": self.masked}
+        return {MESSAGE_KEY: self.CODE, "round_id": self.round_id, "client_id": self.client_id,
+                "weight": self.weight, "masked": self.masked}
 
     @classmethod
     def from_record(cls, record: Record) -> "MaskedInput":
@@ -464,7 +458,7 @@ class MaskedInput:
         masked = record["masked"]
         if not isinstance(masked, np.ndarray) or masked.dtype != np.uint32 or masked.ndim != 1:
             raise _fail(cls, "masked must be a 1-D numpy uint32 array")
-        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), masked)
+        return cls(_id(cls, record, "round_id"), _id(cls, record, "client_id"), _id(cls, record, "weight"), masked)
 
 
 # ---------------------------------------------------------------- stage 4: CONSISTENCY
@@ -571,34 +565,39 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskResponse:
-    """Client -> server: self-mask shares of surviving neighbours, mask-key shares of dropped ones."""
+    """Client -> server: the keys that open its sealed self-mask-seed shares of surviving neighbours and
+    its sealed mask-key shares of dropped ones (the server opens the ciphertexts it relayed), and the
+    neighbours whose shares it could not open when they arrived (it holds nothing of theirs)."""
 
     STAGE: ClassVar[Stage] = Stage.UNMASK
     SENDER: ClassVar[str] = "client"
     CODE: ClassVar[int] = 41
     KEYS: ClassVar[tuple[str, ...]] = (
-        "round_id", "client_id", "self_mask_owners", "self_mask_shares", "mask_key_owners", "mask_key_shares",
+        "round_id", "client_id", "self_mask_owners", "self_mask_openers", "mask_key_owners", "mask_key_openers",
+        "unopened",
     )
 
     round_id: int
     client_id: int
     self_mask_owners: tuple[int, ...]
-    self_mask_shares: tuple[bytes, ...]  # SHARE_BYTES each, aligned with self_mask_owners
+    self_mask_openers: tuple[bytes, ...]  # OPENER_BYTES each, aligned with self_mask_owners
     mask_key_owners: tuple[int, ...]
-    mask_key_shares: tuple[bytes, ...]
+    mask_key_openers: tuple[bytes, ...]
+    unopened: tuple[int, ...] = ()
 
     def to_record(self) -> Record:
         cls = type(self)
-        _same_length(cls, ("self_mask_owners", self.self_mask_owners), ("self_mask_shares", self.self_mask_shares))
-        _same_length(cls, ("mask_key_owners", self.mask_key_owners), ("mask_key_shares", self.mask_key_shares))
+        _same_length(cls, ("self_mask_owners", self.self_mask_owners), ("self_mask_openers", self.self_mask_openers))
+        _same_length(cls, ("mask_key_owners", self.mask_key_owners), ("mask_key_openers", self.mask_key_openers))
         return {
             MESSAGE_KEY: self.CODE,
             "round_id": self.round_id,
             "client_id": self.client_id,
             "self_mask_owners": list(self.self_mask_owners),
-            "self_mask_shares": _join(self.self_mask_shares, SHARE_BYTES, cls, "self_mask_shares"),
+            "self_mask_openers": _join(self.self_mask_openers, OPENER_BYTES, cls, "self_mask_openers"),
             "mask_key_owners": list(self.mask_key_owners),
-            "mask_key_shares": _join(self.mask_key_shares, SHARE_BYTES, cls, "mask_key_shares"),
+            "mask_key_openers": _join(self.mask_key_openers, OPENER_BYTES, cls, "mask_key_openers"),
+            "unopened": list(self.unopened),
         }
 
     @classmethod
@@ -610,9 +609,10 @@ class UnmaskResponse:
             _id(cls, record, "round_id"),
             _id(cls, record, "client_id"),
             self_owners,
-            _blob(cls, record, "self_mask_shares", SHARE_BYTES, len(self_owners)),
+            _blob(cls, record, "self_mask_openers", OPENER_BYTES, len(self_owners)),
             key_owners,
-            _blob(cls, record, "mask_key_shares", SHARE_BYTES, len(key_owners)),
+            _blob(cls, record, "mask_key_openers", OPENER_BYTES, len(key_owners)),
+            _ids(cls, record, "unopened"),
         )
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import SecAggIntegrityError
 
-PROTOCOL = b"fedinterest-secagg+/v2"  # v2: key batches, 33-byte shares
+PROTOCOL = b"fedinterest-secagg+/v3"  # v3: colluders from the roster, one sealed share per kind, public weights
 KEY_BYTES = 32  # X25519 keys, seeds, AES-256 keys
 NONCE_BYTES = 12  # AES-GCM nonce
 TAG_BYTES = 16  # AES-GCM tag
@@ -69,7 +69,7 @@ def context(*parts: bytes | int) -> bytes:
     return bytes(out)
 
 
-def derive_key(secret: bytes, purpose: bytes, *ids: int) -> bytes:
+def derive_key(secret: bytes, purpose: bytes, *ids: int | bytes) -> bytes:
     """HKDF-SHA256 of ``secret`` to a 32-byte key bound to ``purpose`` and ``ids``."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=context(purpose, *ids)).derive(
         secret
@@ -115,6 +115,26 @@ def open_sealed(key: bytes, sealed: bytes, associated_data: bytes) -> bytes:
         raise SecAggIntegrityError(
             "share ciphertext failed authentication (tampered, re-addressed, or from another round)"
         ) from err
+
+
+ZERO_NONCE = bytes(NONCE_BYTES)
+
+
+def seal_once(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """AES-256-GCM under a key used for this one message only (so a fixed nonce): ``ciphertext || tag``.
+
+    Revealing ``key`` later opens this message and nothing else; and nobody but its sender can make a
+    ciphertext that another key opens (the sender is honest, or is the one caught).
+    """
+    return AESGCM(key).encrypt(ZERO_NONCE, plaintext, associated_data)
+
+
+def open_once(key: bytes, sealed: bytes, associated_data: bytes) -> bytes | None:
+    """Inverse of :func:`seal_once`, or ``None`` when ``key`` does not open ``sealed`` (any change fails)."""
+    try:
+        return AESGCM(key).decrypt(ZERO_NONCE, sealed, associated_data)
+    except InvalidTag:
+        return None
 
 
 def mask_vector(key: bytes, length: int) -> np.ndarray:

@@ -4,10 +4,19 @@ The honest server follows the protocol, and everything it sees is what
 :mod:`common.secagg.messages` declares. It never holds both share kinds of one client (checked
 explicitly, :class:`ShareKindViolation`). A client that misbehaves at any stage (a reply for
 another round, twice, unsigned or off the roster, shares for non-neighbours, a malformed input,
-a share that fails its commitment) is excluded and the round goes on without it; when dropouts
-and exclusions make the round impossible it raises :class:`SecAggAbort` at the earliest stage it
-can tell, and forgets the partial sum and shares. The unmasked sum is checked against its bounds
-(``survivors <= Σw <= survivors × max_weight``, ``|Σ w x| <= Σw × clip``) before it is released.
+a weight that is not a power of two up to ``max_weight``, a revealed key that does not open the
+share it holds) is excluded on its own and the round goes on without it; when dropouts and
+exclusions make the round impossible it raises :class:`SecAggAbort` at the earliest stage it can
+tell, and forgets the partial sum and shares.
+
+What one malicious client cannot do: exclude another (only verified advertisements count in the
+clash checks, and a holder's lie about a share is caught against the ciphertext the server
+relayed), abort the round by lying (a bad share is identified by itself: no subset search to
+exhaust; weights are checked one by one), or push the mean outside the region honest inputs can
+reach (the unmasked sum is projected onto the clip box and the norm ball, never discarded). What it
+can: make its *own* secrets unrecoverable by dealing garbage; that is shown (every share it dealt
+opens, yet they do not rebuild what it committed to), the round aborts only if its secret is needed,
+and :attr:`SecAggAbort.culprits` names it.
 """
 
 from __future__ import annotations
@@ -15,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterable, Sequence, TypeVar
-
-import itertools
 
 import numpy as np
 
@@ -32,8 +39,9 @@ from .messages import (
 )
 from .primitives import MAX_ID, agree, commitment, private_key_from_bytes, public_bytes
 
-MAX_RECONSTRUCTIONS = 256  # t-subsets tried per client when a share is bad (a liar is then outvoted)
-from .quantize import decode
+from .masks import KEY_SHARE, SEED_SHARE, share_associated_data
+from .primitives import open_once
+from .quantize import bound_sum, decode
 from .shamir import SECRET_BYTES, interpolate, share_from_bytes, share_point
 
 M = TypeVar("M")
@@ -46,6 +54,8 @@ class AggregateResult:
     weighted_sum: np.ndarray  # float64, length vector_length
     total_weight: int
     contributors: tuple[int, ...]  # clients whose masked input is in the sum
+    projected: bool = False  # the sum lay outside what honest inputs can give and was projected onto it
+    culprits: tuple[int, ...] = ()  # clients shown to have dealt shares that do not rebuild their secret
 
     @property
     def mean(self) -> np.ndarray:
@@ -120,6 +130,7 @@ class SecAggServer:
         """Drop everything secret-dependent: on abort nothing partial survives."""
         self.state = ServerState.ABORTED
         self._sum = None
+        self._sealed: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self._self_shares: dict[int, dict[int, int]] = {}
         self._key_shares: dict[int, dict[int, int]] = {}
 
@@ -155,7 +166,7 @@ class SecAggServer:
     def _graph(self, members: list[int]) -> NeighbourGraph:
         c = self.config
         try:
-            return neighbour_graph(members, self.graph_seed, c.degree, c.corrupt_fraction, c.dropout_fraction)
+            return neighbour_graph(members, self.graph_seed, c.degree, c.colluders, c.dropout_fraction)
         except ValueError as err:
             raise SecAggAbort(f"key advertisement: {err}") from None
 
@@ -191,9 +202,10 @@ class SecAggServer:
                                      ad.proof, f"advertisement of client {i}")
             except SecAggIntegrityError as err:
                 self._exclude(i, str(err))
-        for field in ("share_public_key", "mask_public_key", "identity_key"):
-            owners: dict[bytes, list[int]] = {}
-            for i, ad in ads.items():
+        verified = {i: ad for i, ad in ads.items() if i not in self.excluded}
+        for field in ("share_public_key", "mask_public_key", "identity_key"):  # among verified ads only: a
+            owners: dict[bytes, list[int]] = {}  # copy under a junk signature excludes nobody but its sender
+            for i, ad in verified.items():
                 owners.setdefault(getattr(ad, field), []).append(i)
             for clash in (ids for ids in owners.values() if len(ids) > 1):
                 for i in clash:
@@ -235,16 +247,19 @@ class SecAggServer:
                 self._exclude(sender, "addressed shares to clients other than its neighbours")
                 del received[sender]
         self.sharers = frozenset(received)
+        self._sealed = {(sender, receiver): (seed, key) for sender, message in received.items()
+                        for receiver, seed, key in zip(message.receiver_ids, message.seed_shares, message.key_shares)}
         self._require_min_clients(set(self.sharers), "share distribution")
         self._require_live_neighbours(self.sharers, set(self.sharers), "share distribution")
-        inbox: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.sharers}
+        inbox: dict[int, list[int]] = {i: [] for i in self.sharers}
         for sender in sorted(received):
-            for receiver, sealed in zip(received[sender].receiver_ids, received[sender].ciphertexts):
+            for receiver in received[sender].receiver_ids:
                 if receiver in inbox:
-                    inbox[receiver].append((sender, sealed))
+                    inbox[receiver].append(sender)
         return {
-            i: ShareRelay(self.round_id, i, tuple(s for s, _ in box), tuple(c for _, c in box))
-            for i, box in inbox.items()
+            i: ShareRelay(self.round_id, i, tuple(senders), tuple(self._sealed[(s, i)][0] for s in senders),
+                          tuple(self._sealed[(s, i)][1] for s in senders))
+            for i, senders in inbox.items()
         }
 
     # ------------------------------------------------------------ stage 4
@@ -258,21 +273,24 @@ class SecAggServer:
     def _inputs(self, inputs: Iterable[MaskedInput]) -> dict[int, ConsistencyRequest]:
         assert self.graph is not None
         total = np.zeros(self.config.masked_length, dtype=np.uint32)
-        seen: set[int] = set()
+        seen: dict[int, int] = {}  # survivor -> its public weight
         for message in inputs:
             client = message.client_id
-            if client not in self.sharers or client in self.excluded:
-                continue
-            if client in seen:  # already summed: its input cannot be taken out again, so the round cannot end
-                raise SecAggProtocolError(f"client {client} sent MaskedInput twice after it was summed")
+            if client not in self.sharers or client in self.excluded or client in seen:
+                continue  # a second input after the first was summed changes nothing
             if message.round_id != self.round_id:
                 self._exclude(client, f"MaskedInput is for round {message.round_id}")
                 continue
             if message.masked.dtype != np.uint32 or message.masked.shape != (self.config.masked_length,):
                 self._exclude(client, f"masked input must be uint32 of length {self.config.masked_length}")
                 continue
+            if not valid_weight(message.weight, self.config.max_weight):
+                self._exclude(client, f"weight {message.weight} is not a power of two in [1, max_weight="
+                                      f"{self.config.max_weight}]")
+                continue
             np.add(total, message.masked, out=total)
-            seen.add(client)
+            seen[client] = int(message.weight)
+        self.total_weight = sum(seen.values())
         self._sum = total
         self.survivors = frozenset(seen)
         self.dropped = self.sharers - self.survivors
@@ -346,84 +364,91 @@ class SecAggServer:
             raise SecAggProtocolError(f"client {holder} is not a neighbour of client {owner} and holds no share")
 
     def _hold_response(self, response: UnmaskResponse) -> None:
-        """Store every share of one response, or none of them (the responder is then excluded)."""
-        pairs = [("self", o, r) for o, r in zip(response.self_mask_owners, response.self_mask_shares)]
-        pairs += [("key", o, r) for o, r in zip(response.mask_key_owners, response.mask_key_shares)]
-        try:
-            for kind, owner, _ in pairs:
-                self._check_share(kind, owner, response.client_id)
-            parsed = [(kind, owner, share_from_bytes(raw)) for kind, owner, raw in pairs]
-        except SecAggError as err:
-            self._exclude(response.client_id, str(err))
-            return
-        for kind, owner, share in parsed:
-            (self._self_shares if kind == "self" else self._key_shares)[owner][response.client_id] = share
+        """Open every share the response's keys unlock, or hold none of them (the responder is then excluded).
 
-    def _reconstruct(self, shares: dict[int, int], t: int, valid: Callable[[bytes], bool], what: str) -> bytes:
-        """The secret from ``t`` shares that passes ``valid`` (one interpolation when every share is good).
-
-        If the first ``t`` shares fail, other t-subsets are tried; the holders of shares off the
-        polynomial of the subset that passes are excluded as misbehaving.
+        The server opens the ciphertexts the owners sent it (kept since the share stage): a key that
+        does not open its share is a lie by the responder, caught by itself.
         """
-        for count, subset in enumerate(itertools.combinations(sorted(shares), t)):
-            if count >= MAX_RECONSTRUCTIONS:
-                break
-            value = interpolate({h: shares[h] for h in subset})
-            if value >= 2 ** (8 * SECRET_BYTES):
-                continue
-            secret = value.to_bytes(SECRET_BYTES, "big")
-            if not valid(secret):
-                continue
-            if count:  # some share lied: find whose
-                basis = {h: shares[h] for h in subset}
-                for holder in sorted(set(shares) - set(subset)):
-                    if interpolate(basis, share_point(holder)) != shares[holder]:
-                        self._exclude(holder, f"sent a share of {what} that is not on its polynomial")
-            return secret
-        raise SecAggIntegrityError(f"no {t} of the {len(shares)} shares of {what} reconstruct a valid secret")
+        holder = response.client_id
+        pairs = [("self", o, k) for o, k in zip(response.self_mask_owners, response.self_mask_openers)]
+        pairs += [("key", o, k) for o, k in zip(response.mask_key_owners, response.mask_key_openers)]
+        try:
+            opened = []
+            for kind, owner, key in pairs:
+                self._check_share(kind, owner, holder)
+                sealed = self._sealed[(owner, holder)][0 if kind == "self" else 1]
+                label = SEED_SHARE if kind == "self" else KEY_SHARE
+                plain = open_once(key, sealed, share_associated_data(self.round_id, owner, holder, label))
+                if plain is None:
+                    raise SecAggIntegrityError(f"revealed a key that does not open its {kind} share of client {owner}")
+                opened.append((kind, owner, share_from_bytes(plain)))
+        except SecAggError as err:
+            self._exclude(holder, str(err))
+            return
+        for kind, owner, share in opened:
+            (self._self_shares if kind == "self" else self._key_shares)[owner][holder] = share
+        for owner in response.unopened:
+            if owner in self.graph[holder]:  # type: ignore[index]
+                self._unopened.setdefault(owner, set()).add(holder)
+
+    def _reconstruct(self, owner: int, shares: dict[int, int], t: int, valid: Callable[[bytes], bool],
+                     what: str) -> bytes:
+        """The secret from the first ``t`` opened shares, checked against the owner's commitment.
+
+        Every share here opened under its holder's key, so it is what the owner dealt: when the shares
+        do not rebuild the committed secret, or do not lie on one polynomial, the owner dealt garbage.
+        """
+        if len(shares) < t:
+            unopened = self._unopened.get(owner, set())
+            guilty = len(unopened) > self.config.colluders  # more reports than colluders: one is honest
+            raise SecAggAbort(f"unmasking: {len(shares)} of the t={t} shares of {what} arrived"
+                              + (f"; {len(unopened)} neighbours could not open what it dealt" if unopened else ""),
+                              culprits=(owner,) if guilty else ())
+        holders = sorted(shares)
+        basis = {h: shares[h] for h in holders[:t]}
+        value = interpolate(basis)
+        secret = value.to_bytes(SECRET_BYTES, "big") if value < 2 ** (8 * SECRET_BYTES) else None
+        if secret is None or not valid(secret):
+            raise SecAggAbort(f"unmasking: the shares client {owner} dealt do not rebuild {what}", culprits=(owner,))
+        if any(interpolate(basis, share_point(h)) != shares[h] for h in holders[t:]):
+            self._culprits.add(owner)  # inconsistent dealing, though t of its shares rebuilt the secret
+        return secret
 
     def _unmask(self, responses: Iterable[UnmaskResponse]) -> AggregateResult:
         assert self.graph is not None and self._sum is not None
+        self._unopened: dict[int, set[int]] = {}
+        self._culprits: set[int] = set()
         for response in self._accept(responses, self.signers).values():
             self._hold_response(response)
         t = self.graph.threshold
-        short = sorted(j for shares in (self._self_shares, self._key_shares) for j in shares if len(shares[j]) < t)
-        if short:
-            raise SecAggAbort(f"unmasking: fewer than t={t} shares arrived for client(s) {short}")
         length = self.config.masked_length
         total = self._sum
         for owner, shares in self._self_shares.items():
             expected = self._ads[owner].self_mask_commitment
-            seed = self._reconstruct(shares, t, lambda s, o=owner, e=expected: commitment(s, self.round_id, o) == e,
+            seed = self._reconstruct(owner, shares, t,
+                                     lambda s, o=owner, e=expected: commitment(s, self.round_id, o) == e,
                                      f"client {owner}'s self-mask seed")
             add_signed(total, self_mask(seed, self.round_id, owner, length), -1)
         for owner, shares in self._key_shares.items():
             expected = self._ads[owner].mask_public_key
-            raw = self._reconstruct(shares, t, lambda s, e=expected: _x25519_public(s) == e,
+            raw = self._reconstruct(owner, shares, t, lambda s, e=expected: _x25519_public(s) == e,
                                     f"client {owner}'s mask key")
             private = private_key_from_bytes(raw)
             for survivor in sorted(self.graph[owner] & self.survivors):
                 secret = agree(private, self._ads[survivor].mask_public_key)
                 mask = pair_mask(secret, self.round_id, survivor, owner, length)
                 add_signed(total, mask, -pair_sign(survivor, owner))
-        weighted_sum, total_weight = decode(total, self.config)
-        self._check_bounds(weighted_sum, total_weight)
-        result = AggregateResult(weighted_sum, total_weight, tuple(sorted(self.survivors)))
+        weighted_sum, projected = bound_sum(decode(total, self.config), self.total_weight, len(self.survivors),
+                                            self.config)
+        result = AggregateResult(weighted_sum, self.total_weight, tuple(sorted(self.survivors)), projected,
+                                 tuple(sorted(self._culprits)))
         self._forget()
         return result
 
-    def _check_bounds(self, weighted_sum: np.ndarray, total_weight: int) -> None:
-        """Discard a sum no honest set of survivors could produce (one client's out-of-range input)."""
-        n = len(self.survivors)
-        if not n <= total_weight <= n * self.config.max_weight:
-            raise SecAggIntegrityError(
-                f"the total weight {total_weight} is outside [{n}, {n} x max_weight={self.config.max_weight}]: "
-                "some survivor sent an out-of-range weight; the round is discarded")
-        slack = n / self.config.scale  # stochastic rounding, at most 1 unit per client
-        if weighted_sum.size and float(np.max(np.abs(weighted_sum))) > total_weight * self.config.clip + slack:
-            raise SecAggIntegrityError(
-                f"the unmasked sum exceeds total weight x clip = {total_weight * self.config.clip:g}: some survivor "
-                "sent an out-of-range input; the round is discarded")
+
+def valid_weight(weight: int, max_weight: int) -> bool:
+    """A public weight: a power of two in ``[1, max_weight]`` (``wire.weight_bucket`` makes them)."""
+    return isinstance(weight, int) and 1 <= weight <= max_weight and weight & (weight - 1) == 0
 
 
 def _x25519_public(raw: bytes) -> bytes:
