@@ -189,3 +189,24 @@ def test_a_shop_that_errors_is_dropped_with_its_code_only():
 
     result = run_round(error)
     assert result.aborted is None and "no reply" in result.dropped[VICTIM]
+
+
+def test_the_message_log_keeps_only_replies_the_audit_let_through(tmp_path):
+    """The review: an undeclared 20 MB array reached the platform's disk before the reply audit. The log now
+    sees a reply only after the audit, so the oversized one is dropped and never written."""
+    from server.message_log import MessageLog, read_message_log
+
+    def oversized(s, node, content):
+        if s == wire.TRAIN and node == VICTIM:
+            content["extra"] = ArrayRecord({"dump": Array(np.zeros(5_000_000, np.float32))})
+        return content
+
+    config = SecAggConfig(vector_length=D, max_clients=N)
+    grid = LoopbackGrid(config, oversized)
+    log = MessageLog(tmp_path / "messages")
+    result = SecureRound(grid, NODES, config, 1, 5.0, observe=log, roster=grid.roster).run(lambda node: RecordDict())
+    assert VICTIM in result.dropped and result.aborted is None
+    entries = read_message_log(tmp_path / "messages")
+    assert entries and all(entry["node"] != VICTIM or entry["type"] != wire.TRAIN for entry, _ in entries)
+    assert sum(path.stat().st_size for path in (tmp_path / "messages").iterdir()) < 1_000_000
+    assert all(a.dtype == np.uint32 for _, arrays in entries for a in arrays.values())

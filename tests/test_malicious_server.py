@@ -350,3 +350,55 @@ def test_a_deployed_node_refuses_a_seed_and_needs_a_roster(tmp_path):
     Roster({"a": Identity.generate().public_key}).save(roster)
     with pytest.raises(ConfigError, match="keys new"):
         NodeSettings.from_node_config({**base, "roster": str(roster)}).secagg_parties()
+
+
+def test_a_deployed_node_loads_only_its_own_backbone_pinned_by_hash(tmp_path):
+    """The server names the backbone in every round; a deployed node refuses any but its own, and refuses its
+    own when the weights on disk no longer have the pinned hash."""
+    import shutil
+
+    from client.node import NodeSettings
+    from common.config import ConfigError
+    from common.model.backbone import resolve_backbone, weights_sha256
+
+    base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
+    default = NodeSettings.from_node_config(base)
+    assert default.backbone == "minilm"
+    with pytest.raises(ConfigError, match="refuses any other"):
+        default.check_backbone("tiny")
+    with pytest.raises(ConfigError, match="refuses any other"):
+        default.check_backbone(str(tmp_path / "the-platforms-own-checkpoint"))
+    copy = tmp_path / "backbone"
+    shutil.copytree(resolve_backbone("tiny").source, copy)
+    pinned = weights_sha256(resolve_backbone(str(copy)))
+    node = NodeSettings.from_node_config({**base, "backbone": str(copy), "backbone-sha256": pinned})
+    node.check_backbone(str(copy))  # its own, unchanged
+    weights = next(p for p in copy.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ConfigError, match="not the pinned"):
+        node.check_backbone(str(copy))
+    with pytest.raises(ConfigError, match="backbone-sha256"):
+        NodeSettings.from_node_config({**base, "backbone": str(copy)}).check_backbone(str(copy))
+    # a simulation node (Flower's engine) follows the run's backbone
+    NodeSettings.from_node_config({**base, "partition-id": 0}).check_backbone("tiny")
+
+
+def test_a_shops_state_is_its_own(tmp_path):
+    """The state directory is 0700 (tightened if it was wider) and the subset key 0600."""
+    import os
+    import stat
+
+    from client.ledger import PrivacyLedger
+    from client.shop import subset_key
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    os.chmod(state, 0o755)
+    subset_key(state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "subset.key").stat().st_mode) == 0o600
+    from client.privacy import PrivacyTerms
+
+    other = tmp_path / "other"
+    PrivacyLedger.open(other).fix_terms(PrivacyTerms("user", 1e-4, "prv"))
+    assert stat.S_IMODE(other.stat().st_mode) == 0o700
