@@ -170,7 +170,7 @@ def split_attack(n, colluders, camp_b, seed, colluding_fraction):
         if i == 0:
             continue
         if i in colluders:
-            seed_key, key_key = clients[i]._held[0]
+            seed_key, key_key = clients[i].opener(0, SEED_SHARE), clients[i].opener(0, KEY_SHARE)
             self_shares[i], key_shares[i] = opened(i, SEED_SHARE, seed_key), opened(i, KEY_SHARE, key_key)
             continue
         vouched = tags[told[i]]

@@ -69,8 +69,10 @@ def to_masked_inputs(server, clients, vectors):
 def colluders_open(server, clients, keys, inputs, victim, colluders):
     """What the colluders' shares of ``victim`` give the server: its update, or None when they are too few."""
     t = server.graph.threshold
-    seed_shares = {c: opened_share(server, victim, c, SEED_SHARE, clients[c]._held[victim][0]) for c in colluders}
-    key_shares = {c: opened_share(server, victim, c, KEY_SHARE, clients[c]._held[victim][1]) for c in colluders}
+    seed_shares = {c: opened_share(server, victim, c, SEED_SHARE, clients[c].opener(victim, SEED_SHARE))
+                   for c in colluders}
+    key_shares = {c: opened_share(server, victim, c, KEY_SHARE, clients[c].opener(victim, KEY_SHARE))
+                  for c in colluders}
     if len(seed_shares) < t:
         return None
     seed = interpolate(seed_shares).to_bytes(32, "big")

@@ -19,7 +19,7 @@ from common.secagg import (
 from common.secagg import shamir
 from common.secagg.config import element_bound, fits
 from common.secagg.graph import default_degree
-from common.secagg.masks import pair_mask, self_mask
+from common.secagg.masks import KEY_SHARE, pair_mask, self_mask
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -306,7 +306,7 @@ def test_server_never_holds_both_share_kinds():
     requests = run_to_unmask(server, clients, [np.zeros(d)] * n)
     responses = [clients[i].unmask(requests[i]) for i in range(n)]
     # client 1 (wrongly) also hands over the key of its share of survivor 3's mask key
-    opener = clients[1]._held[3][1] if 3 in clients[1]._held else bytes(32)
+    opener = clients[1].opener(3, KEY_SHARE) if 3 in clients[1]._held else bytes(32)
     bad = dataclasses.replace(responses[1], mask_key_owners=(3,), mask_key_openers=(opener,))
     held = []
     original = server._hold_response

@@ -138,7 +138,6 @@ class SecAggClient:
                 held=held,
                 held_self=[self._held[i][0] for i in held],
                 held_key=[self._held[i][1] for i in held],
-                unopened=sorted(self._unopened),
             )
         return state
 
@@ -176,7 +175,6 @@ class SecAggClient:
         if "held" in state:
             client._held = {int(i): (bytes(a), bytes(b))
                             for i, a, b in zip(state["held"], state["held_self"], state["held_key"])}
-            client._unopened = frozenset(int(i) for i in state["unopened"])
         return client
 
     # ------------------------------------------------------------ stage plumbing
@@ -339,25 +337,13 @@ class SecAggClient:
                 f"client {self.client_id} has {len(senders)} live neighbours, fewer than the threshold "
                 f"{self._threshold}"
             )
-        # Hold the keys that open each neighbour's two shares, once both are seen to open; a share that
-        # does not (a neighbour that sealed garbage, or a server that altered it) is not held, and this
-        # client goes on: the pair masks depend on the signed mask keys only.
-        self._held: dict[int, tuple[bytes, bytes]] = {}
-        unopened = set()
-        for sender, seed_share, key_share in zip(senders, relay.seed_shares, relay.key_shares):
-            secret = agree(self._share_private, self._share_keys[sender])
-            openers = []
-            for kind, sealed in ((SEED_SHARE, seed_share), (KEY_SHARE, key_share)):
-                key = share_key(secret, self.round_id, sender, self.client_id, kind)
-                plain = open_once(key, sealed, share_associated_data(self.round_id, sender, self.client_id, kind))
-                if plain is None or not _is_share(plain):
-                    break
-                openers.append(key)
-            if len(openers) == 2:
-                self._held[sender] = (openers[0], openers[1])
-            else:
-                unopened.add(sender)
-        self._unopened = frozenset(unopened)
+        # Hold each neighbour's two sealed shares as relayed; at unmasking this client opens the one it is
+        # asked for and reveals its key. A share that does not open then (a neighbour that sealed garbage,
+        # or a server that altered it) is reported, not revealed: the pair masks depend on the signed mask
+        # keys only, so this client goes on either way.
+        self._held: dict[int, tuple[bytes, bytes]] = {
+            sender: (seed_share, key_share)
+            for sender, seed_share, key_share in zip(senders, relay.seed_shares, relay.key_shares)}
         length = self.config.masked_length
         masked = quantize(update, weight, self.config, self._random)
         add_signed(masked, self_mask(self._self_mask_seed, self.round_id, self.client_id, length), +1)
@@ -396,7 +382,7 @@ class SecAggClient:
             raise SecAggProtocolError("unmask request names clients outside the round")
         if len(survivors) < self.config.min_clients:
             raise SecAggAbort(f"only {len(survivors)} survivors, min_clients={self.config.min_clients}")
-        unlisted = (set(self._held) | self._unopened) - survivors - dropped
+        unlisted = set(self._held) - survivors - dropped
         if unlisted:
             raise SecAggProtocolError(f"neighbours {sorted(unlisted)} are neither survivors nor dropped")
         return survivors, dropped
@@ -431,17 +417,32 @@ class SecAggClient:
             raise SecAggIntegrityError(
                 f"only {len(valid)} of this client's neighbours vouched for the survivor set, fewer than "
                 f"t={self._threshold}")
-        self_owners = tuple(sorted(set(self._held) & survivors))
-        key_owners = tuple(sorted(set(self._held) & dropped))
+        openers: dict[bytes, dict[int, bytes]] = {SEED_SHARE: {}, KEY_SHARE: {}}
+        unopened = []
+        for owner in sorted(set(self._held) & (survivors | dropped)):
+            kind = SEED_SHARE if owner in survivors else KEY_SHARE
+            key = self.opener(owner, kind)
+            if key is None:
+                unopened.append(owner)
+            else:
+                openers[kind][owner] = key
         response = UnmaskResponse(
-            self.round_id,
-            self.client_id,
-            self_owners,
-            tuple(self._held[j][0] for j in self_owners),
-            key_owners,
-            tuple(self._held[j][1] for j in key_owners),
-            tuple(sorted(self._unopened & (survivors | dropped))),
+            self.round_id, self.client_id,
+            tuple(openers[SEED_SHARE]), tuple(openers[SEED_SHARE].values()),
+            tuple(openers[KEY_SHARE]), tuple(openers[KEY_SHARE].values()),
+            tuple(unopened),
         )
         self._held = {}
         return response
+
+    def opener(self, owner: int, kind: bytes) -> bytes | None:
+        """The key that opens the ``kind`` share ``owner`` sealed for this client, or None if it does not open.
+
+        The key is used for that one share only: revealing it (the unmask response) opens nothing else.
+        """
+        sealed = self._held[owner][0 if kind == SEED_SHARE else 1]
+        key = share_key(agree(self._share_private, self._share_keys[owner]), self.round_id, owner, self.client_id,
+                        kind)
+        plain = open_once(key, sealed, share_associated_data(self.round_id, owner, self.client_id, kind))
+        return key if plain is not None and _is_share(plain) else None
 
