@@ -184,7 +184,6 @@ class SecureRound:
         replies = self._exchange(unmask, self._records(requests))
         aggregate = self.server.collect_unmask_responses(self._parse(replies, UnmaskResponse))
         self.result.contributors = list(aggregate.contributors)
-        self.result.culprits = list(aggregate.culprits)
         self.result.projected = aggregate.projected
         self.result.total_weight = int(aggregate.total_weight)
         self.result.weighted_sum = np.asarray(aggregate.weighted_sum, dtype=np.float64)

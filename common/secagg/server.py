@@ -42,7 +42,7 @@ from .primitives import MAX_ID, agree, commitment, private_key_from_bytes, publi
 from .masks import KEY_SHARE, SEED_SHARE, share_associated_data
 from .primitives import open_once
 from .quantize import bound_sum, decode
-from .shamir import SECRET_BYTES, interpolate, share_from_bytes, share_point
+from .shamir import SECRET_BYTES, interpolate, share_from_bytes
 
 M = TypeVar("M")
 
@@ -55,7 +55,6 @@ class AggregateResult:
     total_weight: int
     contributors: tuple[int, ...]  # clients whose masked input is in the sum
     projected: bool = False  # the sum lay outside what honest inputs can give and was projected onto it
-    culprits: tuple[int, ...] = ()  # clients shown to have dealt shares that do not rebuild their secret
 
     @property
     def mean(self) -> np.ndarray:
@@ -395,8 +394,8 @@ class SecAggServer:
                      what: str) -> bytes:
         """The secret from the first ``t`` opened shares, checked against the owner's commitment.
 
-        Every share here opened under its holder's key, so it is what the owner dealt: when the shares
-        do not rebuild the committed secret, or do not lie on one polynomial, the owner dealt garbage.
+        Every share here opened under its holder's key, so it is what the owner dealt: when they do not
+        rebuild the committed secret, the owner dealt garbage (a lying holder is caught before, alone).
         """
         if len(shares) < t:
             unopened = self._unopened.get(owner, set())
@@ -410,14 +409,11 @@ class SecAggServer:
         secret = value.to_bytes(SECRET_BYTES, "big") if value < 2 ** (8 * SECRET_BYTES) else None
         if secret is None or not valid(secret):
             raise SecAggAbort(f"unmasking: the shares client {owner} dealt do not rebuild {what}", culprits=(owner,))
-        if any(interpolate(basis, share_point(h)) != shares[h] for h in holders[t:]):
-            self._culprits.add(owner)  # inconsistent dealing, though t of its shares rebuilt the secret
         return secret
 
     def _unmask(self, responses: Iterable[UnmaskResponse]) -> AggregateResult:
         assert self.graph is not None and self._sum is not None
         self._unopened: dict[int, set[int]] = {}
-        self._culprits: set[int] = set()
         for response in self._accept(responses, self.signers).values():
             self._hold_response(response)
         t = self.graph.threshold
@@ -440,8 +436,7 @@ class SecAggServer:
                 add_signed(total, mask, -pair_sign(survivor, owner))
         weighted_sum, projected = bound_sum(decode(total, self.config), self.total_weight, len(self.survivors),
                                             self.config)
-        result = AggregateResult(weighted_sum, self.total_weight, tuple(sorted(self.survivors)), projected,
-                                 tuple(sorted(self._culprits)))
+        result = AggregateResult(weighted_sum, self.total_weight, tuple(sorted(self.survivors)), projected)
         self._forget()
         return result
 
