@@ -210,3 +210,45 @@ def test_the_message_log_keeps_only_replies_the_audit_let_through(tmp_path):
     assert entries and all(entry["node"] != VICTIM or entry["type"] != wire.TRAIN for entry, _ in entries)
     assert sum(path.stat().st_size for path in (tmp_path / "messages").iterdir()) < 1_000_000
     assert all(a.dtype == np.uint32 for _, arrays in entries for a in arrays.values())
+
+
+def garbage_dealer(s, node, content):
+    """The victim seals random bytes for every neighbour: authentic to nobody."""
+    if s == wire.SHARE_KEYS and node == VICTIM:
+        record = dict(content[wire.SECAGG].items())
+        rng = np.random.default_rng(0)
+        for key in ("seed_shares", "key_shares"):
+            record[key] = rng.bytes(len(record[key]))
+        content[wire.SECAGG] = ConfigRecord(record)
+    return content
+
+
+def test_a_shop_that_seals_garbage_for_everyone_is_named_and_left_out(tmp_path, synthetic_dir):
+    """Its neighbours cannot open what it dealt and say so (more of them than the planned colluders), so
+    the round it survived aborts naming it; the federation leaves it out of every later round."""
+    from common.config import TaskConfig
+    from common.data import load_events
+    from common.task import build_taxonomy, default_split
+    from common.settings import TaskSpec
+    from server.federation import Federation
+    from server.settings import FederationSettings, save_task_spec
+
+    result = run_round(garbage_dealer)
+    assert result.aborted and "could not open" in result.aborted and result.culprits == [VICTIM]
+
+    table = load_events(synthetic_dir)
+    split = default_split(table, TaskConfig())
+    save_task_spec(TaskSpec(build_taxonomy(table, 10, before=split.val_start), split, TaskConfig()),
+                   tmp_path / "task.json")
+    federation = Federation(FederationSettings.from_run_config({"task-spec": str(tmp_path / "task.json"),
+                                                                "out-dir": str(tmp_path / "run")}),
+                            progress=lambda line: None)
+    config = SecAggConfig(vector_length=D, max_clients=N)
+    grid = LoopbackGrid(config, garbage_dealer)
+    federation._secure_round(grid, NODES, config, 1, wire.TRAIN_STAGES, lambda node: RecordDict())
+    assert federation.banned == {VICTIM}
+    seen = []
+    honest = LoopbackGrid(config, lambda s, node, content: (seen.append(node), content)[1])
+    later = federation._secure_round(honest, NODES, config, 2, wire.TRAIN_STAGES, lambda node: RecordDict())
+    assert VICTIM not in seen and later.aborted is None and VICTIM not in later.contributors
+    assert federation._sample(NODES, 3) == [n for n in NODES if n != VICTIM]
