@@ -55,58 +55,72 @@ def forwarded_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
             if name.decode("latin-1").lower() not in HOP_BY_HOP | named]
 
 
-def create_app(upstream: str, ca: Path | None, max_body: int = MAX_BODY):
-    """The proxy as an ASGI app, forwarding to ``upstream`` (HOST:PORT; https against ``ca``, or http without)."""
-    import contextlib
+class FleetProxy:
+    """The proxy as an ASGI app, forwarding to ``upstream`` (HOST:PORT; https against ``ca``, or http without).
 
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import PlainTextResponse, Response
-    from starlette.routing import Route
+    Every method and path reaches :meth:`forward`, which answers 404 for anything but a Fleet route.
+    """
 
-    base = f"https://{upstream}" if ca is not None else f"http://{upstream}"
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca is not None else False
-    state: dict = {}
+    def __init__(self, upstream: str, ca: Path | None, max_body: int = MAX_BODY) -> None:
+        self.base = f"https://{upstream}" if ca is not None else f"http://{upstream}"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca is not None else False
+        self.max_body, self.client = max_body, None
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        state["client"] = httpx.AsyncClient(verify=verify, timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
-        try:
-            yield
-        finally:
-            await state["client"].aclose()
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            from starlette.requests import Request
 
-    async def forward(request: Request) -> Response:
+            response = await self.forward(Request(scope, receive))
+            await response(scope, receive, send)
+        else:  # websockets and anything newer: not the Fleet API
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive, send) -> None:
+        import httpx
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.client = httpx.AsyncClient(verify=self.verify, timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.client is not None:
+                    await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def forward(self, request):
+        import httpx
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import PlainTextResponse, Response
+
         route = fleet_route(request.method, request.url.path)
-        peer = request.client.host if request.client else "?"
         if route is None:
+            peer = request.client.host if request.client else "?"
             log.warning("refused %s %s from %s", request.method, request.url.path[:200], peer)
             return PlainTextResponse("not found", status_code=404)
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_body):
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return PlainTextResponse("request body too large", status_code=413)
         body = bytearray()
         try:
             async for chunk in request.stream():
                 body.extend(chunk)
-                if len(body) > max_body:
+                if len(body) > self.max_body:
                     return PlainTextResponse("request body too large", status_code=413)
         except ClientDisconnect:
             return PlainTextResponse("client disconnected", status_code=400)
         try:
-            upstream_response = await state["client"].post(f"{base}{FLEET_PREFIX}{route}", content=bytes(body),
-                                                           headers=forwarded_headers(request.headers.raw))
+            answer = await self.client.post(f"{self.base}{FLEET_PREFIX}{route}", content=bytes(body),
+                                            headers=forwarded_headers(request.headers.raw))
         except httpx.HTTPError as err:
             log.error("the SuperLink did not answer %s: %s", route, type(err).__name__)
             return PlainTextResponse("bad gateway", status_code=502)
-        headers = [(k, v) for k, v in upstream_response.headers.multi_items()
-                   if k.lower() not in HOP_BY_HOP | {"content-encoding", "server", "date"}]
-        return Response(upstream_response.content, status_code=upstream_response.status_code,
-                        headers=dict(headers))
-
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
+        headers = {k: v for k, v in answer.headers.items()
+                   if k.lower() not in HOP_BY_HOP | {"content-encoding", "server", "date"}}
+        return Response(answer.content, status_code=answer.status_code, headers=headers)
 
 
 def serve(listen: str, upstream: str, certfile: Path | None, keyfile: Path | None, ca: Path | None) -> None:
@@ -115,7 +129,7 @@ def serve(listen: str, upstream: str, certfile: Path | None, keyfile: Path | Non
     from .flower import split_address
 
     host, port = split_address(listen)
-    uvicorn.run(create_app(upstream, ca), host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
+    uvicorn.run(FleetProxy(upstream, ca), host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
                 log_level="warning", access_log=False, server_header=False, proxy_headers=False)
 
 

@@ -195,11 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
-    stop = threading.Event()
+    stop, serving = threading.Event(), threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()  # a task in progress finishes first
+        if not serving.is_set():
+            raise SystemExit(0)  # still loading the app: nothing to finish
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
+        signal.signal(sig, on_signal)
     app = load_installed_app()
     runner = TaskRunner(args.runtime, secret, args.app_hash.lower(), app)
+    serving.set()
     log.info("serving ClientApp tasks of app bundle sha256 %s only, with the installed ClientApp", runner.pinned)
     try:
         return serve(runner, interval, stop, args.parent_pid)

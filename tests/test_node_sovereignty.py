@@ -36,7 +36,7 @@ import pytest
 
 from common.config import ConfigError
 from deploy import flower
-from deploy.fleet_proxy import FLEET_PREFIX, FLEET_ROUTES, create_app, fleet_route, forwarded_headers
+from deploy.fleet_proxy import FLEET_PREFIX, FLEET_ROUTES, FleetProxy, fleet_route, forwarded_headers
 from tests.deployment_processes import Processes, descendants, free_ports
 from tests.test_deployment import environment, shell, wait_for
 
@@ -91,7 +91,7 @@ def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     _Upstream.seen = []
     try:
-        app = create_app(f"127.0.0.1:{upstream.server_address[1]}", ca=None, max_body=1024)
+        app = FleetProxy(f"127.0.0.1:{upstream.server_address[1]}", ca=None, max_body=1024)
         with TestClient(app) as client:
             answer = client.post("/v1/fleet/pull-messages?x=1", content=b"hello",
                                  headers={"flwr-public-key": "pk", "flwr-signature": "sig", "x-custom": "1"})
@@ -100,7 +100,8 @@ def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
             assert (method, path, body) == ("POST", "/v1/fleet/pull-messages", b"hello")
             assert headers["flwr-public-key"] == "pk" and headers["flwr-signature"] == "sig"
             assert headers["x-custom"] == "1"
-            for method, path in [("GET", "/v1/fleet/pull-messages"), ("POST", "/v1/control/list-runs"),
+            for method, path in [("GET", "/v1/fleet/pull-messages"), ("TRACE", "/v1/fleet/pull-messages"),
+                                 ("POST", "/v1/control/list-runs"),
                                  ("POST", "/v1/control/register-node"), ("POST", "/v1/runtime/acquire-task"),
                                  ("GET", "/health"), ("POST", "/v1/fleet/nothing")]:
                 assert client.request(method, path, content=b"x").status_code == 404, (method, path)
@@ -116,7 +117,7 @@ def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
     finally:
         upstream.shutdown()
         upstream.server_close()
-    dead = create_app(f"127.0.0.1:{free_ports(1)[0]}", ca=None)
+    dead = FleetProxy(f"127.0.0.1:{free_ports(1)[0]}", ca=None)
     with TestClient(dead) as client:
         answer = client.post("/v1/fleet/get-run", content=b"x")
         assert answer.status_code == 502 and answer.text == "bad gateway"
