@@ -409,7 +409,7 @@ def subset_key(state_dir: Path) -> list[int]:
     path = Path(state_dir) / SUBSET_KEY
     with file_lock(Path(state_dir) / STATISTICS_LOCK):
         if not path.is_file():
-            atomic_write_bytes(path, os.urandom(32))
+            atomic_write_bytes(path, os.urandom(32), mode=0o600)
         key = path.read_bytes()
     if len(key) != 32:
         raise ConfigError(f"{path}: expected 32 bytes, found {len(key)}; delete it to draw a new training subset")

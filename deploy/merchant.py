@@ -45,9 +45,11 @@ class NodeDir:
         self.supernode_key, self.supernode_pub = r / "supernode.key", r / "supernode.pub"
         self.identity, self.public_keys = r / IDENTITY_FILE, r / "public-keys.json"
         self.app_pin, self.superexec_secret = r / "app.json", r / "superexec.secret"
+        self.subset_key = r / "subset.key"  # client.shop.SUBSET_KEY: the ClientApp makes it in its state dir
 
     def secrets(self) -> tuple[Path, ...]:
-        return self.supernode_key, self.identity, self.superexec_secret
+        """Every secret file of the node (mode 0600)."""
+        return self.supernode_key, self.identity, self.superexec_secret, self.subset_key
 
     def check(self) -> None:
         """A node directory, private to its owner (0700, secrets 0600; tightened if an older init left them open)."""

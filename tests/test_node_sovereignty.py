@@ -166,7 +166,12 @@ def test_node_and_platform_directories_are_private_and_the_ca_key_is_not_kept(tm
     node = NodeDir(tmp_path / "node")
     assert mode(node.root) == 0o700
     for secret in node.secrets():
-        assert mode(secret) == 0o600, secret
+        assert not secret.exists() or mode(secret) == 0o600, secret
+    from client.shop import SUBSET_KEY, subset_key
+
+    assert node.subset_key.name == SUBSET_KEY
+    subset_key(node.root)  # what the ClientApp makes on a deployed shop's first round
+    assert mode(node.subset_key) == 0o600
     assert node.app_pin.is_file()
     os.chmod(node.root, 0o755)  # as an older init left them
     os.chmod(node.identity, 0o644)
@@ -479,6 +484,9 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
         node = NodeDir(tmp_path / shop)
         assert not (node.root / "BUNDLE-CODE-RAN").exists()
         assert not (node.flwr_home / "apps").exists() or not any((node.flwr_home / "apps").iterdir())
+        assert stat.S_IMODE(node.root.stat().st_mode) == 0o700
+        for secret in node.secrets():  # subset.key only once a round has drawn a training subset
+            assert not secret.exists() or stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
         key = node.identity.read_bytes()
         assert key not in platform_files and key.hex().encode() not in platform_files
         log = processes.log(shop, 10**7)
