@@ -5,10 +5,12 @@ context), the FAB builder and the SuperLink's Fleet routes are not Flower's publ
 upgrade may move them, and then this module is the one that breaks (``pyproject.toml`` pins
 ``flwr`` to 1.42.x for that reason).
 
-Two of Flower's helpers are deliberately not used: ``make_task_heartbeat_fn_http`` and
+Three of Flower's helpers are deliberately not used, because they suit a ``flwr-clientapp``
+process per message and not our long-lived runner: ``make_task_heartbeat_fn_http`` and
 ``make_simple_http_retry_invoker`` raise SIGINT in their own process when the SuperNode drops a
-task or answers 401, which suits a ``flwr-clientapp`` process per message and would stop our
-long-lived runner. :class:`TaskHeartbeat` and :func:`bounded_retries` replace them.
+task or answers 401 (:class:`TaskHeartbeat` and :func:`bounded_retries` replace them), and
+``run_clientapp.pull_task_input`` waits up to two hours for a message's objects, which never come
+when the message's run has stopped (:func:`pull_task_input` bounds the wait).
 """
 
 from __future__ import annotations
@@ -20,16 +22,26 @@ from pathlib import Path
 
 import httpx
 from flwr.cli.build import build_fab_from_disk
+from flwr.app import Context, Message
 from flwr.common.constant import SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto, fab_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest, SendTaskHeartbeatRequest,
+)
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf, make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor,
 )
 from flwr.supercore.retry.retry_invoker import RetryInvoker, exponential
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 log = logging.getLogger("fedinterest.node")
 
@@ -39,8 +51,13 @@ COMPONENT = "fedinterest-node-runner"
 COMPLETED, FAILED = SubStatus.COMPLETED, SubStatus.FAILED
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
+#: How long a task may wait for its message's objects (the SuperNode hands over a task before it has pulled
+#: them from the SuperLink, and never pulls them if the run stopped meanwhile).
+PULL_MAX_TIME = 600.0
+
 __all__ = ["AcquiredTask", "COMPLETED", "FAILED", "TaskHeartbeat", "acquire_clientapp_task", "acquire_client",
-           "fab_sha256", "fleet_routes", "pull_task_input", "push_message", "push_task_output", "task_client"]
+           "fab_sha256", "fleet_routes", "pull_task_input", "push_message", "push_task_output", "set_task_identity",
+           "task_client"]
 
 
 def fab_sha256(app_dir: Path) -> str:
@@ -139,3 +156,30 @@ class TaskHeartbeat:
     def __exit__(self, *exc) -> None:
         if self._sender.is_running:
             self._sender.stop()
+
+
+def pull_task_input(client: RuntimeHttpClient, max_time: float = PULL_MAX_TIME) -> tuple[Message, Context, str]:
+    """The task's message and context, and the sha256 of the bundle the SuperNode holds for its run.
+
+    As Flower's ``run_clientapp.pull_task_input``, but the bundle is only hashed (never unpacked)
+    and the wait for the message's objects is bounded by ``max_time`` seconds.
+    """
+    response = client.PullTaskInput(PullTaskInputRequest())
+    context = context_from_proto(response.context)
+    fab_hash = hashlib.sha256(fab_from_proto(response.fab).content).hexdigest()
+    messages = client.PullMessages(PullAppMessagesRequest())
+    if not messages.messages_list:
+        raise RuntimeError("the SuperNode handed over a task without a message")
+    node = Node(node_id=context.node_id)
+    tree = messages.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, max_time=max_time)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message does not carry its own id
+    return message, context, fab_hash
+
+
+def set_task_identity(task: AcquiredTask, node_id: int) -> None:
+    """Flower's process-wide task identity (new messages take their run and node from it), for ``task``."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task.task_id, task.run_id, node_id

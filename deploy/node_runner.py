@@ -13,18 +13,23 @@ task of the pinned bundle runs the ClientApp of the installed release (``client.
 the bundle's copy, in this process: the runner lives as long as the node, so torch and the model
 load once, not once per message. An exception in the ClientApp is answered with an error reply
 (``wire.ERROR_INTERNAL``; the traceback stays in this log) and the runner goes on.
+
+Each task is answered in a thread of its own, the ClientApp called by one thread at a time: a
+task whose message never arrives (its run stopped while the SuperNode was receiving it, e.g. a
+platform that crashed) waits for it without holding up the tasks after it, as Flower's own
+process per task would.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +42,7 @@ log = logging.getLogger("fedinterest.node")
 
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # the variable Flower's SuperExec reads, with its bounds
 POLL_DEFAULT, POLL_MIN, POLL_MAX = 1.0, 0.01, 60.0
+MAX_IN_FLIGHT = 8  # tasks being answered at once (the SuperNode hands over one live message at a time)
 
 
 def poll_interval(env: dict | None = None) -> float:
@@ -65,7 +71,7 @@ def read_secret(path: Path) -> bytes:
 
 
 class TaskRunner:
-    """Claims the SuperNode's ClientApp tasks one at a time and answers each (see the module docstring)."""
+    """Claims the SuperNode's ClientApp tasks and answers each (see the module docstring)."""
 
     def __init__(self, runtime_address: str, secret: bytes, pinned: str, app: Callable) -> None:
         from . import flower_internals as internals
@@ -73,13 +79,22 @@ class TaskRunner:
         self.address, self.pinned, self.app = runtime_address, pinned, app
         self._internals = internals
         self._acquire = internals.acquire_client(runtime_address, secret)
+        self._app_lock, self._count_lock = threading.Lock(), threading.Lock()
+        self._in_flight: list[threading.Thread] = []
         self.served = self.refused = 0
 
-    def close(self) -> None:
+    def close(self, wait: float = 10.0) -> None:
+        """Give the tasks in progress up to ``wait`` seconds, then let them go with the process."""
+        deadline = time.monotonic() + wait
+        for thread in self._in_flight:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._acquire.close()
 
     def run_once(self) -> bool:
-        """Claim and answer one task; False when none is pending."""
+        """Claim one task and start answering it; False when none is pending (or too many are in progress)."""
+        self._in_flight = [thread for thread in self._in_flight if thread.is_alive()]
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            return False
         task = self._internals.acquire_clientapp_task(self._acquire)
         if task is None:
             return False
@@ -88,26 +103,31 @@ class TaskRunner:
             log.error("REFUSED task %s of run %s: its app bundle (sha256 %s) is not the release this shop "
                       "installed (pinned sha256 %s); none of its code runs here", task.task_id, task.run_id,
                       task.fab_hash or "(none)", self.pinned)
-        self._answer(task, trusted)
+        thread = threading.Thread(target=self.answer, args=(task, trusted), name=f"task-{task.task_id}",
+                                  daemon=True)
+        thread.start()
+        self._in_flight.append(thread)
         return True
 
-    def _answer(self, task, trusted: bool) -> None:
+    def answer(self, task, trusted: bool) -> None:
+        """Pull the task's message, answer it (the installed ClientApp, or a refusal), hand back the context."""
         internals = self._internals
         client = internals.task_client(self.address, task.token)
         context, status, details = None, internals.FAILED, "the task failed on the node"
         try:
             with internals.TaskHeartbeat(client, task):
-                message, context, run, fab = internals.pull_task_input(client)
-                if trusted and hashlib.sha256(fab.content).hexdigest() != self.pinned:
-                    log.error("REFUSED task %s of run %s: its bundle's content does not hash to the pinned sha256 %s",
-                              task.task_id, task.run_id, self.pinned)
+                message, context, fab_hash = internals.pull_task_input(client)
+                if trusted and fab_hash != self.pinned:
+                    log.error("REFUSED task %s of run %s: the bundle the SuperNode holds hashes to %s, not the pinned "
+                              "sha256 %s", task.task_id, task.run_id, fab_hash, self.pinned)
                     trusted = False
                 if trusted:
-                    reply, status, details = self._run_app(message, context)
+                    reply, status, details = self.run_app(task, message, context)
                 else:
                     reply = _error_reply(message, wire.ERROR_UNTRUSTED_APP)
                     details = wire.ERROR_CODES[wire.ERROR_UNTRUSTED_APP]
-                    self.refused += 1
+                    with self._count_lock:
+                        self.refused += 1
                 internals.push_message(client, reply, context)
         except Exception:  # noqa: BLE001 - a failed exchange with the SuperNode costs this task only
             log.exception("task %s of run %s: the exchange with the SuperNode failed", task.task_id, task.run_id)
@@ -116,15 +136,18 @@ class TaskRunner:
             internals.push_task_output(client, context, status, details)
             client.close()
 
-    def _run_app(self, message, context):
-        try:
-            reply = self.app(message=message, context=context)
-        except Exception:  # noqa: BLE001 - the runner outlives a failing ClientApp, like a fresh process would
-            log.exception("the ClientApp raised on a %s message of run %s", message.metadata.message_type,
-                          message.metadata.run_id)
-            return (_error_reply(message, wire.ERROR_INTERNAL), self._internals.FAILED,
-                    wire.ERROR_CODES[wire.ERROR_INTERNAL])
-        self.served += 1
+    def run_app(self, task, message, context):
+        """The installed ClientApp's reply (one call at a time), or an error reply if it raises."""
+        with self._app_lock:
+            self._internals.set_task_identity(task, context.node_id)
+            try:
+                reply = self.app(message=message, context=context)
+            except Exception:  # noqa: BLE001 - the runner outlives a failing ClientApp, like a fresh process would
+                log.exception("the ClientApp raised on a %s message of run %s", message.metadata.message_type,
+                              message.metadata.run_id)
+                return (_error_reply(message, wire.ERROR_INTERNAL), self._internals.FAILED,
+                        wire.ERROR_CODES[wire.ERROR_INTERNAL])
+            self.served += 1
         log.info("answered task of run %s: %s", message.metadata.run_id, message.metadata.message_type)
         return reply, self._internals.COMPLETED, ""
 
@@ -156,6 +179,9 @@ def serve(runner: TaskRunner, interval: float, stop: threading.Event, parent_pid
                           "SuperNode's", err.response.status_code)
                 return 2
             log.warning("claiming a task failed: HTTP %s", err.response.status_code)
+            worked = False
+        except Exception:  # noqa: BLE001 - an unreadable answer costs one poll, not the node
+            log.exception("claiming a task failed")
             worked = False
         if not worked:
             stop.wait(interval)

@@ -151,6 +151,37 @@ def test_the_pinned_hash_is_the_release_and_any_changed_file_changes_it(tmp_path
         pin_app(pin)
 
 
+def test_a_clientapp_that_raises_is_answered_with_an_error_and_the_runner_goes_on():
+    """The installed ClientApp raises on a message type it does not know (before its own error mod):
+    the runner answers with the declared internal-error code, never the exception's text."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from client.app import app as installed
+    from common import wire
+    from deploy.flower_internals import COMPLETED, FAILED, AcquiredTask, set_task_identity
+    from deploy.node_runner import TaskRunner
+
+    runner = TaskRunner(f"127.0.0.1:{free_ports(1)[0]}", b"s" * 32, "0" * 64, installed)
+    task = AcquiredTask(task_id=7, run_id=3, fab_hash="0" * 64, token="t")
+    context = Context(run_id=3, node_id=5, node_config={}, state=RecordDict(), run_config={})
+
+    def incoming(message_type: str) -> Message:
+        set_task_identity(task, node_id=1)  # as the platform's ServerApp, which sends it
+        message = Message(RecordDict({"x": ConfigRecord({"a": 1})}), 5, message_type)
+        message.metadata.__dict__["_message_id"] = message.object_id
+        return message
+
+    reply, status, details = runner.run_app(task, incoming("train.nonsense"), context)
+    assert status == FAILED and reply.has_error() and reply.error.code == wire.ERROR_INTERNAL
+    assert reply.error.reason == details == wire.ERROR_CODES[wire.ERROR_INTERNAL]
+    assert reply.metadata.reply_to_message_id and runner.served == 0
+    # the next message is answered as ever (here: a train without its records, refused by the app itself)
+    reply, status, _ = runner.run_app(task, incoming("train"), context)
+    assert status == COMPLETED and reply.has_error() and reply.error.code in wire.ERROR_CODES
+    assert runner.served == 1
+    runner.close()
+
+
 # ----------------------------------------------------------------------------- modes
 
 
