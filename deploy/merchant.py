@@ -128,7 +128,10 @@ def supernode_command(node: NodeDir, *, platform: str, ca: Path | None, runtime_
 
 
 def runner_command(node: NodeDir, *, runtime_port: int, app: AppPin) -> list[str]:
-    """Our task runner beside the SuperNode: the installed ClientApp, for tasks of the pinned bundle only."""
+    """Our task runner beside the SuperNode: the installed ClientApp, for tasks of the pinned bundle only.
+
+    The SuperExec secret it shares with the SuperNode is made here if an older ``init`` did not.
+    """
     make_secret(node.superexec_secret)
     return [sys.executable, "-m", "deploy.node_runner", "--runtime", f"127.0.0.1:{runtime_port}",
             "--secret-file", str(node.superexec_secret), "--app-hash", app.fab_hash, "--parent-pid", str(os.getpid())]

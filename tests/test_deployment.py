@@ -3,10 +3,12 @@
 The test reads the ``<!-- rehearsal -->`` block of README.md and runs its commands in a shell:
 the platform directory (a CA, the SuperLink's certificate, the roster) and four merchants' node
 directories; ``fedinterest platform start`` runs ``flower-superlink`` with TLS and SuperNode
-authentication and submits the run; four ``fedinterest node start`` run ``flower-supernode``
-against it. No simulation engine: every ServerApp and ClientApp is a process of Flower's own,
-installed from the FAB that ``flwr run`` builds, and the SecAgg+ state between stages crosses
-process boundaries through the node's Context.
+authentication on loopback, the Fleet API proxy on the rehearsal's address, and submits the run;
+four ``fedinterest node start`` run ``flower-supernode`` against the proxy, each with its task
+runner beside it. No simulation engine: the ServerApp is a process of Flower's own, installed from
+the FAB that ``flwr run`` builds; each node's ClientApp is the installed release, run by the
+node's task runner for the pinned bundle only, and the SecAgg+ state between stages travels
+through the node's Context, which the SuperNode keeps between tasks.
 
 On the way, as an attacker and as bad luck would:
 

@@ -529,3 +529,34 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
         assert any(line.startswith("answered task of run") and f"run {evil_run}:" not in line
                    for line in (l.split("[node-runner] ", 1)[-1] for l in after.splitlines())), after[-3000:]
     assert "the run finished; the adapter is in" in processes.log("platform", 10**6)
+
+
+def test_an_insecure_platform_hides_its_control_api_too(tmp_path, synthetic_dir):
+    """``--insecure`` (closed test networks) drops TLS, not the proxy: the SuperLink is still on loopback."""
+    import httpx
+
+    from deploy.merchant import init_node
+    from deploy.platform import add_shop, init_platform
+
+    port = free_ports(1)[0]
+    init_platform(tmp_path / "platform", address=f"127.0.0.1:{port}", catalogue=synthetic_dir, insecure=True,
+                  run_config={"min-shops": 3})
+    for shop in ("a", "b", "c"):
+        add_shop(tmp_path / "platform", shop, init_node(tmp_path / shop))
+    processes = Processes(tmp_path / "logs")
+    deadline = time.time() + 120
+    try:
+        platform = processes.start("platform", ["fedinterest", "platform", "start", str(tmp_path / "platform")],
+                                   environment(tmp_path, port), cwd=tmp_path)
+        wait_for(lambda: "Fleet API proxy listening" in processes.log("platform"), "the proxy", processes,
+                 ("platform",), deadline)
+        superlink = next(pid for pid in descendants([platform.pid]) if "flower-superlink" in cmdline(pid))
+        internal = listening_of({superlink} | descendants([superlink]))
+        assert internal and all(host == "127.0.0.1" for host, _ in internal), internal
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert client.post("/v1/control/list-runs", content=b"").status_code == 404
+            assert client.post("/v1/fleet/get-run", content=b"").status_code not in (404, 502)  # reaches the SuperLink
+        assert "WARNING: --insecure" in processes.log("platform")
+    finally:
+        leftover = processes.stop()
+    assert not leftover, f"processes left running: {sorted(leftover)}"
