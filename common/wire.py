@@ -155,11 +155,13 @@ ERROR_REFUSED = 1001  # the shop refused the request: a protocol, signature or f
 ERROR_ABORTED = 1002  # too few clients, neighbours or signatures for the round to finish
 ERROR_CONFIG = 1003  # the shop's own node config or data is not usable
 ERROR_INTERNAL = 1004  # anything else
+ERROR_UNTRUSTED_APP = 1005  # the node runs only the release its merchant installed; the run's bundle is another
 ERROR_CODES = {
     ERROR_REFUSED: "refused (protocol, signature or floor violation)",
     ERROR_ABORTED: "aborted (too few clients for the round)",
     ERROR_CONFIG: "the shop's node config or data is not usable",
     ERROR_INTERNAL: "internal error on the shop",
+    ERROR_UNTRUSTED_APP: "refused: the app bundle is not the release this shop installed",
 }
 
 

@@ -127,8 +127,8 @@ def make_app(directory: Path) -> Path:
     source = Path(common.__file__).resolve().parents[1]
     pyproject = source / "pyproject.toml"
     if not pyproject.is_file():
-        raise ConfigError(f"{pyproject} is missing: the platform runs the app from a source checkout of "
-                          "fedinterest (pip install -e .)")
+        raise ConfigError(f"{pyproject} is missing: the platform's run and a node's pinned app are built from a "
+                          "source checkout of fedinterest (pip install -e .)")
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)

@@ -15,6 +15,9 @@ Layout::
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +27,9 @@ from common.secagg import Identity, Roster
 from common.secagg.identity import IDENTITY_FILE
 
 from . import flower
+from .app_pin import AppPin, pin_app
 from .keys import ShopKeys, make_supernode_key
+from .private import make_secret, private_directory, tighten
 
 NODE_FORMAT = "fedinterest-node/1"
 INSECURE_WARNING = ("WARNING: --insecure: this node talks to the platform WITHOUT TLS and without "
@@ -39,25 +44,40 @@ class NodeDir:
         self.settings_file, self.roster, self.flwr_home = r / "node.json", r / "roster.json", r / "flwr"
         self.supernode_key, self.supernode_pub = r / "supernode.key", r / "supernode.pub"
         self.identity, self.public_keys = r / IDENTITY_FILE, r / "public-keys.json"
+        self.app_pin, self.superexec_secret = r / "app.json", r / "superexec.secret"
+        self.subset_key = r / "subset.key"  # client.shop.SUBSET_KEY: the ClientApp makes it in its state dir
+
+    def secrets(self) -> tuple[Path, ...]:
+        """Every secret file of the node (mode 0600)."""
+        return self.supernode_key, self.identity, self.superexec_secret, self.subset_key
 
     def check(self) -> None:
+        """A node directory, private to its owner (0700, secrets 0600; tightened if an older init left them open)."""
         if not self.settings_file.is_file():
             raise ConfigError(f"{self.root} is not a node directory (no node.json); make one with "
                               "`fedinterest node init`")
+        tighten(self.root, self.secrets())
 
 
-def init_node(root: Path) -> ShopKeys:
-    """Make the shop's keys; refuses to overwrite an existing node directory."""
+def init_node(root: Path, echo: Callable[[str], None] = lambda line: None) -> ShopKeys:
+    """Make the shop's keys and pin the installed app release; refuses to overwrite a node directory."""
     node = NodeDir(root)
     if node.settings_file.exists():
         raise ConfigError(f"{node.settings_file} exists: {node.root} is already a node directory")
-    node.root.mkdir(parents=True, exist_ok=True)
+    private_directory(node.root)
     Identity.generate().save(node.identity)
     supernode = make_supernode_key(node.supernode_key, node.supernode_pub)
     keys = ShopKeys(supernode=supernode, identity=Identity.load(node.identity).public_key)
     atomic_write_text(node.public_keys, keys.to_json() + "\n")
+    make_secret(node.superexec_secret)
+    pin_app(node.app_pin, echo=echo)
     atomic_write_json(node.settings_file, {"format": NODE_FORMAT})
     return keys
+
+
+def check_app(node: NodeDir, repin: bool = False, echo: Callable[[str], None] = print) -> AppPin:
+    """The app release this node serves: the pinned one, still the installed one (or re-pinned with ``repin``)."""
+    return pin_app(node.app_pin, repin=repin, echo=echo)
 
 
 def pin_roster(node: NodeDir, published: Path, repin: bool = False) -> Roster:
@@ -95,11 +115,26 @@ def check_data(data: str, data_format: str | None, shop: str | None, echo: Calla
 
 def supernode_command(node: NodeDir, *, platform: str, ca: Path | None, runtime_port: int,
                       node_config: dict) -> list[str]:
-    """``flower-supernode`` for this shop: TLS against ``ca`` and authenticated, or ``--insecure`` without a CA."""
+    """``flower-supernode`` for this shop: TLS against ``ca`` and authenticated, or ``--insecure`` without a CA.
+
+    ``--isolation process``: the SuperNode starts no app process; only a runner holding the node's
+    SuperExec secret claims its tasks (:func:`runner_command`).
+    """
     security = ["--insecure"] if ca is None else [
         "--root-certificates", str(Path(ca).resolve()), "--auth-supernode-private-key", str(node.supernode_key)]
-    return [flower.binary("flower-supernode"), *security, "--superlink", platform, "--host", "127.0.0.1",
+    return [flower.binary("flower-supernode"), *security, "--superlink", platform, "--isolation", "process",
+            "--superexec-auth-secret-file", str(node.superexec_secret), "--host", "127.0.0.1",
             "--port", str(runtime_port), "--node-config", flower.toml_pairs(node_config)]
+
+
+def runner_command(node: NodeDir, *, runtime_port: int, app: AppPin) -> list[str]:
+    """Our task runner beside the SuperNode: the installed ClientApp, for tasks of the pinned bundle only.
+
+    The SuperExec secret it shares with the SuperNode is made here if an older ``init`` did not.
+    """
+    make_secret(node.superexec_secret)
+    return [sys.executable, "-m", "deploy.node_runner", "--runtime", f"127.0.0.1:{runtime_port}",
+            "--secret-file", str(node.superexec_secret), "--app-hash", app.fab_hash, "--parent-pid", str(os.getpid())]
 
 
 def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str | None, epsilon: float | None,
@@ -122,37 +157,67 @@ def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str 
     return config
 
 
-def run_supernode(node: NodeDir, command: list[str], echo: Callable[[str], None]) -> int:
-    """Run the SuperNode in this process group, its log passing through; explain why it stopped.
+def run_node(node: NodeDir, supernode: list[str], runner: list[str], echo: Callable[[str], None]) -> int:
+    """Run the SuperNode and the task runner in this process group, their logs passing through.
 
-    SIGTERM and SIGINT reach it (it stops cleanly); killing this process group kills both.
+    SIGTERM and SIGINT reach both (they stop cleanly); when either stops, the other is stopped
+    too, and the reason is explained. Killing this process group kills all three.
     """
     import collections
     import signal
-    import subprocess
     import threading
+    import time
 
-    process = subprocess.Popen(command, env=flower.environment(node.flwr_home), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    env = flower.environment(node.flwr_home)
+    processes = {name: subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, text=True, errors="replace")
+                 for name, command in (("supernode", supernode), ("runner", runner))}
+
+    def forward(signum, frame) -> None:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: process.send_signal(signum))
+        signal.signal(sig, forward)
     recent: collections.deque[str] = collections.deque(maxlen=100)
 
-    def pump() -> None:
+    def pump(process: subprocess.Popen) -> None:
         for line in process.stdout:
             echo(line.rstrip("\n"))
             recent.append(line)
 
-    # The SuperNode's SuperExec inherits the pipe and exits only once its parent is reaped, so the
-    # log is read beside the wait, never before it.
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    code = process.wait()
-    reader.join(timeout=30)
+    readers = [threading.Thread(target=pump, args=(p,), daemon=True) for p in processes.values()]
+    for reader in readers:
+        reader.start()
+    while all(p.poll() is None for p in processes.values()):
+        time.sleep(0.2)
+    first = next(name for name, p in processes.items() if p.poll() is not None)
+    for process in processes.values():
+        _stop(process)
+    for reader in readers:
+        reader.join(timeout=30)
+    code = processes["supernode"].returncode
+    if first == "runner" and processes["runner"].returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+        echo(f"fedinterest node start: error: the task runner stopped (exit {processes['runner'].returncode}); "
+             "its log is above. The node stops with it")
+        return processes["runner"].returncode or 1
     reason = diagnose("".join(recent)) if code else None
     if reason:
         echo(f"fedinterest node start: error: {reason}")
     return code
+
+
+def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
+    import signal
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def diagnose(log: str) -> str | None:

@@ -1,15 +1,21 @@
 """The platform's side of a deployment: one directory that holds the federation.
 
 ``init`` makes it (a CA and the SuperLink's certificate, the task, the run's settings, an empty
-roster); ``add_shop`` registers a merchant's two public keys (``shops/NAME.json``) and rewrites
-the published ``roster.json``; ``start`` runs ``flower-superlink`` with TLS and SuperNode
-authentication, registers the shops' SuperNode keys with it, and submits the run with
-``flwr run``. A ``start`` after a crash resumes the run from its last checkpoint.
+roster); the CA's private key signs the server certificate and is then discarded, or written
+only outside the directory (``ca_key_out``), so nothing that runs here (the ServerApp included)
+can read it. ``add_shop`` registers a merchant's two public keys (``shops/NAME.json``) and
+rewrites the published ``roster.json``; ``start`` runs ``flower-superlink`` with TLS and
+SuperNode authentication on loopback (its Control and runtime APIs never face the network) and
+the Fleet API proxy (``deploy.fleet_proxy``) on the public address, registers the shops'
+SuperNode keys through the loopback Control API, and submits the run with ``flwr run``. A
+``start`` after a crash resumes the run from its last checkpoint.
+
+The directory is 0700 and ``server.key`` 0600 (tightened on every start).
 
 Layout of the directory::
 
     platform.json       address, TLS, run config            roster.json   published to merchants
-    ca.pem ca.key       the federation's CA (keep ca.key offline once the server cert is made)
+    ca.pem              the federation's CA certificate (its key is not here)
     server.pem server.key                                    task_spec.json  the task the shops learn
     shops/NAME.json     each merchant's public keys          shops/NAME.pub  its SuperNode key
     registered.json     which shops the SuperLink's database knows
@@ -34,6 +40,7 @@ from common.secagg.identity import ROSTER_FORMAT, Roster
 
 from . import flower, tls
 from .keys import ShopKeys
+from .private import private_directory, tighten
 
 PLATFORM_FORMAT = "fedinterest-platform/1"
 SHOP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -41,6 +48,9 @@ RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 INSECURE_WARNING = ("WARNING: --insecure: the SuperLink runs WITHOUT TLS and without SuperNode authentication. "
                     "Anyone on the network can read the traffic and join as a shop. Use it on a closed test "
                     "network only.")
+#: Names the loopback SuperLink is reached by (the ServerApp, the proxy, the flwr CLI): always in the certificate.
+LOOPBACK_HOST = "127.0.0.1"
+LOOPBACK_NAMES = ("localhost", LOOPBACK_HOST)
 
 
 class PlatformDir:
@@ -49,7 +59,8 @@ class PlatformDir:
     def __init__(self, root: str | Path) -> None:
         self.root = r = Path(root).resolve()
         self.settings_file, self.roster, self.task_spec = r / "platform.json", r / "roster.json", r / "task_spec.json"
-        self.ca, self.ca_key, self.cert, self.key = r / "ca.pem", r / "ca.key", r / "server.pem", r / "server.key"
+        self.ca, self.cert, self.key = r / "ca.pem", r / "server.pem", r / "server.key"
+        self.stray_ca_key = r / "ca.key"  # where an older init left the CA's key: refused on start
         self.shops, self.registered, self.database = r / "shops", r / "registered.json", r / "superlink.db"
         self.flwr_home, self.out_dir, self.logs, self.app = r / "flwr", r / "run", r / "logs", r / "app" / "fedinterest"
         self.lock, self.messages = r / ".lock", r / "messages"
@@ -70,14 +81,21 @@ class PlatformDir:
 
 def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_spec: Path | None = None,
                   catalogue: Path | None = None, catalogue_format: str | None = None,
-                  run_config: dict | None = None, insecure: bool = False, message_log: bool = False) -> PlatformDir:
-    """Make a platform directory; refuses to touch an existing one."""
+                  run_config: dict | None = None, insecure: bool = False, message_log: bool = False,
+                  ca_key_out: Path | None = None) -> PlatformDir:
+    """Make a platform directory; refuses to touch an existing one.
+
+    The CA's private key signs the server certificate and is discarded, unless ``ca_key_out``
+    names where to keep it: a path outside the platform directory (refused inside it).
+    """
     from server.settings import DEFAULTS, load_task_spec, save_task_spec
 
     platform = PlatformDir(root)
     if platform.settings_file.exists():
         raise ConfigError(f"{platform.settings_file} exists: {root} is already a platform directory")
     host, _ = flower.split_address(address)
+    if ca_key_out is not None:
+        _check_ca_key_out(platform, Path(ca_key_out), insecure)
     run_config = dict(run_config or {})
     unknown = set(run_config) - set(DEFAULTS)
     if unknown:
@@ -87,15 +105,17 @@ def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_s
                           "events data: the shops then choose the label space privately)")
     spec = load_task_spec(task_spec) if task_spec is not None else _pending_task(catalogue, catalogue_format,
                                                                                  run_config)
-    platform.root.mkdir(parents=True, exist_ok=True)
+    private_directory(platform.root)
     save_task_spec(spec, platform.task_spec)
     if not insecure:
         ca_key, ca_cert = tls.make_ca(root.resolve().name)
-        tls.write_private_key(platform.ca_key, ca_key)
         tls.write_certificate(platform.ca, ca_cert)
-        server_key, server_cert = tls.make_server_certificate(ca_key, ca_cert, list(hosts) or _default_hosts(host))
+        server_key, server_cert = tls.make_server_certificate(ca_key, ca_cert, server_hosts(host, hosts))
         tls.write_private_key(platform.key, server_key)
         tls.write_certificate(platform.cert, server_cert)
+        if ca_key_out is not None:
+            tls.write_private_key(Path(ca_key_out), ca_key)
+        del ca_key  # not kept anywhere else: a new server certificate needs a new CA (or the key kept offline)
     platform.shops.mkdir(exist_ok=True)
     atomic_write_text(platform.roster, json.dumps({"format": ROSTER_FORMAT, "shops": {}}, indent=1) + "\n")
     run_config = {**run_config, "task-spec": str(platform.task_spec), "out-dir": str(platform.out_dir),
@@ -118,9 +138,23 @@ def _pending_task(catalogue: Path, data_format: str | None, run_config: dict):
     return PendingTask(Catalogue.of(table), default_split(table, config), config)
 
 
-def _default_hosts(host: str) -> list[str]:
+def server_hosts(host: str, hosts: Sequence[str] = ()) -> list[str]:
+    """The names the server certificate covers: ``hosts`` (default: the address's host, or every local name
+    for a local or wildcard address), and always the loopback names the platform's own processes use."""
     local = ["localhost", "127.0.0.1", "::1"]
-    return local if host in local or host == "0.0.0.0" else [host]
+    names = list(hosts) or (local if host in local or host in ("0.0.0.0", "::") else [host])
+    return names + [name for name in LOOPBACK_NAMES if name not in names]
+
+
+def _check_ca_key_out(platform: PlatformDir, path: Path, insecure: bool) -> None:
+    if insecure:
+        raise ConfigError("--ca-key-out: an --insecure platform has no CA")
+    target = path.expanduser().resolve()
+    if target == platform.root or platform.root in target.parents:
+        raise ConfigError(f"--ca-key-out {path}: inside the platform directory {platform.root}, where the running "
+                          "ServerApp could read it; name a path outside it (better: on offline storage)")
+    if target.exists():
+        raise ConfigError(f"--ca-key-out {path} exists; refusing to overwrite a key")
 
 
 def add_shop(root: Path, name: str, keys: ShopKeys) -> Roster:
@@ -146,10 +180,16 @@ def add_shop(root: Path, name: str, keys: ShopKeys) -> Roster:
 
 def start_platform(root: Path, *, run_config: dict | None = None, keep_running: bool = False,
                    echo: Callable[[str], None] = print) -> int:
-    """Run the SuperLink, register the shops, run the federation; the exit status of ``flwr run``."""
+    """Run the SuperLink (loopback) and the Fleet proxy (public), register the shops, run the federation;
+    the exit status of ``flwr run``."""
     platform = PlatformDir(root)
     settings = platform.settings()
     address, insecure = settings["address"], bool(settings["insecure"])
+    tighten(platform.root, [platform.key])
+    if platform.stray_ca_key.exists():
+        raise ConfigError(f"{platform.stray_ca_key}: the CA's private key is in the platform directory, where the "
+                          "running ServerApp can read it. Move it to offline storage (it is needed only to issue a "
+                          "new server certificate) and start again")
     config = {**settings["run_config"], **(run_config or {})}
     roster = Roster.load(platform.roster)
     if len(roster) < int(config.get("min-shops", 3)):
@@ -157,6 +197,8 @@ def start_platform(root: Path, *, run_config: dict | None = None, keep_running: 
                           f"{config.get('min-shops', 3)}: add shops with `fedinterest platform add-shop`")
     if insecure:
         echo(INSECURE_WARNING)
+    else:
+        _check_loopback_certificate(platform)
     from server.checkpoint import has_checkpoint
     from server.export import MODEL_CARD
 
@@ -167,21 +209,27 @@ def start_platform(root: Path, *, run_config: dict | None = None, keep_running: 
         config["resume"] = True
         echo(f"resuming the run from its checkpoint in {platform.out_dir / 'checkpoint'}")
     fresh_database = not platform.database.exists()
-    flower.write_connection(platform.flwr_home, address, None if insecure else platform.ca)
+    internal = f"{LOOPBACK_HOST}:{_free_loopback_port()}"
+    flower.write_connection(platform.flwr_home, internal, None if insecure else platform.ca)
     env = flower.environment(platform.flwr_home)
-    host, port = flower.split_address(address)
     tls_args = ["--insecure"] if insecure else [
         "--ssl-certfile", str(platform.cert), "--ssl-keyfile", str(platform.key),
         "--ssl-ca-certfile", str(platform.ca), "--enable-supernode-auth"]
-    log = platform.logs / "superlink.log"
+    superlink_log, proxy_log = platform.logs / "superlink.log", platform.logs / "fleet-proxy.log"
+    _, internal_port = flower.split_address(internal)
     superlink = flower.start([flower.binary("flower-superlink"), *tls_args, "--database", str(platform.database),
-                              "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"],
-                             env, log)
-    stopping = _stop_on_signals(superlink)
+                              "--host", LOOPBACK_HOST, "--port", str(internal_port),
+                              "--disable-runtime-dependency-installation"], env, superlink_log)
+    started = [superlink]
+    stopping = _stop_on_signals(started)
     try:
-        flower.wait_listening(address, superlink, log)
-        echo(f"SuperLink listening on {address} ({'INSECURE' if insecure else 'TLS, SuperNode authentication'}); "
-             f"log: {log}")
+        flower.wait_listening(internal, superlink, superlink_log)
+        proxy = flower.start(proxy_command(platform, address, internal, insecure), env, proxy_log)
+        started.append(proxy)
+        flower.wait_listening(address, proxy, proxy_log)
+        echo(f"SuperLink listening on {internal} (loopback only: Control and runtime APIs; log: {superlink_log})")
+        echo(f"Fleet API proxy listening on {address} for the merchants' SuperNodes "
+             f"({'INSECURE' if insecure else 'TLS, SuperNode authentication'}; log: {proxy_log})")
         if not insecure:
             _register_shops(platform, env, fresh_database, echo)
         app = flower.make_app(platform.app)
@@ -198,7 +246,34 @@ def start_platform(root: Path, *, run_config: dict | None = None, keep_running: 
         return 0
     finally:
         stopping()
-        flower.stop(superlink)
+        for process in reversed(started):
+            flower.stop(process)
+
+
+def proxy_command(platform: PlatformDir, address: str, internal: str, insecure: bool) -> list[str]:
+    """The Fleet API proxy on the public ``address``, forwarding to the SuperLink at ``internal``."""
+    import os
+
+    tls_args = [] if insecure else ["--certfile", str(platform.cert), "--keyfile", str(platform.key),
+                                    "--ca", str(platform.ca)]
+    return [sys.executable, "-m", "deploy.fleet_proxy", "--listen", address, "--upstream", internal, *tls_args,
+            "--parent-pid", str(os.getpid())]
+
+
+def _check_loopback_certificate(platform: PlatformDir) -> None:
+    hosts = tls.certificate_hosts(platform.cert)
+    if LOOPBACK_HOST not in hosts:
+        raise ConfigError(f"{platform.cert} is valid for {hosts} but not for {LOOPBACK_HOST}, where the SuperLink "
+                          "listens for the platform's own processes; issue it again with 127.0.0.1 and localhost "
+                          "among its names")
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK_HOST, 0))
+        return s.getsockname()[1]
 
 
 def _run(platform: PlatformDir, app: Path, config: dict, env: dict, echo: Callable[[str], None]) -> str:
@@ -240,12 +315,14 @@ def _register_shops(platform: PlatformDir, env: dict, fresh_database: bool, echo
         echo(f"registered shop {name} as SuperNode {node_id}")
 
 
-def _stop_on_signals(process: subprocess.Popen) -> Callable[[], None]:
-    """SIGTERM/SIGINT to ``platform start`` stop its SuperLink too; returns the function that restores them."""
+def _stop_on_signals(processes: list[subprocess.Popen]) -> Callable[[], None]:
+    """SIGTERM/SIGINT to ``platform start`` stop its SuperLink and proxy (``processes``, as they are then)
+    too; returns the function that restores the handlers."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(signum, frame):
-        flower.stop(process)
+        for process in reversed(processes):
+            flower.stop(process)
         sys.exit(128 + signum)
 
     for sig in previous:

@@ -1,9 +1,11 @@
 """A federation's TLS: a private CA and the SuperLink's server certificate, made with ``cryptography``.
 
-The platform keeps ``ca.key`` offline after signing; merchants receive ``ca.pem`` with the roster
-and verify the SuperLink against it (``flower-supernode --root-certificates``). A platform with its
-own CA skips :func:`make_ca` and puts its ``ca.pem``, ``server.pem`` and ``server.key`` in the
-platform directory instead.
+``platform init`` signs the server certificate and then discards the CA's key (or writes it to a
+path outside the platform directory, for offline storage): nothing running on the platform can
+read it. Merchants receive ``ca.pem`` with the roster and verify the platform against it
+(``flower-supernode --root-certificates``). A platform with its own CA skips :func:`make_ca` and
+puts its ``ca.pem``, ``server.pem`` and ``server.key`` in the platform directory instead; its
+``server.pem`` must also name ``127.0.0.1`` (the loopback SuperLink's address).
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ def test_the_server_certificate_is_signed_by_the_ca_for_the_hosts_and_keys_are_p
     other_key, other = tls.make_ca("other")
     with pytest.raises(Exception):
         cert.verify_directly_issued_by(other)
-    for key in (platform.ca_key, platform.key):
-        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(platform.key.stat().st_mode) == 0o600
+    assert not (platform.root / "ca.key").exists()  # signed, then discarded
     settings = platform.settings()
     assert settings["run_config"]["roster"] == str(platform.roster) and not settings["insecure"]
     assert json.loads(platform.roster.read_text())["shops"] == {}
@@ -174,7 +174,7 @@ def test_platform_cli_prints_what_to_send(tmp_path, synthetic_dir, capsys):
     assert main(["platform", "init", str(tmp_path / "p"), "--address", "127.0.0.1:9092", "--catalogue",
                  str(synthetic_dir), "--rounds", "2", "--run-config", "lr=0.01 eval-every=1"]) == 0
     out = capsys.readouterr().out
-    assert "ca.pem" in out and "ca.key offline" in out
+    assert "ca.pem" in out and "was discarded" in out and not (tmp_path / "p" / "ca.key").exists()
     settings = PlatformDir(tmp_path / "p").settings()
     assert settings["run_config"]["lr"] == 0.01 and settings["run_config"]["num-server-rounds"] == 2
     assert main(["node", "init", str(tmp_path / "n")]) == 0

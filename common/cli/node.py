@@ -1,10 +1,13 @@
 """A merchant's node in a live federation: make its keys, then start it on the shop's data.
 
-``init DIR`` makes the shop's SuperNode authentication key and SecAgg identity key and prints
-the public keys to send to the platform. ``start DIR`` checks the data (the baseline table on it),
-pins the platform's roster (it refuses a changed roster unless ``--repin``) and becomes the shop's
-``flower-supernode``: TLS against the platform's CA, authenticated by its key, its ledger in DIR.
-Restart it with the same command after a crash or reboot: the ledger and the budget carry over.
+``init DIR`` makes the shop's SuperNode authentication key and SecAgg identity key, pins the
+installed fedinterest release (the sha256 of its app bundle) and prints the public keys to send
+to the platform. ``start DIR`` checks the data (the baseline table on it), pins the platform's
+roster (it refuses a changed roster unless ``--repin``), refuses an installed release other than
+the pinned one (unless ``--repin-app``) and becomes the shop's ``flower-supernode``: TLS against
+the platform's CA, authenticated by its key, its ledger in DIR, running only the installed
+ClientApp and only for runs of the pinned bundle. Restart it with the same command after a crash
+or reboot: the ledger and the budget carry over.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--roster", required=True, metavar="JSON", help="the roster the platform published")
     start.add_argument("--repin", action="store_true",
                        help="accept a roster that differs from the pinned one (after comparing fingerprints)")
+    start.add_argument("--repin-app", action="store_true",
+                       help="serve the installed fedinterest release although it differs from the pinned one "
+                            "(after checking the upgrade)")
     start.add_argument("--runtime-port", type=int, default=9094,
                        help="local port of the SuperNode's ClientApp API (default 9094; one per node on a machine)")
     start.add_argument("--node-config", metavar="'KEY=VALUE ...'",
@@ -44,13 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     from common.config import ConfigError
     from deploy import flower
-    from deploy.merchant import (INSECURE_WARNING, NodeDir, check_data, init_node, node_config, pin_roster,
-                                 run_supernode, supernode_command)
+    from deploy.merchant import (INSECURE_WARNING, NodeDir, check_app, check_data, init_node, node_config,
+                                 pin_roster, run_node, runner_command, supernode_command)
+    from deploy.node_runner import poll_interval
 
     if args.action == "init":
-        keys = init_node(Path(args.dir))
+        keys = init_node(Path(args.dir), echo=print)
         node = NodeDir(args.dir)
-        print(f"keys written to {node.root} (keep supernode.key and identity.key private; back them up with the ledger)")
+        print(f"keys written to {node.root} (mode 0700; keep supernode.key and identity.key private; back them up "
+              "with the ledger)")
         print(f"send {node.public_keys} to the platform; it holds:")
         print(keys.to_json())
         return 0
@@ -67,9 +75,13 @@ def run(args: argparse.Namespace) -> int:
                          extra=flower.parse_pairs(args.node_config, "--node-config"))
     roster = pin_roster(node, Path(args.roster), repin=args.repin)
     print(f"roster: {len(roster)} shops, fingerprint {roster.fingerprint()} (compare it with the other merchants)")
+    app = check_app(node, repin=args.repin_app, echo=print)
+    print(f"app: this node runs only fedinterest {app.version}, bundle sha256 {app.fab_hash}")
+    poll_interval()  # a bad $FLWR_SUPEREXEC_TASK_POLL_INTERVAL fails here, not in the runner
     if not args.skip_check:
         check_data(args.data, data_format, args.shop, print)
-    command = supernode_command(node, platform=args.platform, ca=None if args.insecure else Path(args.ca),
-                                runtime_port=args.runtime_port, node_config=config)
+    supernode = supernode_command(node, platform=args.platform, ca=None if args.insecure else Path(args.ca),
+                                  runtime_port=args.runtime_port, node_config=config)
+    runner = runner_command(node, runtime_port=args.runtime_port, app=app)
     print(f"starting the SuperNode for {args.platform}; state and ledger in {node.root}", flush=True)
-    return run_supernode(node, command, lambda line: print(line, flush=True))
+    return run_node(node, supernode, runner, lambda line: print(line, flush=True))

@@ -1,9 +1,10 @@
 """The platform's side of a live federation: make its directory, register shops, run it.
 
-``init`` makes a CA and the SuperLink's certificate, the task and an empty roster; ``add-shop``
-registers a merchant's public keys (its ``public-keys.json``); ``start`` runs ``flower-superlink``
-with TLS and SuperNode authentication, registers the shops' keys with it and runs the
-federation to an exported adapter. Run ``start`` again after a crash: it resumes from the last
+``init`` makes a CA and the SuperLink's certificate (the CA's key is then discarded, or written
+to ``--ca-key-out`` outside the directory), the task and an empty roster; ``add-shop`` registers
+a merchant's public keys (its ``public-keys.json``); ``start`` runs ``flower-superlink`` with TLS
+and SuperNode authentication on loopback and the Fleet API proxy on the public address,
+registers the shops' keys with it and runs the federation to an exported adapter. Run ``start`` again after a crash: it resumes from the last
 checkpoint. Nothing runs without TLS unless ``init --insecure`` says so.
 """
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="further run config (see [tool.flwr.app.config] in pyproject.toml), e.g. 'lr=0.01'")
     init.add_argument("--message-log", action="store_true",
                       help="keep every reply the platform receives in DIR/messages, for merchants to audit")
+    init.add_argument("--ca-key-out", metavar="PATH",
+                      help="keep the CA's private key here, outside DIR (default: discard it once the server "
+                           "certificate is signed; a new certificate then needs a new CA)")
     init.add_argument("--insecure", action="store_true",
                       help="no TLS and no SuperNode authentication (closed test networks only)")
     add = sub.add_parser("add-shop", help="register a merchant's public keys and republish the roster")
@@ -66,11 +70,16 @@ def run(args: argparse.Namespace) -> int:
                                  task_spec=Path(args.task_spec) if args.task_spec else None,
                                  catalogue=Path(args.catalogue) if args.catalogue else None,
                                  catalogue_format=args.format, run_config=config, insecure=args.insecure,
-                                 message_log=args.message_log)
-        print(f"platform directory {platform.root}")
+                                 message_log=args.message_log,
+                                 ca_key_out=Path(args.ca_key_out) if args.ca_key_out else None)
+        print(f"platform directory {platform.root} (mode 0700)")
         if not args.insecure:
             print(f"send merchants: the address {args.address}, {platform.ca} and, once every shop is added, "
-                  f"{platform.roster}; keep {platform.ca_key} offline")
+                  f"{platform.roster}")
+            if args.ca_key_out:
+                print(f"the CA's private key is in {Path(args.ca_key_out).resolve()}: keep it offline")
+            else:
+                print("the CA's private key signed the server certificate and was discarded (no ca.key is kept)")
         return 0
     if args.action == "add-shop":
         roster = add_shop(root, args.name, ShopKeys.read(args.keys))
