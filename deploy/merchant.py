@@ -138,11 +138,19 @@ def runner_command(node: NodeDir, *, runtime_port: int, app: AppPin) -> list[str
 
 
 def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str | None, epsilon: float | None,
-                extra: dict) -> dict:
-    """The SuperNode's node config, checked the way the ClientApp will read it."""
-    from client.node import NodeSettings
+                extra: dict, backbone: str = "minilm") -> dict:
+    """The SuperNode's node config, checked the way the ClientApp will read it.
 
-    config: dict = {"data-path": str(Path(data).resolve()), "state-dir": str(node.root), "roster": str(node.roster)}
+    ``backbone`` is the node's own: the ClientApp refuses a round naming another, and loads it only while
+    its weights have the sha256 pinned here (minilm's is built in and checked now).
+    """
+    from client.node import NodeSettings
+    from common.model.backbone import resolve_backbone, weights_sha256
+
+    resolved = resolve_backbone(backbone)
+    config: dict = {"data-path": str(Path(data).resolve()), "state-dir": str(node.root), "roster": str(node.roster),
+                    "backbone": resolved.source if resolved.kind == "directory" else backbone,
+                    "backbone-sha256": weights_sha256(resolved)}
     if data_format:
         config["data-format"] = data_format
     if shop:

@@ -279,7 +279,7 @@ def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_p
             done = shell(command, env, tmp_path)
             assert done.returncode == 0, done.stdout + done.stderr
         nodes[name] = (f"fedinterest node start {name} --data {node['data-path']} --shop {node['shop']} "
-                       f"--epsilon {node['epsilon']} --platform 127.0.0.1:{port} --ca {platform_dir}/ca.pem "
+                       f"--epsilon {node['epsilon']} --backbone tiny --platform 127.0.0.1:{port} --ca {platform_dir}/ca.pem "
                        f"--roster {platform_dir}/roster.json --runtime-port {port + 1 + pid} --skip-check "
                        f"--node-config \"max-train-examples={node['max-train-examples']} threads={node['threads']} "
                        f"seed={node['seed']} rehearsal=true\"")

@@ -488,7 +488,8 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
         evil_run = int(done.stdout.split("Successfully started run", 1)[1].split()[0])
 
         for shop in SHOPS:
-            command = (f"fedinterest node start {shop} --data data --shop {shop} --epsilon 8 --platform {address} "
+            command = (f"fedinterest node start {shop} --data data --shop {shop} --epsilon 8 --backbone tiny "
+                       f"--platform {address} "
                        f"--ca platform/ca.pem --roster platform/roster.json --runtime-port $((PORT + "
                        f"{1 + SHOPS.index(shop)})) --skip-check --node-config \"max-train-examples=40\"")
             processes.start(shop, ["bash", "-c", "exec " + command], env, cwd=tmp_path)

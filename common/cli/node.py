@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(start)
     start.add_argument("--shop", help="keep only this merchant_id (or shop file of a dataset directory)")
     start.add_argument("--epsilon", type=float, help="this shop's privacy budget over the federation (default 8)")
+    start.add_argument("--backbone", default="minilm",
+                       help="the backbone this node fine-tunes: minilm (default), tiny or a checkpoint directory; "
+                            "its weights are pinned by sha256, and a round naming another backbone is refused")
     start.add_argument("--platform", required=True, metavar="HOST:PORT", help="the platform's SuperLink")
     start.add_argument("--ca", metavar="PEM", help="the platform's CA certificate (ca.pem); required unless --insecure")
     start.add_argument("--roster", required=True, metavar="JSON", help="the roster the platform published")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ca {args.ca}: no such file")
     data_format = None if args.format == "auto" else args.format
     config = node_config(node, data=args.data, data_format=data_format, shop=args.shop, epsilon=args.epsilon,
-                         extra=flower.parse_pairs(args.node_config, "--node-config"))
+                         extra=flower.parse_pairs(args.node_config, "--node-config"), backbone=args.backbone)
     roster = pin_roster(node, Path(args.roster), repin=args.repin)
     print(f"roster: {len(roster)} shops, fingerprint {roster.fingerprint()} (compare it with the other merchants)")
     app = check_app(node, repin=args.repin_app, echo=print)
