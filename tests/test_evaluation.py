@@ -192,3 +192,31 @@ def test_a_statistics_round_cannot_take_a_training_rounds_id(shop):
                                       **wire.secagg_to_records(setup)}), 7, wire.QUERY), shop["context"])
     with flower_task(RUN):
         train(request(shop, wire.TRAIN_STAGES, 5, shop["start"]), shop["context"])  # round 5's id is unspent
+
+
+@pytest.mark.parametrize("stages", [wire.TRAIN_STAGES, wire.EVALUATE_STAGES, wire.QUERY_STAGES],
+                         ids=["train", "evaluate", "query"])
+def test_every_kind_of_round_plans_the_colluders_from_the_shops_roster(shop, stages):
+    """Training, evaluation and statistics rounds alike: a setup proposing fewer colluders than ⌈0.2 × 3⌉ = 1 of
+    the shop's pinned roster is refused before anything is read or spent, and so is a round of three
+    in which one colluder and the server could reach the threshold (t = 2 of 2 with one colluder)."""
+    from client.app import evaluate, query, train
+    from client.ledger import PrivacyLedger
+
+    handler = {wire.TRAIN: train, wire.EVALUATE: evaluate, wire.QUERY: query}[stages[0]]
+    round_id = (wire.STATISTICS_ROUNDS["label-flows"] if stages is wire.QUERY_STAGES
+                else wire.secagg_round_id(stages, 1))
+    for colluders, refusal in ((0, "colluders=0 is below the 1"), (2, "cannot withstand 2")):
+        secagg = SecAggConfig(vector_length=8, max_clients=3, clip=1.0, max_weight=1, colluders=colluders)
+        setup = SecAggServer(secagg, round_id, [7, 8, 9], RUN, shop["roster"]).setup()
+        with flower_task(RUN):
+            message = request(shop, stages if stages is not wire.QUERY_STAGES else wire.EVALUATE_STAGES, 1,
+                              shop["start"])
+            content = RecordDict({**dict(message.content.items()), **wire.secagg_to_records(setup)})
+            if stages is wire.QUERY_STAGES:
+                content = RecordDict({wire.TASK: ConfigRecord({**shop["spec"].to_record_dict(),
+                                                               "query.kind": "label-flows"}),
+                                      **wire.secagg_to_records(setup)})
+            with pytest.raises(SecAggProtocolError, match=refusal):
+                handler(Message(content, 7, stages[0]), shop["context"])
+    assert not PrivacyLedger.open(shop["state"]).releases  # nothing was spent on a refused round
