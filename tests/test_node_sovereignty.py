@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import stat
 import struct
 import subprocess
@@ -468,7 +469,8 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
         refused = [route.path for route in control_router.routes]
         refused += [f"/v1/runtime/{name}" for name in ("acquire-task", "pull-task-input", "push-task-output",
                                                        "create-task", "get-nodes", "push-messages", "pull-messages")]
-        with httpx.Client(base_url=f"https://{address}", verify=str(platform_dir / "ca.pem"), timeout=30) as client:
+        with httpx.Client(base_url=f"https://{address}", verify=ssl.create_default_context(cafile=str(platform_dir / "ca.pem")),
+                          timeout=30) as client:
             for path in refused:
                 answer = client.post(path, content=b"\x08\x01", headers={"content-type": "application/protobuf"})
                 assert answer.status_code == 404 and answer.text == "not found", (path, answer.status_code)
