@@ -33,12 +33,12 @@ $(STAMP): pyproject.toml Makefile
 # The main job: the federation on the default synthetic shops (5 shops, DP ε=8 per customer in each
 # shop, PRV accountant, SecAgg+), sized for a 2-core CPU: the interest scorer on MiniLM with LoRA on
 # the top layer (the frozen layers below run once per example, the top one for [CLS] only), up to
-# 3000 examples per shop. `make demo UNIT=example` protects single examples instead; DELTA=1e-6 sets δ.
+# 6 examples per customer (a keyed per-customer choice). `make demo UNIT=example` protects single examples instead; DELTA=1e-6 sets δ.
 UNIT ?= user
 DELTA ?=
 DEMO_ARGS ?= --shops 5 --rounds 10 --epsilon 8 --lora-layers top1 --max-length 48 --batch-size 128 \
-	--physical-batch-size 256 --lr 0.2 --epochs 2 --max-train 3000 --server-lr 1.0 \
-	--eval-examples 200 --central-test 1500 --reference-rounds 2 --reference-examples 3000
+	--physical-batch-size 256 --lr 0.2 --epochs 2 --max-train-per-user 6 --server-lr 1.0 \
+	--eval-per-user 1 --central-test 1500 --reference-rounds 2 --reference-examples 3000
 demo: setup
 	$(FEDINTEREST) simulate --out runs/demo-$(UNIT) --unit $(UNIT) $(if $(DELTA),--delta $(DELTA)) $(DEMO_ARGS)
 

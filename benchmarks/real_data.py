@@ -45,7 +45,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--clip", type=float, default=1.0)
-    parser.add_argument("--max-train", type=int, default=None, help="training examples per shop and round")
+    parser.add_argument("--max-train-per-user", type=int, default=None,
+                        help="training examples of each customer (a keyed per-customer choice; default all)")
     parser.add_argument("--central-test", type=int, default=None, help="pooled test examples (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/real_data")
@@ -74,10 +75,10 @@ def main() -> int:
         "num-server-rounds": args.rounds, "seed": args.seed, "backbone": args.backbone,
         "lora-layers": args.lora_layers, "batch-size": train.batch_size,
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
-        "clip": train.max_grad_norm, "max-length": train.max_length, "eval-examples": 200,
+        "clip": train.max_grad_norm, "max-length": train.max_length, "eval-per-user": 1,
     }
     common = dict(data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
-                  seed=args.seed, max_train_examples=args.max_train, task_config=task)
+                  seed=args.seed, max_train_per_user=args.max_train_per_user, task_config=task)
 
     dp = prepare(out / "dp", epsilon=args.epsilon, privacy={"privacy-unit": args.unit}, **common)
     print(f"{len(dp.shops)} shops of {args.data}: {dp.table.report.summary()}")

@@ -37,8 +37,8 @@ def tree_rss(process: psutil.Process) -> int:
 
 def run(shops: int, rounds: int, out: Path, extra: list[str]) -> tuple[float, float, str]:
     command = [sys.executable, "-m", "common", "simulate", "--shops", str(shops),
-               "--rounds", str(rounds), "--max-train", "40", "--max-steps", "2", "--batch-size", "8",
-               "--max-length", "32", "--eval-examples", "20", "--central-test", "200", "--reference-rounds", "0",
+               "--rounds", str(rounds), "--max-train-per-user", "2", "--max-steps", "2", "--batch-size", "8",
+               "--max-length", "32", "--eval-per-user", "1", "--central-test", "200", "--reference-rounds", "0",
                "--out", str(out), *extra]
     env = {**os.environ, "FLWR_HOME": str(out / "flwr-home")}
     start, peak = time.perf_counter(), 0

@@ -246,7 +246,7 @@ def evaluate(message: Message, context: Context) -> Message:
     shop = load_shop(node, round_config, task)
     outcome = shop.release_evaluation(adapter, server_round=round_config.round,
                                       evaluations=round_config.evaluations,
-                                      limit=round_config.eval_examples or None,
+                                      per_user=round_config.eval_per_user or None,
                                       seed=_training_seed(node, wire.EVALUATION_ROUND_BASE + round_config.round))
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
     return _answer_release(message, context, setup, client, outcome, ledger,

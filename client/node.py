@@ -38,7 +38,8 @@ NODE_KEYS = {
     "delta": "δ (default 1/(10 × privacy units); must be below 1/units)",
     "privacy-unit": "user (default: a customer's whole history) or example (one user at one time)",
     "accountant": "prv (default) or rdp",
-    "max-train-examples": "use at most this many training examples per round",
+    "max-train-per-user": "use at most this many training examples of each customer (a keyed selection that depends "
+                          "on that customer alone; default: all)",
     "device": "cpu, cuda, ... (default: cuda if available)",
     "bf16": "true: bfloat16 autocast on GPU",
     "dp-engine": "per-example gradients: opacus (default: Opacus' hooks) or fast (one backward for LoRA; same "
@@ -68,7 +69,7 @@ class NodeSettings:
     privacy: PrivacyConfig
     data_format: str | None = None
     shop: str | None = None
-    max_train_examples: int | None = None
+    max_train_per_user: int | None = None
     device: str = "auto"
     bf16: bool = False
     dp_engine: str = "opacus"
@@ -98,7 +99,9 @@ class NodeSettings:
                 unit=str(config.get("privacy-unit", PrivacyConfig.unit)),
                 accountant=str(config.get("accountant", PrivacyConfig.accountant)),
             )
-            max_train = int(config["max-train-examples"]) if "max-train-examples" in config else None
+            max_train = int(config["max-train-per-user"]) if "max-train-per-user" in config else None
+            if max_train is not None and max_train < 1:
+                raise ValueError(f"max-train-per-user must be >= 1, got {max_train}")
             threads = int(config["threads"]) if "threads" in config else None
             seed = int(config["seed"]) if "seed" in config else None
             min_clients = int(config.get("min-clients", 3))
@@ -117,7 +120,7 @@ class NodeSettings:
             privacy=privacy,
             data_format=str(config["data-format"]) if config.get("data-format") else None,
             shop=str(config["shop"]) if config.get("shop") else None,
-            max_train_examples=max_train,
+            max_train_per_user=max_train,
             device=str(config.get("device", "auto")),
             bf16=_bool(config.get("bf16", False), "bf16"),
             dp_engine=_choice(config, "dp-engine", DP_ENGINES),
@@ -239,7 +242,7 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
         _SHOPS[key] = LocalShop(
             load_table(node), state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
-            max_train_examples=node.max_train_examples, shared=shared,
+            max_train_per_user=node.max_train_per_user, shared=shared,
             seed=node.seed, priors=task.priors,
         )
     return _SHOPS[key]

@@ -30,6 +30,7 @@ from common.task import (
     Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task,
 )
 from common.task.features import history_features
+from common.task.selection import select_per_user
 from common.text import encode_texts, render_examples
 
 from .ledger import LedgerError, PrivacyLedger, terms_for
@@ -125,6 +126,7 @@ class LocalShop:
         task: TaskConfig,
         taxonomy: Taxonomy | None = None,
         split: TemporalSplit | None = None,
+        max_train_per_user: int | None = None,
         max_train_examples: int | None = None,
         max_test_examples: int | None = None,
         seed: int | None = None,
@@ -136,8 +138,12 @@ class LocalShop:
         engagement; ``priors=None``: it releases its own label flows for the scorer's priors. Both
         releases are charged to its ledger and kept in the state directory; a non-private reference
         computes them from the data. ``statistics_seed`` seeds their noise (simulations only).
-        ``seed`` picks the ``max_train_examples`` subset (simulations); without one a private shop
-        draws it with a secret key kept in its state directory, the same in every process.
+        ``max_train_per_user``: each customer's training examples are capped at this many, the ones
+        of lowest keyed rank (``common.task.selection``): which of a customer's examples are used
+        depends on that customer alone. The key is ``seed``'s (simulations) or, on a private shop, a
+        secret kept in its state directory, the same in every process. ``max_train_examples`` (a cap
+        on the whole shop, which depends on every customer) and ``max_test_examples`` are for
+        non-private references and local metrics only: a private shop refuses the first.
         """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
@@ -149,11 +155,16 @@ class LocalShop:
             taxonomy = self._private_taxonomy(table, task, split, statistics_seed)
             self.label_space = "dp-top-k"
         self.task: TaskData = prepare_task(table, task, taxonomy=taxonomy, split=split, require_examples=not given)
-        if seed is None:  # a non-private reference keeps no state: its subset needs no secret
-            seed = subset_key(self.state_dir) if privacy.private else 0
-        rng = np.random.default_rng(seed)
+        if max_train_examples is not None and privacy.private:
+            raise ConfigError("a private shop's training examples are capped per customer (max_train_per_user): a "
+                              "cap on the whole shop would let every customer change which examples of the others "
+                              "are used")
+        # a non-private reference keeps no state: its selection needs no secret
+        self.selection_key = selection_key(self.state_dir if privacy.private and seed is None else None, seed)
+        rng = np.random.default_rng(np.frombuffer(self.selection_key, dtype=np.uint32))
         # `other` is never a hit, so it is never a training target either
         named = np.flatnonzero(self.task.train.label != self.task.taxonomy.other)
+        named = named[select_per_user(self.task.train.subset(named), self.selection_key, max_train_per_user, "train")]
         train_index = named[_sample(len(named), max_train_examples, rng)]
         self.train_examples = self.task.train.subset(train_index)
         self.test_examples = self.task.test.subset(_sample(len(self.task.test), max_test_examples, rng))
@@ -340,25 +351,26 @@ class LocalShop:
         return RoundOutcome(False, state=self.adapter_state(), num_examples=n, stats=stats,
                             epsilon=decision.epsilon_after)
 
-    def test_set(self, limit: int | None = None) -> tuple[ExampleSet, ShopDataset]:
-        """All test examples, or an even spread of ``limit``, encoded once and kept."""
-        if limit is None or limit >= len(self.test_examples):
-            limit = None
-        if limit not in self._test_sets:
+    def test_set(self, per_user: int | None = None) -> tuple[ExampleSet, ShopDataset]:
+        """The test examples, at most ``per_user`` of each customer (by the keyed rank), encoded once and kept.
+
+        Which of a customer's examples are scored depends on that customer alone, so an evaluation
+        release moves by at most one customer's bounded contribution when a customer is removed.
+        """
+        if per_user not in self._test_sets:
             examples = self.test_examples
-            if limit is not None:
-                examples = examples.subset(np.linspace(0, len(examples) - 1, limit).astype(np.int64))
-            self._test_sets[limit] = (examples, self.shared.dataset(examples, self.names,
-                                                                     self.train_config.max_length))
-        return self._test_sets[limit]
+            examples = examples.subset(select_per_user(examples, self.selection_key, per_user, EVALUATION))
+            self._test_sets[per_user] = (examples, self.shared.dataset(examples, self.names,
+                                                                        self.train_config.max_length))
+        return self._test_sets[per_user]
 
     @property
     def test_data(self) -> ShopDataset:
         return self.test_set()[1]
 
-    def evaluate(self, limit: int | None = None) -> dict[str, float]:
-        """Test metrics (and cross-entropy ``loss``) on all test examples or an even spread of ``limit``."""
-        examples, data = self.test_set(limit)
+    def evaluate(self, per_user: int | None = None) -> dict[str, float]:
+        """Test metrics (and cross-entropy ``loss``) on the test examples, at most ``per_user`` of each customer."""
+        examples, data = self.test_set(per_user)
         if not len(data):
             return {"n": 0.0, "n_migrating": 0.0}
         self.activate()
@@ -369,7 +381,7 @@ class LocalShop:
 
 
     def release_evaluation(self, adapter: "dict[str, np.ndarray]", *, server_round: int, evaluations: int,
-                           limit: int | None = None, seed: int | None = None) -> StatisticsOutcome:
+                           per_user: int | None = None, seed: int | None = None) -> StatisticsOutcome:
         """This shop's noised evaluation counts of ``adapter`` (``common.evaluation``), or a decline.
 
         The release is reserved in the ledger before the test set is scored; its σ makes the
@@ -379,7 +391,7 @@ class LocalShop:
         from common import wire
         from common.evaluation import example_counts, unit_sum
 
-        examples, data = self.test_set(limit)
+        examples, data = self.test_set(per_user)
 
         def compute() -> np.ndarray:
             self.activate()
@@ -397,11 +409,11 @@ class LocalShop:
                        request_sha256=adapter_digest(adapter), seed=seed, releases=evaluations)
 
 
-SUBSET_KEY = "subset.key"  # 32 secret bytes that pick a deployed shop's training subset
+SUBSET_KEY = "subset.key"  # 32 secret bytes that rank a deployed shop's examples for its per-user selections
 
 
-def subset_key(state_dir: Path) -> list[int]:
-    """Entropy for the training subset: the shop's own secret, made once from ``os.urandom`` and kept."""
+def subset_key(state_dir: Path) -> bytes:
+    """The shop's own selection secret, made once from ``os.urandom`` and kept (0600)."""
     import os
 
     from common.atomic import atomic_write_bytes, private_dir
@@ -415,7 +427,16 @@ def subset_key(state_dir: Path) -> list[int]:
         key = path.read_bytes()
     if len(key) != 32:
         raise ConfigError(f"{path}: expected 32 bytes, found {len(key)}; delete it to draw a new training subset")
-    return list(np.frombuffer(key, dtype=np.uint32))
+    return key
+
+
+def selection_key(state_dir: Path | None, seed: int | None) -> bytes:
+    """The key of a shop's per-user selections: its kept secret, or derived from ``seed`` (simulations, references)."""
+    import hashlib
+
+    if state_dir is not None:
+        return subset_key(state_dir)
+    return hashlib.sha256(f"fedinterest-selection|{0 if seed is None else int(seed)}".encode()).digest()
 
 
 def _digest(data: dict) -> str:

@@ -41,7 +41,7 @@ class RoundConfig:
     round: int
     rounds: int
     epsilon_cap: float = 0.0  # > 0: the server asks shops to stay below it (it can only lower)
-    eval_examples: int = 0  # > 0: evaluate on at most this many test examples per shop
+    eval_per_user: int = 0  # > 0: evaluate on at most this many test examples of each customer (keyed)
     evaluations: int = 1  # secure evaluations the run holds (each shop reserves budget for them)
     backbone: str = "minilm"
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -49,7 +49,7 @@ class RoundConfig:
 
     def to_record_dict(self) -> dict:
         out = {"round": self.round, "rounds": self.rounds, "epsilon_cap": float(self.epsilon_cap),
-               "eval_examples": self.eval_examples, "evaluations": self.evaluations, "backbone": self.backbone}
+               "eval_per_user": self.eval_per_user, "evaluations": self.evaluations, "backbone": self.backbone}
         lora = self.lora.to_dict()
         lora["layers"] = list(lora["layers"]) if lora["layers"] is not None else []
         out.update({f"lora.{k}": v for k, v in lora.items()})
@@ -65,7 +65,7 @@ class RoundConfig:
             training = LocalTraining(**{k[6:]: v for k, v in record.items() if k.startswith("train.")})
             return cls(
                 round=int(record["round"]), rounds=int(record["rounds"]),
-                epsilon_cap=float(record["epsilon_cap"]), eval_examples=int(record["eval_examples"]),
+                epsilon_cap=float(record["epsilon_cap"]), eval_per_user=int(record["eval_per_user"]),
                 evaluations=int(record["evaluations"]),
                 backbone=str(record["backbone"]), lora=LoraSettings(**lora), training=training,
             )

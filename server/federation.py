@@ -190,7 +190,7 @@ class Federation:
     def _round_config(self, server_round: int) -> RoundConfig:
         s = self.settings
         return RoundConfig(round=server_round, rounds=s.rounds, epsilon_cap=float(s["epsilon-cap"]),
-                           eval_examples=int(s["eval-examples"]), evaluations=s.evaluations, backbone=str(s["backbone"]), lora=s.lora,
+                           eval_per_user=int(s["eval-per-user"]), evaluations=s.evaluations, backbone=str(s["backbone"]), lora=s.lora,
                            training=s.training)
 
     def _content(self, server_round: int, state) -> RecordDict:

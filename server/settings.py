@@ -23,7 +23,7 @@ DEFAULTS: dict[str, object] = {
     "fraction-train": 1.0,
     "seed": -1,
     "epsilon-cap": 0.0,
-    "eval-examples": 500,
+    "eval-per-user": 1,
     "eval-every": 0,
     "backbone": "minilm",
     "lora-rank": 8,

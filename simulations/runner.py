@@ -56,7 +56,7 @@ def prepare(
     privacy: dict | None = None,
     node_settings: dict | None = None,
     taxonomy: Taxonomy | None = None,
-    max_train_examples: int | None = None,
+    max_train_per_user: int | None = None,
     threads: int = 1,
     task_config: TaskConfig | None = None,
     synth: SynthConfig | None = None,
@@ -104,8 +104,8 @@ def prepare(
         else:
             node["epsilon"] = float(epsilon)
             node.update(privacy or {})
-        if max_train_examples:
-            node["max-train-examples"] = int(max_train_examples)
+        if max_train_per_user:
+            node["max-train-per-user"] = int(max_train_per_user)
         node["threads"] = int(threads)
         node.update(node_settings or {})
         node["seed"] = int(seed) * 1000 + pid  # simulated shops are reproducible; real ones use the CSPRNG

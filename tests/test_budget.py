@@ -19,7 +19,7 @@ def fedinterest(*args, timeout=600):
 def test_the_plan_matches_what_train_local_records(tmp_path, synthetic_dir):
     state = tmp_path / "shop"
     trained = fedinterest("train-local", "--data", str(synthetic_dir), "--shop", "shop_02", "--backbone", "tiny",
-                          "--max-train", "64", "--max-test", "32", "--max-length", "32", "--batch-size", "16",
+                          "--max-train-per-user", "1", "--max-test", "32", "--max-length", "32", "--batch-size", "16",
                           "--epsilon", "4", "--rounds", "3", "--state", str(state))
     assert trained.returncode == 0, trained.stderr
     ledger = PrivacyLedger.open(state).read()

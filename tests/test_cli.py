@@ -38,7 +38,7 @@ def test_synth_then_baselines_prints_the_table(tmp_path):
 
 def test_train_local_labels_runs_and_ledger_show(tmp_path, synthetic_dir):
     common = ["train-local", "--data", str(synthetic_dir), "--shop", "shop_02", "--backbone", "tiny",
-              "--max-train", "64", "--max-test", "32", "--max-length", "32", "--batch-size", "16"]
+              "--max-train-per-user", "1", "--max-test", "32", "--max-length", "32", "--batch-size", "16"]
     plain = fedinterest(*common, "--non-private", "--state", str(tmp_path / "np"))
     assert plain.returncode == 0, plain.stderr
     assert "fedinterest [NON-PRIVATE]" in plain.stdout and "markov" in plain.stdout

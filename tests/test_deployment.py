@@ -258,9 +258,9 @@ def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_p
     os.environ.setdefault("FLWR_HOME", str(tmp_path / "flwr-home"))  # the in-process simulation engine's
     resolve_backbone("tiny")
     prepared = prepare(tmp_path / "sim", shops=3, synth=SynthConfig(shops=3, users=180, days=20, seed=5),
-                       max_train_examples=60, epsilon=EPSILON, seed=3)
+                       max_train_per_user=1, epsilon=EPSILON, seed=3)
     run_config = {"num-server-rounds": ROUNDS, "backbone": "tiny", "min-shops": 3, "seed": 3, "batch-size": 16,
-                  "physical-batch-size": 16, "max-steps": 3, "max-length": 40, "eval-examples": 40, "lr": 0.02,
+                  "physical-batch-size": 16, "max-steps": 3, "max-length": 40, "eval-per-user": 1, "lr": 0.02,
                   "round-timeout": 120.0}
     reference = run_federation(prepared, {**run_config, "out-dir": str(tmp_path / "reference")}).result
 
@@ -281,7 +281,7 @@ def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_p
         nodes[name] = (f"fedinterest node start {name} --data {node['data-path']} --shop {node['shop']} "
                        f"--epsilon {node['epsilon']} --backbone tiny --platform 127.0.0.1:{port} --ca {platform_dir}/ca.pem "
                        f"--roster {platform_dir}/roster.json --runtime-port {port + 1 + pid} --skip-check "
-                       f"--node-config \"max-train-examples={node['max-train-examples']} threads={node['threads']} "
+                       f"--node-config \"max-train-per-user={node['max-train-per-user']} threads={node['threads']} "
                        f"seed={node['seed']} rehearsal=true\"")
     start_platform = f"fedinterest platform start {platform_dir}"
 

@@ -92,7 +92,7 @@ def shop(tmp_path, synthetic_dir):
     from common.model.backbone import resolve_backbone, weights_sha256
 
     node_config = {"data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(state), "epsilon": 8.0,
-                   "max-train-examples": 48, "roster": str(tmp_path / "roster.json"), "backbone": "tiny",
+                   "max-train-per-user": 1, "roster": str(tmp_path / "roster.json"), "backbone": "tiny",
                    "backbone-sha256": weights_sha256(resolve_backbone("tiny"))}
     model = SharedModel.get(ModelConfig(backbone="tiny"), spec.taxonomy.class_names, "cpu").model
     return {"context": Context(RUN, 7, node_config, RecordDict(), {}), "spec": spec, "roster": roster,
@@ -103,7 +103,7 @@ def request(shop, stages, server_round, adapter, round_id=None):
     """The opening message of a training or evaluation round, as the server builds it."""
     from common.settings import LocalTraining, RoundConfig
 
-    config = RoundConfig(round=server_round, rounds=3, evaluations=3, eval_examples=40, backbone="tiny",
+    config = RoundConfig(round=server_round, rounds=3, evaluations=3, eval_per_user=1, backbone="tiny",
                          training=LocalTraining(batch_size=16, physical_batch_size=16, max_length=32, max_steps=2))
     length = sum(v.size for v in adapter.values()) if stages is wire.TRAIN_STAGES else len(FIELDS)
     bound = wire.release_bound(wire.DEFAULT_MAX_SHOP_CUSTOMERS, length)

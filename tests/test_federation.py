@@ -27,7 +27,7 @@ SMALL = SynthConfig(shops=SHOPS, users=60 * SHOPS, days=20, seed=5)
 
 def run_config(out, **extra):
     return {"num-server-rounds": ROUNDS, "backbone": "tiny", "out-dir": str(out), "seed": 11, "max-length": 48,
-            "batch-size": 16, "max-steps": 6, "eval-examples": 120, "round-timeout": 600.0, "lr": 0.02,
+            "batch-size": 16, "max-steps": 6, "eval-per-user": 2, "round-timeout": 600.0, "lr": 0.02,
             "eval-every": 1, **extra}
 
 
@@ -52,7 +52,7 @@ def federation(tmp_path_factory):
     audit_dir = out / "audit"
     os.environ["FEDINTEREST_AUDIT_DIR"] = str(audit_dir)
     os.environ.setdefault("FLWR_HOME", str(out / "flwr-home"))
-    prepared = prepare(out / "sim", shops=SHOPS, synth=SMALL, max_train_examples=120, seed=3)
+    prepared = prepare(out / "sim", shops=SHOPS, synth=SMALL, max_train_per_user=2, seed=3)
     # shop 0 spent its whole budget in an earlier federation
     exhausted = PrivacyLedger.open(prepared.node_configs[0]["state-dir"])
     exhausted.fix_terms(PrivacyTerms("user", 1e-4, "prv"))

@@ -408,7 +408,7 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
     setup = [f"fedinterest synth --out data --shops {len(SHOPS)} --users 120 --days 20 --seed 7",
              f"fedinterest platform init platform --address {address} --catalogue data --backbone tiny --rounds 1 "
              f"--min-shops {len(SHOPS)} --run-config \"batch-size=16 physical-batch-size=16 max-steps=2 "
-             "max-length=32 eval-examples=20 lr=0.02 round-timeout=120.0\""]
+             "max-length=32 eval-per-user=1 lr=0.02 round-timeout=120.0\""]
     setup += [f"fedinterest node init {shop}" for shop in SHOPS]
     setup += [f"fedinterest platform add-shop platform {shop} {shop}/public-keys.json" for shop in SHOPS]
     for command in setup:
@@ -493,7 +493,7 @@ def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_
             command = (f"fedinterest node start {shop} --data data --shop {shop} --epsilon 8 --backbone tiny "
                        f"--platform {address} "
                        f"--ca platform/ca.pem --roster platform/roster.json --runtime-port $((PORT + "
-                       f"{1 + SHOPS.index(shop)})) --skip-check --node-config \"max-train-examples=40\"")
+                       f"{1 + SHOPS.index(shop)})) --skip-check --node-config \"max-train-per-user=1\"")
             processes.start(shop, ["bash", "-c", "exec " + command], env, cwd=tmp_path)
         everyone = ("platform", *SHOPS)
         wait_for(lambda: (tmp_path / "evil-run.json").exists(), "the platform's bundle to get its replies",

@@ -188,7 +188,7 @@ def read_rounds(state):
 def train_local(synthetic_dir, state, rounds):
     return [
         sys.executable, "-m", "common", "train-local", "--data", str(synthetic_dir), "--shop", "shop_02",
-        "--backbone", "tiny", "--epsilon", "8", "--rounds", str(rounds), "--max-train", "64", "--max-test", "16",
+        "--backbone", "tiny", "--epsilon", "8", "--rounds", str(rounds), "--max-train-per-user", "1", "--max-test", "16",
         "--batch-size", "16", "--max-length", "32", "--state", str(state),
     ]
 
@@ -237,7 +237,7 @@ def test_shop_views_built_for_configs_the_server_varies_share_one_budget(tmp_pat
     spec = TaskSpec(build_taxonomy(table, 20, before=split.val_start), split, config)
     node = NodeSettings.from_node_config({
         "data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(tmp_path / "state"),
-        "epsilon": 8.0, "max-train-examples": 64, "seed": 3, "partition-id": 0})  # a simulated node: seeds allowed
+        "epsilon": 8.0, "max-train-per-user": 1, "seed": 3, "partition-id": 0})  # a simulated node: seeds allowed
     released, views = 0, set()
     for message in range(8):
         training = LocalTraining(batch_size=16, physical_batch_size=16, learning_rate=0.01 * 1.0001 ** message,

@@ -12,8 +12,8 @@ import time
 import numpy as np
 from safetensors.numpy import load_file
 
-ARGS = ["--backbone", "tiny", "--shops", "5", "--rounds", "3", "--max-train", "80", "--max-steps", "4",
-        "--batch-size", "16", "--max-length", "40", "--eval-examples", "40", "--central-test", "80",
+ARGS = ["--backbone", "tiny", "--shops", "5", "--rounds", "3", "--max-train-per-user", "1", "--max-steps", "4",
+        "--batch-size", "16", "--max-length", "40", "--eval-per-user", "1", "--central-test", "80",
         "--reference-rounds", "0", "--seed", "7"]
 
 

@@ -17,8 +17,8 @@ from common.model.prefix import CACHE_ENV
 from simulations.flwr_run import simulation_config, simulation_devices
 from simulations.runner import simulated_node_config
 
-SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train", "40", "--max-steps", "2",
-         "--batch-size", "16", "--max-length", "32", "--eval-examples", "20", "--central-test", "40",
+SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train-per-user", "1", "--max-steps", "2",
+         "--batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "40",
          "--reference-rounds", "0", "--seed", "5"]
 DEPRECATED = "run_simulation` function is deprecated"
 

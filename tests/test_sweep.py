@@ -14,8 +14,8 @@ import pytest
 
 from simulations.sweep import Point, grid, summarise
 
-TINY = ["--backbone", "tiny", "--max-train", "64", "--max-steps", "3", "--batch-size", "16",
-        "--physical-batch-size", "16", "--max-length", "32", "--eval-examples", "20", "--central-test", "80",
+TINY = ["--backbone", "tiny", "--max-train-per-user", "1", "--max-steps", "3", "--batch-size", "16",
+        "--physical-batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "80",
         "--lora-layers", "top1"]  # a frozen prefix: the points share its encodings
 
 

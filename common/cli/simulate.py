@@ -19,7 +19,8 @@ from .data_args import add_task_arguments, task_config
 from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
 
 NAME = "simulate"
-MAX_TRAIN = 3000  # a shop's training examples by default: the tiny backbone's 3 shops x 2 rounds take about a minute
+MAX_TRAIN_PER_USER = 6  # a customer's training examples by default: a first run takes minutes
+REFERENCE_PER_SHOP = 3000  # the non-private reference's pooled examples per shop, by default
 HELP = "simulate the federation (flwr run, Flower simulation runtime): DP shops, secure aggregation, report"
 
 
@@ -35,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", default="runs/simulation", metavar="DIR", help="report folder (default runs/simulation)")
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed; every random choice derives from it (default 0)")
-    group.add_argument("--max-train", type=int, default=MAX_TRAIN,
-                       help=f"training examples per shop (default {MAX_TRAIN}, a random subset, so that a first "
-                            "run takes minutes; 0: all of them)")
-    group.add_argument("--eval-examples", type=int, default=300, help="test examples per shop per federated evaluation")
+    group.add_argument("--max-train-per-user", type=int, default=MAX_TRAIN_PER_USER,
+                       help=f"training examples of each customer (default {MAX_TRAIN_PER_USER}, chosen by a keyed rank "
+                            "that depends on that customer alone, so that a first run takes minutes; 0: all of them)")
+    group.add_argument("--eval-per-user", type=int, default=1,
+                       help="test examples of each customer per federated evaluation (default 1, keyed per customer)")
     group.add_argument("--eval-every", type=int, default=0,
                        help="federated evaluation every N rounds as well as after the last (default 0: the last only; "
                             "each one is a noised release in every shop's ledger)")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reference-rounds", type=int, default=None,
                        help="rounds of the centralized non-private reference (default --rounds; 0 skips it)")
     group.add_argument("--reference-examples", type=int, default=None,
-                       help="pooled training examples of the reference (default --max-train x shops)")
+                       help=f"pooled training examples of the non-private reference (default {REFERENCE_PER_SHOP} x shops)")
     group.add_argument("--server-optimizer", choices=("fedavg", "fedadam"), default="fedavg")
     group.add_argument("--server-lr", type=float, default=None, help="server learning rate (fedavg 1.0, fedadam 0.01)")
     group.add_argument("--secagg-clip", type=float, default=0.5, help="per-element clip of updates before quantization")
@@ -85,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.shops < 3:
         raise ConfigError("--shops must be >= 3: secure aggregation needs three")
-    if args.max_train < 0:
-        raise ConfigError("--max-train must be >= 0 (0: all of a shop's training examples)")
+    if args.max_train_per_user < 0:
+        raise ConfigError("--max-train-per-user must be >= 0 (0: all of a customer's training examples)")
+    if args.eval_per_user < 1:
+        raise ConfigError("--eval-per-user must be >= 1")
     resolve_backbone(args.backbone)  # a bad --backbone fails here, not inside the federation
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                        alpha=args.alpha, seed=args.seed, epsilon=epsilon, privacy=node_privacy,
                        node_settings=node_settings,
                        taxonomy=Taxonomy.load(args.taxonomy) if args.taxonomy else None,
-                       max_train_examples=args.max_train, fresh=not args.resume,
+                       max_train_per_user=args.max_train_per_user, fresh=not args.resume,
                        threads=threads, task_config=task_config(args))
     print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
     if gpus:
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         "plain-lora": args.plain_lora, "batch-size": train.batch_size,
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
         "max-steps": train.max_steps or 0, "clip": train.max_grad_norm, "max-length": train.max_length,
-        "eval-examples": args.eval_examples, "eval-every": args.eval_every, "secagg-clip": args.secagg_clip,
+        "eval-per-user": args.eval_per_user, "eval-every": args.eval_every, "secagg-clip": args.secagg_clip,
         "server-optimizer": args.server_optimizer, "out-dir": str(out / "federation"), "resume": args.resume,
     }
     if args.server_lr is not None:
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     label = f"federated [{privacy.label()}, SecAgg+]"
     reference_rounds = args.rounds if args.reference_rounds is None else args.reference_rounds
-    pooled_examples = args.reference_examples or (args.max_train * len(prepared.shops) if args.max_train else None)
+    pooled_examples = args.reference_examples or REFERENCE_PER_SHOP * len(prepared.shops)
     rows = central_table(prepared.table, result.task, models, train, result.weights, label,
                          max_test=args.central_test, reference_rounds=reference_rounds,
                          reference_examples=pooled_examples)

@@ -18,7 +18,7 @@ HELP = "sweep ε (and shops, unit, rounds, skew, seeds) over federated simulatio
 
 #: The demo's simulation settings (as `make demo`): each point is sized like the demo unless overridden.
 DEMO_SETTINGS = ["--lora-layers", "top1", "--max-length", "48", "--batch-size", "128", "--physical-batch-size", "256",
-                 "--lr", "0.2", "--epochs", "2", "--max-train", "3000", "--server-lr", "1.0", "--eval-examples", "200",
+                 "--lr", "0.2", "--epochs", "2", "--max-train-per-user", "6", "--server-lr", "1.0", "--eval-per-user", "1",
                  "--central-test", "1500"]
 
 

@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_privacy_arguments(parser)
     parser.add_argument("--rounds", type=int, default=1, help="local rounds to run (default 1)")
-    parser.add_argument("--max-train", type=int, help="use at most this many training examples")
-    parser.add_argument("--max-test", type=int, help="evaluate on at most this many test examples")
+    parser.add_argument("--max-train-per-user", type=int,
+                        help="use at most this many training examples of each customer (a keyed choice that depends "
+                             "on that customer alone; default all)")
+    parser.add_argument("--max-test", type=int, help="evaluate on at most this many test examples (local metrics only)")
     parser.add_argument("--state", metavar="DIR", help="state directory holding the privacy ledger "
                         "(default .fedinterest/train-local/<data>-<shop>)")
     parser.add_argument("--seed", type=int, default=None,
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else None
     shop = LocalShop(
         table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed or 0),
-        task=task_config(args), taxonomy=taxonomy, max_train_examples=args.max_train, max_test_examples=args.max_test,
+        task=task_config(args), taxonomy=taxonomy, max_train_per_user=args.max_train_per_user,
+        max_test_examples=args.max_test,
         seed=args.seed, statistics_seed=args.seed,
     )
     print(shop.task.summary())

@@ -1,0 +1,106 @@
+"""Every release a shop makes is calibrated to one customer: remove each customer in turn, measure the shift.
+
+The noise of a release assumes that removing one privacy unit moves the released vector by at most
+its sensitivity (1 at user level: each customer's contribution has L2 norm <= 1). That holds only
+if which examples enter depends on each customer alone. For one shop, with a public label space
+and calendar, these tests remove every customer in turn and check the largest shift of
+
+- the evaluation counts (the test examples scored: at most ``per_user`` of each customer, by a keyed rank),
+- the engagement statistics and the label flows (the statistics rounds),
+
+against the sensitivity the noise assumes, and that the training subset (``max-train-per-user``)
+of every other customer is unchanged. The selection it replaced (an even spread of N examples
+over the shop) is run too: it moves the release by far more than one customer can.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.statistics import sensitivity
+from common.config import TaskConfig
+from common.evaluation import example_counts, unit_sum
+from common.stats import category_engagement, label_flows, transition_rows
+from common.task import Catalogue, build_taxonomy, default_split, prepare_task
+from common.task.selection import select_per_user
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def shop(tiny_shop_table):
+    """The smallest synthetic shop with a public label space and calendar (both fixed before removal)."""
+    config = TaskConfig()
+    split = default_split(tiny_shop_table, config)
+    taxonomy = build_taxonomy(tiny_shop_table, 20, before=split.val_start)
+    return {"table": tiny_shop_table, "config": config, "split": split, "taxonomy": taxonomy,
+            "catalogue": Catalogue.of(tiny_shop_table), "users": sorted(tiny_shop_table.frame["user_id"].unique())}
+
+
+def task_without(shop, user=None):
+    table = shop["table"] if user is None else shop["table"].without_users([user])
+    return table, prepare_task(table, shop["config"], taxonomy=shop["taxonomy"], split=shop["split"],
+                               require_examples=False)
+
+
+def scored_rows(examples, other):
+    """A fixed 'model': each example's scores depend on that example alone (its current interest and time)."""
+    n_classes = examples.events.n_classes
+    probs = np.full((len(examples), n_classes), 0.2 / n_classes)
+    probs[np.arange(len(examples)), examples.current] += 0.5
+    probs[np.arange(len(examples)), (examples.current + 1 + examples.t // 86400 % 3) % n_classes] += 0.3
+    return example_counts(probs / probs.sum(axis=1, keepdims=True), examples.label, examples.current, other)
+
+
+def keyed_evaluation(task, per_user=1):
+    test = task.test
+    chosen = test.subset(select_per_user(test, KEY, per_user, "evaluation"))
+    return unit_sum(scored_rows(chosen, task.taxonomy.other), chosen.user)
+
+
+def even_spread(task, limit=200):
+    """The evaluation selection this replaced: an even spread of ``limit`` examples ordered user by user."""
+    test = task.test
+    chosen = test.subset(np.linspace(0, len(test) - 1, min(limit, len(test))).astype(np.int64))
+    return unit_sum(scored_rows(chosen, task.taxonomy.other), chosen.user)
+
+
+def largest_shift(shop, release) -> float:
+    full = release(*task_without(shop))
+    return max(float(np.linalg.norm(full - release(*task_without(shop, user)))) for user in shop["users"])
+
+
+def test_an_evaluation_release_moves_by_at_most_one_customer(shop):
+    for per_user in (1, 3):
+        shift = largest_shift(shop, lambda table, task: keyed_evaluation(task, per_user))
+        assert 0 < shift <= sensitivity("user") + 1e-9, (per_user, shift)
+
+
+def test_the_even_spread_it_replaced_moved_by_many_customers(shop):
+    """The broken selection: removing one customer re-picks the examples of every later one."""
+    assert largest_shift(shop, lambda table, task: even_spread(task)) > 3 * sensitivity("user")
+
+
+def test_the_statistics_releases_move_by_at_most_one_customer(shop):
+    before = shop["split"].val_start
+    engagement = largest_shift(shop, lambda table, task: category_engagement(table, shop["catalogue"], before))
+    rows = transition_rows(shop["taxonomy"].n_classes)
+    flows = largest_shift(shop, lambda table, task: label_flows(task.train, rows).ravel())
+    assert 0 < engagement <= 1 + 1e-9 and 0 < flows <= 1 + 1e-9, (engagement, flows)
+
+
+def test_the_training_subset_of_every_other_customer_is_unchanged(shop):
+    """``max-train-per-user``: a customer's removal changes no other customer's training examples."""
+    def chosen(task, missing=None):
+        train = task.train
+        kept = train.subset(select_per_user(train, KEY, 2, "train"))
+        ids = kept.events.user_ids[kept.user]
+        return {(u, int(t)) for u, t in zip(ids, kept.t) if u != missing}
+
+    _, full = task_without(shop)
+    everyone = chosen(full)
+    assert len(everyone) < len(full.train)  # the cap binds
+    for user in shop["users"][::4]:
+        _, without = task_without(shop, user)
+        assert chosen(without) == {pair for pair in everyone if pair[0] != user}, user
