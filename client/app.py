@@ -151,7 +151,7 @@ def train(message: Message, context: Context) -> Message:
         return _reply(message, {wire.METRICS: MetricRecord({"declined": 1, "decline_code": code, **terms})})
 
     update = flatten(outcome.state) - flatten(global_state)
-    weight = wire.weight_bucket(outcome.num_examples, setup.config.max_weight)
+    weight = wire.SHOP_WEIGHT
     log.info("round %s: trained %s steps, loss %.4f (stays on this node)", round_config.round,
              outcome.stats.steps, outcome.stats.mean_loss)
     advertisement = client.advertise_keys(setup, wire.adapter_subject(global_state))

@@ -29,7 +29,7 @@ class Shop:
     batch_size: int = 32
     max_steps: int | None = None
     clip: float = 1.0
-    delta: float | None = None  # default 1 / (10 × units), as a shop's
+    delta: float | None = None  # default DEFAULT_DELTA, as a shop's
     accountant: str = "prv"
     label_space: str = "private"  # private: the shop releases its engagement for the DP top-K
     evaluations: int = 1  # federated evaluations the run holds (train-local: 0)

@@ -10,6 +10,7 @@ The server's messages never carry them; its ``epsilon_cap`` can only lower the b
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ NODE_KEYS = {
     "state-dir": "directory for the privacy ledger and caches (required)",
     "epsilon": "privacy budget over the whole federation (default 8)",
     "non-private": "true: train without differential privacy (labelled reference runs only)",
-    "delta": "δ (default 1/(10 × privacy units); must be below 1/units)",
+    "delta": "δ (default 1e-5, the same for every shop; must be below 1/units)",
     "privacy-unit": "user (default: a customer's whole history) or example (one user at one time)",
     "accountant": "prv (default) or rdp",
     "max-train-per-user": "use at most this many training examples of each customer (a keyed selection that depends "
@@ -60,6 +61,8 @@ NODE_KEYS = {
 }
 #: Keys Flower itself puts into node_config (simulation).
 FLOWER_KEYS = {"partition-id", "num-partitions"}
+#: Set by a deployed node's task runner (``deploy.node_runner``): no key of the node config makes it a simulation.
+DEPLOYED_ENV = "FEDINTEREST_DEPLOYED_NODE"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ class NodeSettings:
         except ValueError as exc:
             raise ConfigError(f"node config: {exc}") from None
         rehearsal = _bool(config.get("rehearsal", False), "rehearsal")
-        if seed is not None and "partition-id" not in config and not rehearsal:
+        simulated = "partition-id" in config and not os.environ.get(DEPLOYED_ENV)
+        if seed is not None and not simulated and not rehearsal:
             raise ConfigError("node config: 'seed' makes a shop's secrets and DP noise reproducible, so it is only "
                               "for simulations (Flower's simulation engine) and rehearsals without customers' data "
                               "(rehearsal=true); remove it from this SuperNode's config")

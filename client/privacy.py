@@ -10,9 +10,9 @@ ignore history. Planning and reporting use the same accountant: PRV by default (
 Units (what one protected "record" is):
 - ``user`` (default): one customer of the shop and everything they did. Each step samples users
   (Poisson) and takes one example per sampled user, so a user changes at most one clipped
-  gradient per step. δ defaults to 1/(10 × users).
+  gradient per step. δ defaults to 1e-5 (``DEFAULT_DELTA``), the same for every shop.
 - ``example``: one user at one prediction time. A user with k examples gets only group privacy
-  (about kε). δ defaults to 1/(10 × examples).
+  (about kε). δ is below 1/examples.
 A customer of several shops is protected per shop: their ε composes over those shops.
 """
 
@@ -36,12 +36,16 @@ class BudgetExhausted(ConfigError):
     """No noise level fits the rounds into what is left of the budget."""
 
 
+#: δ of every shop unless its merchant sets one: 1/(10 × the platform's largest expected shop), the same for all.
+DEFAULT_DELTA = 1e-5
+
+
 @dataclass(frozen=True)
 class PrivacyConfig:
     """A shop's own privacy settings. ``epsilon=None`` means a labelled non-private run."""
 
     epsilon: float | None = 8.0
-    delta: float | None = None  # default: 1 / (10 × privacy units)
+    delta: float | None = None  # default: DEFAULT_DELTA, a public constant (never the shop's size)
     unit: str = "user"
     accountant: str = "prv"
 
@@ -68,16 +72,19 @@ class PrivacyConfig:
         return min(self.epsilon, float(server_epsilon))
 
     def delta_for(self, n_units: int) -> float:
-        """δ for a shop with ``n_units`` privacy units: given, or 1/(10 n); always below 1/n."""
+        """δ for a shop with ``n_units`` privacy units: given, or the public ``DEFAULT_DELTA``; always below 1/n.
+
+        δ is the same for every shop of a federation (a public rule), so neither it nor its code on the
+        wire tells a shop's size.
+        """
         n = max(int(n_units), 1)
-        if self.delta is None:
-            return 1.0 / (10.0 * n)
-        if self.delta >= 1.0 / n:
+        delta = DEFAULT_DELTA if self.delta is None else float(self.delta)
+        if delta >= 1.0 / n:
             raise ConfigError(
-                f"privacy: δ={self.delta:g} is not below 1/{n} ({self.unit}s in this shop): such a δ allows "
-                f"releasing a {self.unit}'s data outright; use δ < {1.0 / n:.2e} or leave it to the default"
-            )
-        return float(self.delta)
+                f"privacy: δ={delta:g} is not below 1/{n} ({self.unit}s in this shop): such a δ allows "
+                f"releasing a {self.unit}'s data outright; set a smaller δ (node config 'delta', --delta) below "
+                f"{1.0 / n:.2e}")
+        return delta
 
     def terms(self, n_units: int) -> "PrivacyTerms":
         return PrivacyTerms(self.unit, self.delta_for(n_units), self.accountant)
@@ -85,7 +92,7 @@ class PrivacyConfig:
     def describe(self) -> str:
         if not self.private:
             return "NON-PRIVATE (no differential privacy)"
-        delta = "δ=1/(10·units)" if self.delta is None else f"δ={self.delta:.1e}"
+        delta = f"δ={DEFAULT_DELTA:.0e}" if self.delta is None else f"δ={self.delta:.1e}"
         return f"DP ε={self.epsilon:g} per {self.unit}, {delta}, {self.accountant.upper()} accountant"
 
     def label(self) -> str:

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import time
+import types
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -372,7 +373,25 @@ def make_private(model, optimizer, loader, dp: DPSettings, expected_batch: float
             noise_generator=torch.Generator(device=device),
         )
     dp_optimizer.expected_batch_size = expected_batch
+    dp_optimizer.add_noise = types.MethodType(_add_float64_noise, dp_optimizer)  # this optimizer's only
     return private_model, dp_optimizer, dp_loader
+
+
+def _add_float64_noise(self) -> None:
+    """Opacus' ``DPOptimizer.add_noise`` with the noise drawn in float64 (``fast_dp.gaussian_noise``):
+    the same draws, in the same parameter order, as the fast engine."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    from .fast_dp import gaussian_noise
+
+    std = self.noise_multiplier * self.max_grad_norm
+    for p in self.params:
+        _check_processed_flag(p.summed_grad)
+        grad = p.summed_grad
+        if std:
+            grad = grad + gaussian_noise(std, grad.shape, grad.device, self.generator).to(grad.dtype)
+        p.grad = grad.view_as(p)
+        _mark_as_processed(p.summed_grad)
 
 
 def release(private_model, model) -> None:

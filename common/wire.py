@@ -17,8 +17,9 @@ few whitelisted scalar metrics, never a plaintext update, text, or a user or ite
 
 A train reply says only whether the shop took part and its privacy terms: codes for its unit and
 accountant, δ and ε spent as powers (of ten and two) they stay below; no loss, no step count, no
-time. Its SecAgg weight is public: a power-of-two bucket of its example count (``weight_bucket``),
-sent beside its masked vector and checked on its own (``secagg.server.valid_weight``). A refused or failed request comes back as a Flower error whose code is one
+time. Its SecAgg weight is public and the same for every shop (``SHOP_WEIGHT``: the global update
+is the plain mean over shops, so nothing on the wire depends on a shop's size), sent beside its
+masked vector and checked on its own (``secagg.server.valid_weight``). A refused or failed request comes back as a Flower error whose code is one
 of ``ERROR_CODES``, never the exception's text (that stays in the shop's log).
 
 ``evaluate`` is a secure round too: each shop scores the adapter on its test period and sends the
@@ -80,7 +81,7 @@ METRICS = "metrics"  # MetricRecord: whitelisted scalars (client -> server)
 MASKED_ARRAY = "masked"  # the one array inside the MASKED record
 
 #: What a shop says of its guarantee: codes for its privacy unit and accountant, δ as a power of
-#: ten it stays below (a bucket: the exact δ = 1/(10 × units) would tell the shop's size), and the
+#: ten it stays below (δ is a public constant by default, so the code tells nothing of the shop), and the
 #: ε it has spent as a power of two it stays below (the exact ε would tell its sampling rate).
 TERMS_METRICS = ("privacy_unit", "accountant", "delta_log10")
 UNIT_CODES = {"user": 1, "example": 2}
@@ -165,13 +166,9 @@ ERROR_CODES = {
 }
 
 
-def weight_bucket(examples: int, max_weight: int) -> int:
-    """The public SecAgg weight of a shop with ``examples``: the largest power of two <= it, capped.
-
-    Sums of buckets across rounds and declines tell at most a shop's size within a factor of two.
-    """
-    cap = 1 << (max(int(max_weight), 1).bit_length() - 1)
-    return min(1 << (max(int(examples), 1).bit_length() - 1), cap)
+#: The public SecAgg weight of every shop's update: a constant, so that no weight tells a shop's size
+#: (a count of examples would, even bucketed, to a server that chooses who takes part).
+SHOP_WEIGHT = 1
 
 
 def safe_uint32_vector(array, length: int | None = None) -> np.ndarray:

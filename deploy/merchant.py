@@ -144,7 +144,7 @@ def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str 
     ``backbone`` is the node's own: the ClientApp refuses a round naming another, and loads it only while
     its weights have the sha256 pinned here (minilm's is built in and checked now).
     """
-    from client.node import NodeSettings
+    from client.node import FLOWER_KEYS, NodeSettings
     from common.model.backbone import resolve_backbone, weights_sha256
 
     resolved = resolve_backbone(backbone)
@@ -160,6 +160,9 @@ def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str 
     clash = set(extra) & set(config)
     if clash:
         raise ConfigError(f"--node-config: {sorted(clash)} are set by their own options")
+    flower_only = set(extra) & FLOWER_KEYS
+    if flower_only:
+        raise ConfigError(f"--node-config: {sorted(flower_only)} belong to Flower's simulation engine, not to a node")
     config.update(extra)
     NodeSettings.from_node_config(config)
     return config

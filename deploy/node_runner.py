@@ -35,6 +35,7 @@ from typing import Callable
 
 import httpx
 
+from client.node import DEPLOYED_ENV
 from common import wire
 from common.config import ConfigError
 
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    os.environ[DEPLOYED_ENV] = "1"  # the ClientApp refuses a seed on this node, however it is passed
     app = load_installed_app()
     runner = TaskRunner(args.runtime, secret, args.app_hash.lower(), app)
     serving.set()

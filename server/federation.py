@@ -253,7 +253,7 @@ class Federation:
             "eval": evaluation,
             "bytes_up": result.bytes_up,
             "bytes_down": result.bytes_down,
-            "seconds": seconds,
+            "seconds": seconds,  # the platform's own log; left out of the exported model card
         }
 
     @staticmethod
@@ -300,6 +300,6 @@ class Federation:
             "rounds": len(history),
             "epsilon_per_shop": epsilon,
             "final_metrics": history[-1]["eval"] if history else {},
-            "history": history,
+            "history": [{k: v for k, v in entry.items() if k != "seconds"} for entry in history],  # no timings
             "settings": {k: v for k, v in self.settings.values.items()},
         }

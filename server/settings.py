@@ -40,7 +40,7 @@ DEFAULTS: dict[str, object] = {
     "max-length": 128,
     "secagg-clip": 0.5,
     "secagg-norm": 0.0,
-    "secagg-max-weight": 1000,
+    "secagg-max-weight": 1,
     "colluding-fraction": 0.2,
     "max-shop-customers": 10_000,
     "server-optimizer": "fedavg",

@@ -108,12 +108,19 @@ def prepare(
             node["max-train-per-user"] = int(max_train_per_user)
         node["threads"] = int(threads)
         node.update(node_settings or {})
-        node["seed"] = int(seed) * 1000 + pid  # simulated shops are reproducible; real ones use the CSPRNG
+        node["seed"] = node_seed(int(seed), pid)  # simulated shops are reproducible; real ones use the CSPRNG
         node_configs[pid] = node
     roster = simulation_roster(out, {name: out / "shops" / name / "state" for name in parts})
     for node in node_configs.values():
         node["roster"] = str(roster)
     return Prepared(table, sorted(parts), node_configs, spec, source, roster)
+
+
+def node_seed(seed: int, partition_id: int) -> int:
+    """A simulated shop's own seed: a 62-bit hash of the run's seed and its partition, no two alike."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, partition_id]).generate_state(2, np.uint32).view(np.uint64)[0] >> 2)
 
 
 def simulated_node_config(run_config: dict, partition_id: int) -> dict:

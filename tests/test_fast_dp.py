@@ -366,3 +366,17 @@ def test_gpu_batches_are_padded_to_multiples_of_eight_within_the_encoded_width()
     assert [padded_width(n, 48, 8) for n in (1, 8, 9, 41, 47, 48)] == [8, 8, 16, 48, 48, 48]
     assert padded_width(45, 45, 8) == 45  # never past the encoded tokens
     assert padded_width(13, 48, 1) == 13  # a CPU batch keeps its longest example's width
+
+
+def test_both_engines_draw_their_noise_in_float64():
+    """Float32 normals come from 24-bit uniforms and never pass about 5.77σ, a tail the accountant does not
+    assume; both engines draw in float64 (53-bit uniforms: about 8.6σ) and cast after. The engines'
+    agreement above (same generator, same draws) holds with these draws."""
+    from client.fast_dp import gaussian_noise
+
+    generator = torch.Generator().manual_seed(0)
+    draws = gaussian_noise(2.0, (1_000_000,), "cpu", generator)
+    assert draws.dtype == torch.float64 and abs(float(draws.std()) - 2.0) < 1e-2
+    again = gaussian_noise(2.0, (1_000_000,), "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # reproducible from the generator, as the engines need
+    assert 5.7 < math.sqrt(-2 * math.log(2.0**-24)) < 5.8 < math.sqrt(-2 * math.log(2.0**-53))

@@ -344,6 +344,18 @@ def test_a_deployed_node_refuses_a_seed_and_needs_a_roster(tmp_path):
     with pytest.raises(ConfigError, match="only for simulations"):
         NodeSettings.from_node_config({**base, "seed": 3})
     assert NodeSettings.from_node_config({**base, "seed": 3, "partition-id": 0}).seed == 3  # simulation engine
+    # a deployed node's task runner marks its process: a partition id in its node config opens no door
+    from client.node import DEPLOYED_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DEPLOYED_ENV, "1")
+        with pytest.raises(ConfigError, match="only for simulations"):
+            NodeSettings.from_node_config({**base, "seed": 7, "partition-id": 0})
+    from deploy.merchant import NodeDir, node_config
+
+    with pytest.raises(ConfigError, match="simulation engine"):
+        node_config(NodeDir(tmp_path), data=str(tmp_path), data_format=None, shop=None, epsilon=None,
+                    extra={"partition-id": 0, "seed": 7}, backbone="tiny")
     with pytest.raises(ConfigError, match="'roster' is required"):
         NodeSettings.from_node_config(base).secagg_parties()
     roster = tmp_path / "roster.json"

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--users", type=int, required=True, help="users in the shop's training data")
     plan.add_argument("--examples", type=int, help="training examples (needed with --unit example)")
     plan.add_argument("--unit", choices=("user", "example"), default="user", help="what ε protects (default user)")
-    plan.add_argument("--delta", type=float, help="δ (default 1/(10 × privacy units), as a shop's)")
+    plan.add_argument("--delta", type=float, help="δ (default 1e-5, as every shop's)")
     plan.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     plan.add_argument("--rounds", type=int, required=True, help="federated rounds")
     plan.add_argument("--epochs", type=float, default=1.0, help="local epochs per round (default 1)")

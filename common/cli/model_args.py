@@ -45,7 +45,7 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
     mode = group.add_mutually_exclusive_group()
     mode.add_argument("--epsilon", type=float, default=8.0, help="this shop's privacy budget over all rounds (default 8)")
     mode.add_argument("--non-private", action="store_true", help="no differential privacy (a labelled reference run)")
-    group.add_argument("--delta", type=float, help="δ (default 1/(10 × privacy units); must be below 1/units)")
+    group.add_argument("--delta", type=float, help="δ (default 1e-5 for every shop, a public constant; must be below 1/units)")
     group.add_argument("--unit", choices=("user", "example"), default="user",
                        help="what ε protects: a user's whole history (default), or one example (one user at "
                             "one time; a user with k examples then has only about kε)")
