@@ -56,6 +56,7 @@ class Release:
     input_sha256: str = ""  # what the release started from (the global adapter)
     recorded_at: float = 0.0
     replay_of: int | None = None
+    delta: float = 0.0  # δ this release spends beyond its Gaussian phases (a thresholded domain selection)
 
     @property
     def steps(self) -> int:
@@ -87,6 +88,17 @@ class LedgerState:
     def spent(self) -> float:
         """ε after the last release, as accounted when it was recorded (0 before any)."""
         return self.releases[-1].epsilon if self.releases else 0.0
+
+    @property
+    def extra_delta(self) -> float:
+        """δ spent outside the accountant's Gaussian phases (thresholded selections)."""
+        return sum(r.delta for r in self.releases)
+
+    @property
+    def accountant_delta(self) -> float:
+        """The δ at which the accountant states ε: the terms' δ less what thresholded selections spent."""
+        assert self.terms is not None
+        return self.terms.delta - self.extra_delta
 
     @property
     def rounds(self) -> list[Release]:
@@ -178,7 +190,8 @@ class PrivacyLedger:
             if state.terms is None:
                 raise LedgerError(f"{self.path}: fix the privacy terms before planning")
             plan = make(state)
-            if (plan.unit, plan.delta, plan.accountant) != (state.terms.unit, state.terms.delta, state.terms.accountant):
+            if (plan.unit, plan.delta, plan.accountant) != (state.terms.unit, state.accountant_delta,
+                                                            state.terms.accountant):
                 raise LedgerError(f"{self.path}: the plan ({plan.describe()}) does not follow the terms "
                                   f"({state.terms.describe()})")
             self._append(state, {"kind": "plan", "plan": plan.to_dict()})
@@ -187,11 +200,12 @@ class PrivacyLedger:
     # ------------------------------------------------------------------ releasing
 
     def reserve(self, kind: str, phases: list[Phase], budget: float, server_round: int | None = None,
-                input_sha256: str = "") -> Decision:
+                input_sha256: str = "", delta: float = 0.0) -> Decision:
         """Record a release before it happens, if the ε after it stays within ``budget``.
 
         Check and record are one step under the lock, against the file as it is now: two
-        processes cannot both spend the last of a budget.
+        processes cannot both spend the last of a budget. ``delta``: what the release spends of the
+        shop's δ beyond its Gaussian phases; every ε from then on is stated at the δ that is left.
         """
         if kind not in KINDS[:2]:
             raise ValueError(f"release kind must be one of {KINDS[:2]}, got {kind!r}")
@@ -201,13 +215,18 @@ class PrivacyLedger:
             if state.terms is None:
                 raise LedgerError(f"{self.path}: fix the privacy terms before the first release")
             now = state.spent
-            after = epsilon_spent([*state.history, *phases], state.terms.delta, state.terms.accountant)
+            left = state.accountant_delta - float(delta)
+            if not left > 0:
+                return Decision(False, now, float("inf"), budget,
+                                f"privacy budget: this {kind} release would spend δ {delta:.2e}, more than the "
+                                f"{state.accountant_delta:.2e} left of {state.terms.describe()}; declining")
+            after = epsilon_spent([*state.history, *phases], left, state.terms.accountant)
             if not after <= budget * (1 + 1e-9):
                 reason = (f"privacy budget: this {kind} release would raise ε from {now:.3f} to {after:.3f} "
                           f"{state.terms.describe()}, above the shop's budget {budget:g}; declining")
                 return Decision(False, now, after, budget, reason)
             release = Release(len(state.releases) + 1, kind, tuple(phases), after, float(budget), server_round,
-                              input_sha256, time.time())
+                              input_sha256, time.time(), delta=float(delta))
             self._append(state, {"kind": "release", "release": _asdict(release)})
             return Decision(True, now, after, budget, f"ε {now:.3f} -> {after:.3f} of {budget:g}", release)
 

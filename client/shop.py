@@ -27,7 +27,7 @@ from common.task.priors import SELECTION_THRESHOLD, denoise
 from common.stats import label_flows, own_flow_corrections, transition_rows
 from common.model.prefix import adapted_layers_start
 from common.task import (
-    Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task,
+    Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task, public_split,
 )
 from common.task.features import history_features
 from common.task.selection import select_per_user
@@ -37,7 +37,7 @@ from .ledger import LedgerError, PrivacyLedger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
 from .statistics import (
     EVALUATION_SHARE, StatisticsOutcome, release, release_category_engagement, release_label_flows,
-    reserved_evaluations,
+    release_partition_selection, reserved_evaluations,
 )
 from .training import DPSettings, RoundStats, ShopDataset, TrainConfig, predict_proba, train_round
 
@@ -149,7 +149,7 @@ class LocalShop:
         self.state_dir = Path(state_dir)
         self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
         given = taxonomy is not None
-        split = split or default_split(table, task)
+        split = split or (public_split(table, task) if privacy.private else default_split(table, task))
         self.label_space = "given"
         if not given and privacy.private:
             taxonomy = self._private_taxonomy(table, task, split, statistics_seed)
@@ -209,11 +209,16 @@ class LocalShop:
         if path.is_file():  # post-processing of a release the ledger already holds: free
             return Taxonomy.load(path)
         terms = terms_for(self.ledger, self.privacy, count_units(table, task, split, self.privacy.unit))
-        catalogue = Catalogue.of(table)
-        outcome = release_category_engagement(table, catalogue, split.val_start, ledger=self.ledger, terms=terms,
-                                              budget=self.privacy.budget(), seed=seed)
-        if outcome.declined:
-            raise LedgerError(f"{self.ledger.path}: cannot choose the label space privately: {outcome.reason}")
+        catalogue = Catalogue.public(table)
+        if catalogue is not None:  # the domain is public: only the engagement over it is a release
+            outcome = release_category_engagement(table, catalogue, split.val_start, ledger=self.ledger, terms=terms,
+                                                  budget=self.privacy.budget(), seed=seed)
+        else:  # no catalogue came with the data: a DP partition selection of the domain, its δ in the ledger
+            outcome, catalogue = release_partition_selection(table, split.val_start, ledger=self.ledger, terms=terms,
+                                                             budget=self.privacy.budget(), seed=seed)
+        if outcome.declined or catalogue is None:
+            raise LedgerError(f"{self.ledger.path}: cannot choose the label space privately: "
+                              f"{outcome.reason or 'no category passed the selection threshold'}")
         taxonomy = catalogue.top_k(denoise(outcome.vector, threshold=SELECTION_THRESHOLD), task.top_k,
                                    task.coverage, task.max_top_k)
         taxonomy.save(path)
@@ -288,7 +293,7 @@ class LocalShop:
         rate = self.train_config.sample_rate(n_units)
         plan = self.ledger.fix_plan(lambda state: plan_privacy(
             epsilon=self.privacy.budget(),
-            delta=terms.delta,
+            delta=state.accountant_delta,
             sample_rate=rate,
             steps_per_round=self.train_config.steps_per_round(n_units),
             rounds=total_rounds,

@@ -24,7 +24,7 @@ import numpy as np
 
 from common import wire
 from common.config import ConfigError
-from common.data.schema import EventTable
+from common.data.schema import ACTION_WEIGHTS, EventTable
 from common.stats import category_engagement, label_flows
 from common.task.catalogue import Catalogue
 from common.task.examples import ExampleSet
@@ -111,6 +111,72 @@ def release(
     values = np.asarray(compute(), dtype=np.float64)
     noisy = values + gaussian(values.size, sigma * sensitivity(terms.unit), seed, kind).reshape(values.shape)
     return StatisticsOutcome(False, vector=noisy, noise_multiplier=sigma, epsilon=epsilon)
+
+
+#: Of a shop's δ, what a DP partition selection (a domain read off its own events) may spend on its threshold.
+PARTITION_DELTA_SHARE = 0.5
+#: Categories one customer adds to a partition selection: its most engaged ones (bounds the union over them).
+PARTITION_CATEGORIES_PER_USER = 16
+
+
+def partition_counts(table: EventTable, before: int | None = None,
+                     per_user: int = PARTITION_CATEGORIES_PER_USER) -> tuple[tuple[str, ...], np.ndarray]:
+    """The categories ``table``'s events hold and Σ over users of each user's engagement on its ``per_user``
+    most engaged ones, L2-normalised per user (so a category only one user touched has a value <= 1)."""
+    frame = table.frame
+    if before is not None:
+        frame = frame[frame["timestamp"].to_numpy() < before]
+    if not len(frame):
+        return (), np.zeros(0)
+    categories, position = np.unique(frame["category"].astype(str).to_numpy(), return_inverse=True)
+    users = np.unique(frame["user_id"].astype(str).to_numpy(), return_inverse=True)[1]
+    weights = ACTION_WEIGHTS[frame["action"].to_numpy()].astype(np.float64)
+    keys, sums = np.unique(users.astype(np.int64) * len(categories) + position, return_inverse=True)
+    engaged = np.bincount(sums, weights=weights)
+    owner, category = keys // len(categories), keys % len(categories)
+    order = np.lexsort((-engaged, owner))  # each user's categories, most engaged first
+    owner, category, engaged = owner[order], category[order], engaged[order]
+    starts = np.r_[0, np.flatnonzero(owner[1:] != owner[:-1]) + 1]
+    rank = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)]))
+    keep = rank < per_user
+    owner, category, engaged = owner[keep], category[keep], engaged[keep]
+    norms = np.sqrt(np.bincount(owner, weights=engaged**2))
+    values = np.bincount(category, weights=engaged / norms[owner], minlength=len(categories))
+    return tuple(str(c) for c in categories), values
+
+
+def partition_threshold(sigma: float, delta: float, per_user: int = PARTITION_CATEGORIES_PER_USER) -> float:
+    """τ with ``per_user`` · P(N(1, σ²) > τ) = ``delta``: a category only the removed customer touched (value
+    <= 1) passes with probability at most ``delta`` (a union over the at most ``per_user`` such categories)."""
+    from scipy.stats import norm
+
+    return 1.0 + sigma * float(norm.isf(delta / per_user))
+
+
+def release_partition_selection(table: EventTable, before: int, *, ledger: PrivacyLedger, terms: PrivacyTerms,
+                                budget: float, seed: int | None = None,
+                                share: float | None = None) -> tuple[StatisticsOutcome, Catalogue | None]:
+    """A label-space domain read off this shop's own events, privately: the categories whose noised engagement
+    passes a threshold calibrated to δ (a DP partition selection), and their noised scores.
+
+    The same Gaussian release as :func:`release_category_engagement` (σ for ``share`` of the budget), over the
+    categories the events hold, each customer adding at most ``PARTITION_CATEGORIES_PER_USER``; the threshold
+    spends ``PARTITION_DELTA_SHARE`` of the shop's δ, recorded in the ledger. For a log without a catalogue.
+    """
+    share = STATISTICS_SHARES["engagement"] if share is None else share
+    sigma = release_noise(budget, share, terms) * sensitivity(terms.unit)
+    spend = PARTITION_DELTA_SHARE * terms.delta
+    decision = ledger.reserve("statistics", [(sigma / sensitivity(terms.unit), 1.0, 1)], budget,
+                              wire.STATISTICS_ROUNDS["engagement"], "partition-selection", delta=spend)
+    if not decision.allowed:
+        return StatisticsOutcome(True, decision.reason, epsilon=decision.epsilon_now), None
+    categories, values = partition_counts(table, before)
+    noisy = values + gaussian(len(values), sigma, seed, "partition-selection")
+    kept = noisy > partition_threshold(sigma, spend)
+    outcome = StatisticsOutcome(False, vector=noisy[kept], noise_multiplier=sigma / sensitivity(terms.unit),
+                                epsilon=decision.epsilon_after)
+    chosen = tuple(c for c, k in zip(categories, kept) if k)
+    return outcome, (Catalogue.named(chosen, table.category_names) if chosen else None)
 
 
 def release_category_engagement(table: EventTable, catalogue: Catalogue, before: int, **kwargs) -> StatisticsOutcome:

@@ -80,7 +80,7 @@ class PlatformDir:
 
 
 def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_spec: Path | None = None,
-                  catalogue: Path | None = None, catalogue_format: str | None = None,
+                  catalogue: Path | None = None, calendar: tuple[int | None, int | None] = (None, None),
                   run_config: dict | None = None, insecure: bool = False, message_log: bool = False,
                   ca_key_out: Path | None = None) -> PlatformDir:
     """Make a platform directory; refuses to touch an existing one.
@@ -103,8 +103,7 @@ def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_s
     if (task_spec is None) == (catalogue is None):
         raise ConfigError("give the task as --task-spec FILE, or --catalogue PATH (the platform's catalogue as "
                           "events data: the shops then choose the label space privately)")
-    spec = load_task_spec(task_spec) if task_spec is not None else _pending_task(catalogue, catalogue_format,
-                                                                                 run_config)
+    spec = load_task_spec(task_spec) if task_spec is not None else _pending_task(catalogue, calendar, run_config)
     private_directory(platform.root)
     save_task_spec(spec, platform.task_spec)
     if not insecure:
@@ -127,15 +126,27 @@ def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_s
     return platform
 
 
-def _pending_task(catalogue: Path, data_format: str | None, run_config: dict):
-    from common.config import TaskConfig
-    from common.data import LoadOptions, load_events
-    from common.settings import PendingTask
-    from common.task import Catalogue, default_split
+def _pending_task(catalogue: Path, calendar: tuple[int | None, int | None], run_config: dict):
+    """The task the shops choose a label space for: the platform's category list and its calendar.
 
-    table = load_events(catalogue, LoadOptions(format=data_format))
+    Public inputs only: a category list (or a dataset's manifest naming one), never an events log,
+    and split dates from ``--start``/``--end`` (or the manifest's window), never the data's span.
+    """
+    from common.config import ConfigError, TaskConfig
+    from common.settings import PendingTask
+    from common.task import Catalogue, temporal_split
+
+    categories, window = Catalogue.published(catalogue)
+    start, end = calendar
+    if start is not None or end is not None:
+        if start is None or end is None:
+            raise ConfigError("--start and --end: give both (the platform's calendar)")
+        window = (int(start), int(end))
+    if window is None:
+        raise ConfigError(f"{catalogue}: no calendar; give the run's period with --start and --end (the split's "
+                          "dates are the platform's, never read off customers' events)")
     config = TaskConfig(top_k=int(run_config.get("top-k", 0)))
-    return PendingTask(Catalogue.of(table), default_split(table, config), config)
+    return PendingTask(categories, temporal_split(window[0], window[1] - 1, config, str(catalogue)), config)
 
 
 def server_hosts(host: str, hosts: Sequence[str] = ()) -> list[str]:

@@ -167,7 +167,7 @@ class FederationSettings:
         if path:
             return load_task_spec(Path(path))
         from common.data import load_events
-        from common.task import Catalogue, default_split
+        from common.task import Catalogue, public_split
 
         data = Path(str(self["sim-data"]))
         if not data.exists():
@@ -175,7 +175,12 @@ class FederationSettings:
                               "write one with `fedinterest simulate` or pass task-spec=PATH")
         table = load_events(data)
         config = TaskConfig(top_k=int(self["top-k"]))
-        return PendingTask(Catalogue.of(table), default_split(table, config), config)
+        catalogue = Catalogue.public(table)
+        if catalogue is None:
+            raise ConfigError(f"run config: sim-data={data} brings no catalogue (its events are customers' data and "
+                              "do not make one); use `fedinterest simulate`, which selects one privately, or pass "
+                              "task-spec=PATH")
+        return PendingTask(catalogue, public_split(table, config), config)
 
 
 def save_task_spec(spec: "TaskSpec | PendingTask", path: Path, chosen_from: str = "") -> None:

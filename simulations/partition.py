@@ -41,8 +41,8 @@ def partition_events(
     for shop in sorted(pd.unique(shop_of_row[shop_of_row != ""])):
         rows = frame[shop_of_row == shop].reset_index(drop=True)
         report = LoadReport(source=f"{table.report.source}#{shop}", format=table.report.format,
-                            rows_read=len(rows), rows_kept=len(rows))
-        out[str(shop)] = EventTable(rows, report, table.category_names, table.item_titles)
+                            rows_read=len(rows), rows_kept=len(rows), window=table.report.window)
+        out[str(shop)] = EventTable(rows, report, table.category_names, table.item_titles, table.public_categories)
     return out
 
 

@@ -24,7 +24,7 @@ from common.config import ConfigError, TaskConfig
 from common.data import EventTable, LoadOptions, load_events
 from common.data.load import MANIFEST
 from common.settings import PendingTask, TaskSpec
-from common.task import Catalogue, Taxonomy, default_split
+from common.task import Catalogue, TemporalSplit, Taxonomy, default_split, public_split
 
 from .identities import simulation_roster
 from .partition import partition_events
@@ -88,8 +88,7 @@ def prepare(
     if len(parts) < 3:
         raise ConfigError(f"{len(parts)} shops; secure aggregation needs at least 3")
     config = task_config or TaskConfig()
-    split = default_split(table, config)
-    spec = TaskSpec(taxonomy, split, config) if taxonomy is not None else PendingTask(Catalogue.of(table), split, config)
+    split = public_split(table, config) if epsilon is not None else default_split(table, config)
     natural = table.has_merchants and (source / MANIFEST).is_file() and partition in ("auto", "natural")
     node_configs: NodeConfigs = {}
     for pid, name in enumerate(sorted(parts)):
@@ -113,7 +112,54 @@ def prepare(
     roster = simulation_roster(out, {name: out / "shops" / name / "state" for name in parts})
     for node in node_configs.values():
         node["roster"] = str(roster)
+    if taxonomy is not None:
+        spec = TaskSpec(taxonomy, split, config)
+    else:
+        catalogue = Catalogue.public(table)
+        if catalogue is None:
+            catalogue = (Catalogue.observed(table) if epsilon is None else
+                         pooled_partition_selection(table, parts, node_configs, split, config, seed))
+        spec = PendingTask(catalogue, split, config)
     return Prepared(table, sorted(parts), node_configs, spec, source, roster)
+
+
+def pooled_partition_selection(table: EventTable, parts: dict[str, EventTable], node_configs: NodeConfigs,
+                               split: TemporalSplit, config: TaskConfig, seed: int) -> Catalogue:
+    """The catalogue of a log that has none: a DP partition selection over the pooled log, charged to every shop.
+
+    A deployed platform publishes its category list; a simulation of a log without one stands in for
+    it with the categories whose pooled, noised engagement passes a threshold calibrated to δ
+    (``client.statistics.release_partition_selection``). Every customer is in one shop, so each
+    shop's ledger records the release at its own terms, before anything else.
+    """
+    from client.ledger import PrivacyLedger, terms_for
+    from client.node import NodeSettings
+    from client.statistics import (
+        PARTITION_DELTA_SHARE, STATISTICS_SHARES, gaussian, partition_counts, partition_threshold, release_noise,
+        sensitivity,
+    )
+    from common import wire
+    from common.task import count_units
+
+    sigma, spend = 0.0, 1.0
+    for pid, name in enumerate(sorted(parts)):
+        node = NodeSettings.from_node_config({**node_configs[pid], "partition-id": pid})
+        ledger = PrivacyLedger.open(node.state_dir)
+        terms = terms_for(ledger, node.privacy, count_units(parts[name], config, split, node.privacy.unit))
+        shop_sigma = release_noise(node.privacy.budget(), STATISTICS_SHARES["engagement"], terms)
+        decision = ledger.reserve("statistics", [(shop_sigma, 1.0, 1)], node.privacy.budget(),
+                                  wire.STATISTICS_ROUNDS["engagement"], "partition-selection",
+                                  delta=PARTITION_DELTA_SHARE * terms.delta)
+        if not decision.allowed:
+            raise ConfigError(f"shop {name}: cannot pay for the catalogue's partition selection: {decision.reason}")
+        sigma = max(sigma, shop_sigma * sensitivity(terms.unit))  # the noisiest and the strictest of the shops
+        spend = min(spend, PARTITION_DELTA_SHARE * terms.delta)
+    categories, values = partition_counts(table, split.val_start)
+    noisy = values + gaussian(len(values), sigma, seed, "pooled-partition-selection")
+    chosen = tuple(c for c, v in zip(categories, noisy) if v > partition_threshold(sigma, spend))
+    if not chosen:
+        raise ConfigError(f"{table.report.source}: no category passed the private selection; give a catalogue")
+    return Catalogue.named(chosen, table.category_names)
 
 
 def node_seed(seed: int, partition_id: int) -> int:

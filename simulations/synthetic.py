@@ -431,7 +431,13 @@ def write_synthetic(out: str | Path, config: SynthConfig) -> SyntheticData:
         name = f"{shop_name(s)}.csv"
         atomic_write_text(out / name, csv.to_csv(header=False, index=False))
         shops[shop_name(s)] = name
-    manifest = {"format": "taobao", "shops": shops}
+    start = config.start_ts
+    manifest = {"format": "taobao", "shops": shops, "catalogue": "catalogue.csv",
+                "window": [start, start + config.days * DAY]}  # the generator's calendar and catalogue: public
+    catalogue = pd.DataFrame({"category_id": category_id(np.arange(data.world.n_categories))})
+    if not config.anonymous:
+        catalogue["category_name"] = data.world.names
+    atomic_write_text(out / "catalogue.csv", catalogue.to_csv(index=False))
     if not config.anonymous:
         names = pd.DataFrame({"category_id": category_id(np.arange(data.world.n_categories)),
                               "category_name": data.world.names})

@@ -35,7 +35,7 @@ def shop(tiny_shop_table):
     split = default_split(tiny_shop_table, config)
     taxonomy = build_taxonomy(tiny_shop_table, 20, before=split.val_start)
     return {"table": tiny_shop_table, "config": config, "split": split, "taxonomy": taxonomy,
-            "catalogue": Catalogue.of(tiny_shop_table), "users": sorted(tiny_shop_table.frame["user_id"].unique())}
+            "catalogue": Catalogue.observed(tiny_shop_table), "users": sorted(tiny_shop_table.frame["user_id"].unique())}
 
 
 def task_without(shop, user=None):
@@ -104,3 +104,73 @@ def test_the_training_subset_of_every_other_customer_is_unchanged(shop):
     for user in shop["users"][::4]:
         _, without = task_without(shop, user)
         assert chosen(without) == {pair for pair in everyone if pair[0] != user}, user
+
+
+# ----------------------------------------------------------------------------- the label space's domain
+
+
+def with_victim(table, categories=("victim-only",), events=6):
+    """``table`` plus one customer who alone touched ``categories`` (a few views and a buy each)."""
+    import pandas as pd
+
+    from common.data import EventTable
+
+    frame = table.frame
+    t0 = int(frame["timestamp"].min()) + 86_400
+    rows = [{"user_id": "victim", "item_id": f"v{i}", "category": c, "action": 3 if i == 0 else 0,
+             "timestamp": t0 + 3600 * i} for c in categories for i in range(events)]
+    grown = pd.concat([frame.astype({k: str for k in ("user_id", "item_id", "category")}), pd.DataFrame(rows)],
+                      ignore_index=True)
+    for column in ("user_id", "item_id", "category"):
+        grown[column] = pd.Categorical(grown[column])
+    grown["action"] = grown["action"].astype(np.int8)
+    return EventTable(grown, table.report, table.category_names, table.item_titles, table.public_categories)
+
+
+def test_a_public_catalogue_does_not_depend_on_any_customer(shop):
+    """A dataset that ships its catalogue (a manifest's category list) gives the same domain with or without
+    a customer who alone touched a category."""
+    table = shop["table"]
+    assert table.public_categories is not None
+    assert Catalogue.public(with_victim(table)) == Catalogue.public(table)
+    assert "victim-only" not in Catalogue.public(with_victim(table)).categories
+    assert "victim-only" in Catalogue.observed(with_victim(table)).categories  # what reading the events gave
+
+
+def test_a_category_only_one_customer_touched_enters_a_private_domain_with_probability_at_most_its_delta(shop):
+    """Without a catalogue the domain is a DP partition selection: a category only the victim touched passes
+    its threshold with probability at most the δ the ledger records for it (measured: 200,000 draws of the
+    release's own noise at a δ large enough to see), where reading the events made it a candidate always."""
+    from client.statistics import PARTITION_CATEGORIES_PER_USER, gaussian, partition_counts, partition_threshold
+
+    table = with_victim(shop["table"], categories=tuple(f"victim-{k}" for k in range(3)))
+    categories, values = partition_counts(table)
+    mine = [categories.index(f"victim-{k}") for k in range(3)]
+    assert all(0 < values[i] <= 1 for i in mine) and np.linalg.norm(values[mine]) <= 1 + 1e-9
+    sigma, delta = 2.0, 0.02  # a large δ, so that a miscalibrated threshold would show
+    tau = partition_threshold(sigma, delta)
+    draws = 200_000
+    noise = gaussian(draws * 3, sigma, seed=5, tag="domain-test").reshape(draws, 3)
+    included = (values[mine] + noise > tau).any(axis=1).mean()
+    standard_error = np.sqrt(delta * (1 - delta) / draws)
+    assert included <= delta + 3 * standard_error, (included, delta)
+    assert included > 0  # the test can see inclusions: the bound is not vacuous
+    assert PARTITION_CATEGORIES_PER_USER >= 3
+
+
+def test_a_private_domain_is_charged_to_the_ledger_with_its_delta(shop, tmp_path):
+    from client.ledger import PrivacyLedger
+    from client.privacy import PrivacyTerms
+    from client.statistics import PARTITION_DELTA_SHARE, release_partition_selection
+    from common.data import EventTable
+
+    table = shop["table"]
+    table = EventTable(table.frame, table.report, table.category_names, table.item_titles, None)  # no catalogue
+    ledger = PrivacyLedger.open(tmp_path / "state")
+    terms = ledger.fix_terms(PrivacyTerms("user", 1e-5, "prv"))
+    outcome, catalogue = release_partition_selection(table, shop["split"].val_start, ledger=ledger, terms=terms,
+                                                     budget=8.0, seed=1)
+    assert not outcome.declined and catalogue is not None and 0 < len(catalogue) <= len(Catalogue.observed(table))
+    state = ledger.read()
+    assert state.releases[-1].delta == PARTITION_DELTA_SHARE * 1e-5
+    assert state.accountant_delta == pytest.approx(1e-5 * (1 - PARTITION_DELTA_SHARE))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -73,12 +75,43 @@ def test_generic_logs_get_the_robust_span(tmp_path):
     assert any("robust" in reason for reason in table.report.skipped)
 
 
-def test_no_label_window_runs_past_the_end_of_the_data(synthetic_task):
+def test_no_label_window_runs_past_the_end_of_the_calendar(synthetic_task):
     split = synthetic_task.split
     last_event = int(synthetic_task.events.timestamp.max())
-    assert split.end == last_event + 1
+    assert split.end > last_event  # the dataset's public calendar ends after its last event
     test = synthetic_task.test
     assert (test.t + synthetic_task.config.window_seconds <= split.end).all()
+
+
+def test_the_split_of_a_private_run_is_the_public_calendar_and_no_customer_moves_it(tiny_shop_table):
+    """The review's attack: one extra customer with two late views moved the validation start by three days
+    when the split followed the data's span. The public calendar (the dataset's documented or given
+    window) does not move; a log without one is refused for a private run, naming --start/--end."""
+    import pandas as pd
+
+    from common.data import DataError, EventTable
+    from common.task import public_split, temporal_split
+
+    config = TaskConfig()
+    split = public_split(tiny_shop_table, config)
+    frame = tiny_shop_table.frame
+    end = int(frame["timestamp"].max())
+    late = pd.DataFrame({"user_id": ["intruder", "intruder"], "item_id": ["1", "1"], "category": ["1000", "1000"],
+                         "action": np.array([0, 0], np.int8), "timestamp": np.array([end + 2 * DAY, end + 2 * DAY + 60])})
+    grown_frame = pd.concat([frame.astype({c: str for c in ("user_id", "item_id", "category")}), late],
+                            ignore_index=True)
+    for column in ("user_id", "item_id", "category"):
+        grown_frame[column] = pd.Categorical(grown_frame[column])
+    grown = EventTable(grown_frame, tiny_shop_table.report, tiny_shop_table.category_names)
+    assert public_split(grown, config) == split
+    # what the data's own span did: the late views move every cut point
+    spans = [temporal_split(int(t.frame["timestamp"].min()), int(t.frame["timestamp"].max()), config)
+             for t in (tiny_shop_table, grown)]
+    assert spans[0].val_start != spans[1].val_start
+    # a robust (read-off-the-data) window is no calendar for a private run
+    robust = EventTable(frame, dataclasses.replace(tiny_shop_table.report, window=(0, 10**10, "robust")))
+    with pytest.raises(DataError, match="--start and --end"):
+        public_split(robust, config)
 
 
 def test_the_grid_follows_the_time_zone(tiny_shop_table):

@@ -28,9 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     task = init.add_mutually_exclusive_group(required=True)
     task.add_argument("--task-spec", metavar="JSON", help="the task as a task-spec file (a published taxonomy)")
     task.add_argument("--catalogue", metavar="PATH",
-                      help="the platform's catalogue as events data: its categories and time span define the "
-                           "task; the shops choose the label space privately")
-    init.add_argument("--format", default=None, help="format of --catalogue (default: detect)")
+                      help="the platform's category list (category_id[,category_name] CSV, or one id per line; "
+                           "or a dataset directory whose manifest names one): the shops choose the label space "
+                           "from it privately. An events log is refused: it is customers' data, not a catalogue")
+    init.add_argument("--start", metavar="DATE", help="the run's first day (e.g. 2025-09-01): the split's calendar "
+                      "(default: the dataset manifest's window)")
+    init.add_argument("--end", metavar="DATE", help="the day after the run's last day")
     init.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
     init.add_argument("--min-shops", type=int, default=3, help="shops every round needs (default 3)")
     init.add_argument("--backbone", default="minilm", help="backbone the shops fine-tune (default minilm)")
@@ -56,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from common.data.window import parse_time
     from deploy import flower
     from deploy.keys import ShopKeys
     from deploy.platform import INSECURE_WARNING, add_shop, init_platform, start_platform
@@ -69,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
         platform = init_platform(root, address=args.address, hosts=args.host,
                                  task_spec=Path(args.task_spec) if args.task_spec else None,
                                  catalogue=Path(args.catalogue) if args.catalogue else None,
-                                 catalogue_format=args.format, run_config=config, insecure=args.insecure,
+                                 calendar=(parse_time(args.start, "--start") if args.start else None,
+                                           parse_time(args.end, "--end") if args.end else None),
+                                 run_config=config, insecure=args.insecure,
                                  message_log=args.message_log,
                                  ca_key_out=Path(args.ca_key_out) if args.ca_key_out else None)
         print(f"platform directory {platform.root} (mode 0700)")

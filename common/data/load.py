@@ -110,6 +110,7 @@ def keep_window(frame: pd.DataFrame, fmt: SourceFormat, options: LoadOptions, re
     lines = frame.pop("line").to_numpy() if "line" in frame else np.zeros(len(frame), dtype=np.int64)
     if window is None:
         return frame
+    report.window = (window.start, window.end, window.how)
     inside = window.inside(ts)
     report.notes.append(f"time window {window.describe()}")
     if inside.all():
@@ -322,6 +323,38 @@ def read_category_names(path: Path) -> dict[str, str]:
     return dict(zip(frame["category_id"], frame["category_name"]))
 
 
+def read_catalogue(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A category list: ``category_id[,category_name]`` CSV (with that header), or one id per line.
+
+    The platform's catalogue: categories, never events. A file with more columns than a category
+    list (an events log) is refused, naming what it found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; give the platform's category list (category_id[,category_name])")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: the category list is empty")
+    header = [c.strip().lower() for c in lines[0].split(",")]
+    if header[0] == "category_id":
+        frame = _read_small_csv(path, ("category_id",))
+        if set(frame.columns) - {"category_id", "category_name"}:
+            raise DataError(f"{path}: a category list holds category_id and category_name only, found "
+                            f"{', '.join(frame.columns)}: an events log is behaviour data, not a catalogue")
+        ids = tuple(frame["category_id"].astype(str))
+        names = tuple(frame["category_name"].astype(str)) if "category_name" in frame else ("",) * len(ids)
+    else:
+        if any("," in line for line in lines):
+            raise DataError(f"{path}: not a category list (its first line is {lines[0][:80]!r}); use a "
+                            "category_id[,category_name] CSV with that header, or one category id per line: "
+                            "an events log is behaviour data, not a catalogue")
+        ids, names = tuple(lines), ("",) * len(lines)
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: a category is listed twice")
+    return ids, names
+
+
 def read_item_titles(path: Path) -> dict[str, str]:
     """An ``item_id,...,title`` CSV as a dict."""
     frame = _read_small_csv(path, ("item_id", "title"))
@@ -418,6 +451,9 @@ def _load_dataset_dir(path: Path, options: LoadOptions) -> EventTable:
         raise DataError(f"{manifest_path}: not a valid manifest ({exc}); it needs a 'shops' mapping") from None
     if options.format is None and manifest.get("format"):
         options = LoadOptions(**{**options.__dict__, "format": manifest["format"]})
+    if manifest.get("window") and options.start is None and options.end is None:  # the dataset's calendar
+        start, end = manifest["window"]
+        options = LoadOptions(**{**options.__dict__, "start": int(start), "end": int(end)})
     if options.shop is not None and options.shop in shops:
         shops = {options.shop: shops[options.shop]}
     tables = [_load_file(path / rel, options, merchant_id=shop) for shop, rel in shops.items()]
@@ -432,4 +468,8 @@ def _load_dataset_dir(path: Path, options: LoadOptions) -> EventTable:
         table.category_names.update(read_category_names(path / manifest["category_names"]))
     if manifest.get("item_titles"):
         table.item_titles.update(read_item_titles(path / manifest["item_titles"]))
+    if manifest.get("catalogue"):  # the dataset's public catalogue: every category, used or not
+        categories, names = read_catalogue(path / manifest["catalogue"])
+        table.public_categories = categories
+        table.category_names.update({c: n for c, n in zip(categories, names) if n})
     return table

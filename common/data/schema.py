@@ -60,6 +60,10 @@ class LoadReport:
     first_lines: dict[str, list[int]] = field(default_factory=dict)
     ignored: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the time window kept, [start, end) Unix seconds, and how it was chosen: "documented" (the
+    #: dataset's own documentation), "given" (by hand, or a dataset's manifest) or "robust" (read off the
+    #: data: not public, so not for a private run's calendar)
+    window: tuple[int, int, str] | None = None
 
     MAX_LINES = 5
 
@@ -91,6 +95,12 @@ class LoadReport:
         for reason, n in other.ignored.items():
             self.ignored[reason] = self.ignored.get(reason, 0) + n
         self.notes.extend(other.notes)
+        if self.window is None or self.window == other.window:
+            self.window = other.window
+        elif other.window is not None:  # parts kept different windows: the union, public only if both are
+            public = self.window[2] != "robust" and other.window[2] != "robust"
+            self.window = (min(self.window[0], other.window[0]), max(self.window[1], other.window[1]),
+                           "given" if public else "robust")
 
     def summary(self) -> str:
         lines = [f"{self.source} ({self.format}): kept {self.rows_kept:,} of {self.rows_read:,} rows"]
@@ -111,6 +121,9 @@ class EventTable:
     report: LoadReport
     category_names: dict[str, str] = field(default_factory=dict)
     item_titles: dict[str, str] = field(default_factory=dict)
+    #: the platform's catalogue that came with the data (every category it sells in, used or not):
+    #: public, unlike the categories the events happen to hold
+    public_categories: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -138,7 +151,7 @@ class EventTable:
         drop = set(map(str, user_ids))
         keep = ~self.frame["user_id"].astype(str).isin(drop).to_numpy()
         return EventTable(self.frame[keep].reset_index(drop=True), self.report, self.category_names,
-                          self.item_titles)
+                          self.item_titles, self.public_categories)
 
     @property
     def has_merchants(self) -> bool:

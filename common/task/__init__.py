@@ -2,7 +2,7 @@
 
 from .examples import EventArrays, ExampleSet, TimeRange, build_examples, latest_examples
 from .catalogue import Catalogue
-from .pipeline import TaskData, count_units, default_split, prepare_task
+from .pipeline import TaskData, count_units, default_split, prepare_task, public_split, public_window
 from .split import TemporalSplit, temporal_split
 from .taxonomy import OTHER, Taxonomy, build_taxonomy, category_token
 
@@ -22,5 +22,7 @@ __all__ = [
     "build_taxonomy",
     "category_token",
     "prepare_task",
+    "public_split",
+    "public_window",
     "temporal_split",
 ]

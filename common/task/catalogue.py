@@ -1,8 +1,12 @@
 """The platform's catalogue: every category it sells in, with names. Public data, not behaviour.
 
 The label space is chosen *from* the catalogue: published as a taxonomy file, or as the top-K
-categories by privately released engagement (``client.statistics``). A simulation stands in for
-the platform's product catalogue with the categories of all items in its data.
+categories by privately released engagement (``client.statistics``). The catalogue itself must
+not be read off the events: a category only one customer touched would be a candidate only when
+that customer is there. It comes from the platform (a category list), from a dataset that ships
+one (a manifest's ``catalogue``), or, for a log with none, from a DP partition selection whose δ
+is in the ledger (``client.statistics.release_partition_selection``). ``observed`` (the categories
+the events hold) is for non-private uses only.
 """
 
 from __future__ import annotations
@@ -33,11 +37,54 @@ class Catalogue:
         return len(self.categories)
 
     @classmethod
-    def of(cls, table: EventTable) -> "Catalogue":
-        """Every category of ``table``'s items, sorted, with its name or an id token."""
+    def observed(cls, table: EventTable) -> "Catalogue":
+        """Every category ``table``'s events hold, sorted, with its name or an id token: behaviour data,
+        for non-private uses only (baselines, references)."""
         categories = tuple(sorted({str(c) for c in pd.unique(table.frame["category"].astype(str))}))
-        names = table.category_names
+        return cls.named(categories, table.category_names)
+
+    @classmethod
+    def named(cls, categories, names: dict[str, str]) -> "Catalogue":
+        categories = tuple(str(c) for c in categories)
         return cls(categories, tuple(names.get(c) or category_token(c) for c in categories))
+
+    @classmethod
+    def public(cls, table: EventTable) -> "Catalogue | None":
+        """The catalogue that came with ``table`` (a dataset's manifest), or None when it has none."""
+        if table.public_categories is None:
+            return None
+        return cls.named(sorted(table.public_categories), table.category_names)
+
+    @classmethod
+    def published(cls, path) -> "tuple[Catalogue, tuple[int, int] | None]":
+        """The platform's catalogue, and its calendar when one comes with it, from ``path``: a category list,
+        or a dataset directory's manifest (its ``catalogue`` and ``window``; its events are not read)."""
+        import json
+        from pathlib import Path
+
+        from ..data.load import MANIFEST
+        from ..data.schema import DataError
+
+        path = Path(path)
+        if not path.is_dir():
+            return cls.read(path), None
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: a directory needs a {MANIFEST} manifest ({exc})") from None
+        if not manifest.get("catalogue"):
+            raise DataError(f"{path / MANIFEST}: names no 'catalogue' (a category list); its events are behaviour "
+                            "data and do not make one: give the platform's category list instead")
+        window = manifest.get("window")
+        return cls.read(path / manifest["catalogue"]), (int(window[0]), int(window[1])) if window else None
+
+    @classmethod
+    def read(cls, path) -> "Catalogue":
+        """The platform's category list (``category_id[,category_name]`` CSV, or one id per line)."""
+        from ..data.load import read_catalogue
+
+        categories, names = read_catalogue(path)
+        return cls.named(categories, {c: n for c, n in zip(categories, names) if n})
 
     def positions(self, categories) -> np.ndarray:
         """Catalogue position of each category id (-1 for ids the catalogue does not list)."""

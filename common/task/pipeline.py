@@ -66,12 +66,42 @@ def prepare_task(
 
 
 def default_split(table: EventTable, config: TaskConfig) -> TemporalSplit:
-    """The split of ``table``'s own time span at the configured fractions."""
+    """The split of ``table``'s public calendar (see :func:`public_split`), else of its own time span.
+
+    Only non-private uses (baselines, references) may fall back to the data's span: it moves with
+    one customer's first or last event.
+    """
+    if public_window(table) is not None:
+        return public_split(table, config)
     frame = table.frame
     if not len(frame):
         raise DataError(f"{table.report.source}: no events left after validation")
     ts = frame["timestamp"].to_numpy()
     return temporal_split(int(ts.min()), int(ts.max()), config, table.report.source)
+
+
+def public_window(table: EventTable) -> tuple[int, int] | None:
+    """The data's calendar when it is public: documented by the dataset, or given by hand or by a manifest."""
+    window = table.report.window
+    if window is None or window[2] == "robust" or abs(window[0]) >= 2**61 or abs(window[1]) >= 2**61:
+        return None
+    return window[0], window[1]
+
+
+def public_split(table: EventTable, config: TaskConfig) -> TemporalSplit:
+    """The split of the public calendar: never a customer's first or last event.
+
+    A private run's split dates are published (task spec, model card) and decide every customer's
+    examples, so they come from what the dataset documents or the platform sets (``--start`` and
+    ``--end``), or the run stops here saying so.
+    """
+    window = public_window(table)
+    if window is None:
+        raise DataError(
+            f"{table.report.source}: a private run needs a public calendar, and this data has none "
+            f"({table.report.window[2] + ' window' if table.report.window else 'no window'} read off the events): "
+            "give the platform's calendar with --start and --end (or a dataset manifest's 'window')")
+    return temporal_split(window[0], window[1] - 1, config, table.report.source)
 
 
 def count_units(table: EventTable, config: TaskConfig, split: TemporalSplit, unit: str) -> int:
