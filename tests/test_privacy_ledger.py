@@ -13,7 +13,7 @@ import time
 import pytest
 
 from client.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
-from client.privacy import PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
+from client.privacy import DEFAULT_DELTA, PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
 from common.config import ConfigError
 
 TERMS = PrivacyTerms("user", 1e-5, "prv")
@@ -85,8 +85,10 @@ def test_the_server_can_lower_the_budget_never_raise_it(tmp_path):
 def test_defaults_are_user_level_prv_and_delta_below_one_over_n():
     config = PrivacyConfig()
     assert (config.unit, config.accountant) == ("user", "prv")
-    assert config.delta_for(500) == pytest.approx(1 / 5000)
-    assert PrivacyConfig(unit="example").terms(12_000).delta == pytest.approx(1 / 120_000)
+    assert config.delta_for(500) == DEFAULT_DELTA == config.delta_for(90_000)  # public: not the shop's size
+    assert PrivacyConfig(unit="example").terms(12_000).delta == DEFAULT_DELTA
+    with pytest.raises(ConfigError, match="not below 1/100000"):
+        config.delta_for(100_000)
     assert PrivacyConfig(delta=1e-6).delta_for(500) == 1e-6
     with pytest.raises(ConfigError, match="not below 1/500"):
         PrivacyConfig(delta=0.01).delta_for(500)
