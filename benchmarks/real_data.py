@@ -48,6 +48,11 @@ def main() -> int:
     parser.add_argument("--max-train-per-user", type=int, default=None,
                         help="training examples of each customer (a keyed per-customer choice; default all)")
     parser.add_argument("--central-test", type=int, default=None, help="pooled test examples (default: all)")
+    parser.add_argument("--catalogue", metavar="FILE", default=None,
+                        help="the platform's published categories (a category list: category_id[,category_name])")
+    parser.add_argument("--catalogue-log", metavar="FILE", default=None,
+                        help="a public log of other customers (no user in common with DATA) whose categories stand "
+                             "for the platform's catalogue, e.g. data/real/taobao_tail/UserBehavior.csv")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/real_data")
     args = parser.parse_args()
@@ -77,10 +82,11 @@ def main() -> int:
         "physical-batch-size": train.physical_batch_size, "lr": train.learning_rate, "local-epochs": train.epochs,
         "clip": train.max_grad_norm, "max-length": train.max_length, "eval-per-user": 1,
     }
+    catalogue = published_catalogue(args)
     common = dict(data=args.data, data_format=args.format, shops=args.shops, partition=args.partition,
                   seed=args.seed, max_train_per_user=args.max_train_per_user, task_config=task)
 
-    dp = prepare(out / "dp", epsilon=args.epsilon, privacy={"privacy-unit": args.unit}, **common)
+    dp = prepare(out / "dp", epsilon=args.epsilon, privacy={"privacy-unit": args.unit}, catalogue=catalogue, **common)
     print(f"{len(dp.shops)} shops of {args.data}: {dp.table.report.summary()}")
     federated_dp = run_federation_process(dp, {**run_config, "out-dir": str(out / "dp" / "federation")},
                                           progress=_quiet).result
@@ -98,6 +104,29 @@ def main() -> int:
     print(f"\nlabel space: {spec.taxonomy.n_classes - 1} categories + other (chosen with DP); "
           f"{len(dp.shops)} shops, {args.rounds} rounds; total {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def published_catalogue(args):
+    """The catalogue the platform publishes: a category list, the categories of a public log of *other*
+    customers, or None (the DP federation then selects a domain from the shops' logs, charged)."""
+    from common.data import LoadOptions, load_events
+    from common.data.schema import DataError
+    from common.task.catalogue import Catalogue
+
+    if args.catalogue:
+        return Catalogue.read(args.catalogue)
+    if not args.catalogue_log:
+        return None
+    public = load_events(args.catalogue_log, LoadOptions(format=args.format))
+    shops = load_events(args.data, LoadOptions(format=args.format))
+    shared = set(public.frame["user_id"].astype(str)) & set(shops.frame["user_id"].astype(str))
+    if shared:
+        raise DataError(f"--catalogue-log {args.catalogue_log}: shares {len(shared)} customers with {args.data}; "
+                        "a public catalogue must not come from the shops' own customers")
+    catalogue = Catalogue.observed(public)
+    print(f"catalogue: {len(catalogue.categories)} categories of {args.catalogue_log} "
+          f"({public.frame['user_id'].nunique()} other customers, none of the shops')")
+    return catalogue
 
 
 def _quiet(line: str) -> None:

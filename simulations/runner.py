@@ -61,12 +61,14 @@ def prepare(
     task_config: TaskConfig | None = None,
     synth: SynthConfig | None = None,
     fresh: bool = False,
+    catalogue: Catalogue | None = None,
 ) -> Prepared:
     """Data, shops and node configs under ``out``.
 
     ``privacy``: node-config privacy keys every shop gets (``privacy-unit``, ``delta``, ``accountant``).
     ``node_settings``: other node-config keys every shop gets (``device``, ``bf16``, ``dp-engine``).
     ``taxonomy``: a published label space; without it the federation chooses one privately.
+    ``catalogue``: the platform's published categories (default: the dataset's own catalogue, if it has one).
     ``fresh``: the simulated shops start with empty state (ledgers) instead of continuing the ones
     an earlier simulation in ``out`` left: a new simulation is new shops.
     """
@@ -115,7 +117,7 @@ def prepare(
     if taxonomy is not None:
         spec = TaskSpec(taxonomy, split, config)
     else:
-        catalogue = Catalogue.public(table)
+        catalogue = catalogue or Catalogue.public(table)
         if catalogue is None:
             catalogue = (Catalogue.observed(table) if epsilon is None else
                          pooled_partition_selection(table, parts, node_configs, split, config, seed))
