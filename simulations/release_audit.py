@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from client.privacy import PrivacyTerms, epsilon_spent
+from client.privacy import DEFAULT_DELTA, PrivacyTerms, epsilon_spent
 from client.statistics import EVALUATION_SHARE, STATISTICS_SHARES, gaussian, release_noise, sensitivity
 from common.config import TaskConfig
 from common.data.schema import EventTable
@@ -138,7 +138,7 @@ def worst_case_neighbour(vector: Callable[[AuditedShop, str | None], np.ndarray]
 
 def projected_draws(mean: np.ndarray, reference: np.ndarray, direction: np.ndarray, std: float, runs: int,
                     seed: int | None, tag: str) -> np.ndarray:
-    """``runs`` releases ``mean`` + N(0, std² I), each scored by its projection (from ``reference``) on ``direction``."""
+    """``runs`` releases ``mean`` + N(0, std² I), each scored by its projection on ``direction`` from ``reference``."""
     out = np.empty(runs)
     for start in range(0, runs, CHUNK):
         n = min(CHUNK, runs - start)
@@ -224,7 +224,7 @@ class ReleaseAuditResult:
     @property
     def failed(self) -> bool:
         """A product release above its claim, or the broken pipeline not flagged."""
-        return self.verdict in ("VIOLATION", "NOT flagged")
+        return self.verdict == "VIOLATION" or self.verdict.startswith("NOT flagged")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -237,12 +237,13 @@ def verdict(lower_bound: float, claimed: float, ceiling: float, product: bool = 
     if lower_bound > claimed:
         return "VIOLATION" if product else "flagged, as it should be"
     if not product:
-        return "NOT flagged" if claimed < ceiling else "no power"
+        return "NOT flagged" if claimed < ceiling else "NOT flagged (no power)"
     return "no power" if claimed > ceiling else "pass"
 
 
-def audit_release(shop: AuditedShop, release: str, claimed: float, runs: int = 50_000, delta: float = 1e-5,
-                  beta: float = 0.05, seed: int | None = None, accountant: str = "prv") -> ReleaseAuditResult:
+def audit_release(shop: AuditedShop, release: str, claimed: float, runs: int = 50_000,
+                  delta: float = DEFAULT_DELTA, beta: float = 0.05, seed: int | None = None,
+                  accountant: str = "prv") -> ReleaseAuditResult:
     """Audit one release pipeline charged ``claimed`` ε at user level: worst neighbour, ``runs`` draws each."""
     if release not in VECTORS:
         raise ValueError(f"unknown release {release!r}; one of {', '.join(PIPELINES)}")

@@ -52,6 +52,7 @@ def test_verdicts():
     assert verdict(0.5, 8.0, 3.0) == "no power"
     assert verdict(4.0, 1.0, 9.0, product=False) == "flagged, as it should be"
     assert verdict(0.5, 1.0, 9.0, product=False) == "NOT flagged"
+    assert verdict(0.5, 8.0, 7.0, product=False) == "NOT flagged (no power)"
 
 
 def test_a_gaussian_release_at_its_claim_is_not_refuted_and_no_shift_gives_nothing():

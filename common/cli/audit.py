@@ -112,7 +112,8 @@ def _release_audits(table, releases: list[str], epsilons: list[float], args: arg
     """Many-run audits of the requested release pipelines, at every claimed ε."""
     from simulations.release_audit import audit_release, audited_shop, describe
 
-    names = [n for r in releases if r != "dp-sgd" for n in (("engagement", "label-flows") if r == "statistics" else (r,))]
+    statistics = ("engagement", "label-flows")
+    names = [n for r in releases if r != "dp-sgd" for n in (statistics if r == "statistics" else (r,))]
     names = list(dict.fromkeys(names))
     if not names:
         return []
