@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DP-SGD engines to audit: opacus, fast or both (default opacus,fast)")
     parser.add_argument("--runs", type=int, default=50_000,
                         help="noised releases drawn on each neighbour in a release audit (default 50000)")
-    parser.add_argument("--unit", default="user,example", metavar="LIST",
-                        help="privacy units to audit: user, example or both (default user,example)")
+    parser.add_argument("--unit", default="user", metavar="LIST",
+                        help="privacy units of the DP-SGD audits: user, example or both (default user; releases "
+                        "are audited per user)")
     parser.add_argument("--non-private", action="store_true", help="also audit a non-private run (the audit's power)")
     parser.add_argument("--canaries", type=int, default=1000, help="canaries per run (default 1000)")
     parser.add_argument("--rounds", type=int, default=2, help="local rounds per run (default 2)")
