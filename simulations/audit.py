@@ -13,7 +13,9 @@ several examples. The auditor then scores every canary
 
 guesses "in" for the highest scores and "out" for the lowest, and turns the correct guesses into
 an ε lower bound at 95% confidence (``simulations.audit_bound``). A lower bound above the claimed
-ε is a bug in the privacy machinery.
+ε is a bug in the privacy machinery. Beside it stands the audit's ceiling, the bound with every
+guess correct (``audit_ceiling``): a claim above it is "no power", since no run could refute it.
+Either DP engine trains (``AuditConfig.engine``: Opacus hooks or ``client.fast_dp``).
 """
 
 from __future__ import annotations
