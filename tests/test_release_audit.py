@@ -87,3 +87,17 @@ def test_the_product_releases_pass(shop, release):
     assert result.lower_bound <= result.claimed_epsilon < result.ceiling
     assert result.verdict == "pass" and not result.failed
     assert result.accountant_epsilon == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_the_broken_evaluation_at_the_products_charge_on_a_larger_shop(synthetic_dir):
+    """The historical case: a shop of ~465 customers, an evaluation charged 0.1 of ε = 8, 100,000 runs each
+    (measured: shift 9.5, TPR 0.11 at FPR 0.0003, bound 5.4 > 0.8), and the per-user selection passing."""
+    from common.data import load_events
+    from simulations.partition import partition_events
+
+    large = audited_shop(partition_events(load_events(synthetic_dir), method="natural")["shop_04"])
+    broken = audit_release(large, "broken-evaluation", 0.8, runs=100_000, seed=5)
+    assert broken.lower_bound > 4.0 and broken.verdict == "flagged, as it should be"
+    product = audit_release(large, "evaluation", 0.8, runs=100_000, seed=5)
+    assert product.lower_bound <= 0.8 < product.ceiling and product.verdict == "pass"
