@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
               "runs": args.runs, "source": table.report.source}
     atomic_write_json(out / "report.json", report, indent=1)
     print(f"\nreport: {out / 'report.json'}")
+    if any("no power" in r.verdict for r in [*results, *released]):
+        print("no power: a claim above the row's ceiling cannot be refuted by this audit, whatever the run leaks; "
+              "raise --canaries (DP-SGD) or --runs (releases), or audit a smaller --epsilon")
     failed = [r for r in [*results, *released] if r.failed]
     if failed:
         print(f"fedinterest audit: {len(failed)} row(s) failed: a lower bound above the claim of a product "
