@@ -101,3 +101,19 @@ def test_the_broken_evaluation_at_the_products_charge_on_a_larger_shop(synthetic
     assert broken.lower_bound > 4.0 and broken.verdict == "flagged, as it should be"
     product = audit_release(large, "evaluation", 0.8, runs=100_000, seed=5)
     assert product.lower_bound <= 0.8 < product.ceiling and product.verdict == "pass"
+
+
+def test_the_command_fails_when_the_broken_pipeline_is_not_flagged(synthetic_dir, tmp_path):
+    """Too few runs to refute ε = 8: the broken pipeline goes unflagged ("no power") and the audit exits 1."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "common", "audit", "--data", str(synthetic_dir), "--shop", "shop_02", "--epsilon", "8",
+         "--release", "broken-evaluation", "--runs", "2000", "--seed", "3", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "NOT flagged (no power)" in result.stdout and "raise --canaries" in result.stdout
+    row = json.loads((tmp_path / "report.json").read_text())["releases"][0]
+    assert row["ceiling"] < 8.0 and row["verdict"] == "NOT flagged (no power)"
