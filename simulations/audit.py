@@ -13,7 +13,9 @@ several examples. The auditor then scores every canary
 
 guesses "in" for the highest scores and "out" for the lowest, and turns the correct guesses into
 an ε lower bound at 95% confidence (``simulations.audit_bound``). A lower bound above the claimed
-ε is a bug in the privacy machinery.
+ε is a bug in the privacy machinery. Beside it stands the audit's ceiling, the bound with every
+guess correct (``audit_ceiling``): a claim above it is "no power", since no run could refute it.
+Either DP engine trains (``AuditConfig.engine``: Opacus hooks or ``client.fast_dp``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from common.data.schema import Action, EventTable
 from common.model import LoraSettings
 from common.task import TemporalSplit, Taxonomy, build_taxonomy, default_split, prepare_task
 
-from .audit_bound import audit
+from .audit_bound import audit, audit_ceiling
 
 CANARY = "canary-"
 
@@ -59,6 +61,7 @@ class AuditConfig:
     backbone: str = "tiny"
     lora_layers: tuple[int, ...] | None = (-1,)
     seed: int | None = None  # None: inclusion, sampling and noise from the OS CSPRNG
+    engine: str = "opacus"  # per-example gradients: "opacus" or "fast" (``TrainConfig.dp_engine``)
 
     @property
     def per_canary(self) -> int:
@@ -78,6 +81,7 @@ class AuditResult:
     white_box: dict = field(default_factory=dict)
     black_box: dict = field(default_factory=dict)
     seconds: float = 0.0
+    ceiling: float = math.inf  # the largest bound this audit could certify (every guess correct)
 
     @property
     def lower_bound(self) -> float:
@@ -88,11 +92,23 @@ class AuditResult:
         """The measured lower bound stays below the claim (always true for a non-private run)."""
         return self.lower_bound <= self.claimed_epsilon
 
+    @property
+    def verdict(self) -> str:
+        """pass / VIOLATION / no power (the claim is above what the audit could ever certify)."""
+        if math.isinf(self.claimed_epsilon):
+            return "non-private: the audit's power"
+        from .release_audit import verdict
+
+        return verdict(self.lower_bound, self.claimed_epsilon, self.ceiling)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "VIOLATION"
+
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "config"}
         out["config"] = asdict(self.config)
-        out["lower_bound"] = self.lower_bound
-        out["consistent"] = self.consistent
+        out.update(lower_bound=self.lower_bound, consistent=self.consistent, verdict=self.verdict, release="dp-sgd")
         return out
 
 
@@ -166,7 +182,7 @@ def run_audit(base: EventTable, config: AuditConfig, task: TaskConfig | None = N
     privacy = PrivacyConfig(epsilon=config.epsilon, unit=config.unit)
     train = TrainConfig(batch_size=config.batch_size, physical_batch_size=max(config.batch_size, 64),
                         learning_rate=config.learning_rate, epochs=config.epochs, max_grad_norm=config.clip,
-                        max_length=config.max_length)
+                        max_length=config.max_length, dp_engine=config.engine)
     model = ModelConfig(backbone=config.backbone, lora=LoraSettings(layers=config.lora_layers,
                                                                     seed=config.seed or 0))
     shared = SharedModel(model, taxonomy.class_names, "cpu")
@@ -199,6 +215,7 @@ def run_audit(base: EventTable, config: AuditConfig, task: TaskConfig | None = N
         white_box=audit(white, included, delta),
         black_box=audit(black, included, delta),
         seconds=time.perf_counter() - started,
+        ceiling=audit_ceiling(config.canaries, delta),
     )
     progress(describe(result))
     return result
@@ -246,22 +263,30 @@ class CanaryScoring:
 def describe(result: AuditResult) -> str:
     c = result.config
     claim = "∞ (non-private)" if math.isinf(result.claimed_epsilon) else f"{result.claimed_epsilon:g}"
-    return (f"{c.unit}-level, claimed ε {claim}: accountant ε {result.accountant_epsilon:.3f}, "
+    return (f"dp-sgd ({c.engine}), {c.unit}-level, claimed ε {claim}: accountant ε {result.accountant_epsilon:.3f}, "
             f"lower bound {result.lower_bound:.3f} (white-box {result.white_box['eps_lower_bound']:.3f}, "
-            f"black-box {result.black_box['eps_lower_bound']:.3f}; {c.canaries} canaries, "
-            f"{result.included} included), {result.seconds:.0f} s")
+            f"black-box {result.black_box['eps_lower_bound']:.3f}; ceiling {result.ceiling:.2f}; {c.canaries} "
+            f"canaries, {result.included} included), {result.verdict}, {result.seconds:.0f} s")
+
+
+def dp_sgd_rows(results: list[AuditResult]) -> list[tuple]:
+    """Rows (release, engine/unit, claimed ε, accountant ε, lower bound, ceiling, verdict) of one-run audits."""
+    return [("dp-sgd", f"{r.config.engine}/{r.config.unit}", r.claimed_epsilon, r.accountant_epsilon, r.lower_bound,
+             r.ceiling, f"{r.verdict} (white {r.white_box['eps_lower_bound']:.2f}, "
+             f"black {r.black_box['eps_lower_bound']:.2f}, {r.config.canaries} canaries)") for r in results]
+
+
+def format_table(rows: list[tuple]) -> str:
+    """The audit table: one row per audited release, its bound beside the claim and the ceiling."""
+    header = (f"{'release':<18} {'engine/unit':<13} {'claimed ε':>9} {'accountant ε':>12} {'lower bound':>11} "
+              f"{'ceiling':>7}  verdict")
+    lines = [header, "-" * len(header)]
+    for release, unit, claimed, spent, lower, ceiling, verdict in rows:
+        number = lambda x, p: "inf" if math.isinf(x) else f"{x:.{p}f}"  # noqa: E731
+        lines.append(f"{release:<18} {unit:<13} {('inf' if math.isinf(claimed) else f'{claimed:g}'):>9} "
+                     f"{number(spent, 3):>12} {lower:>11.3f} {number(ceiling, 2):>7}  {verdict}")
+    return "\n".join(lines)
 
 
 def audit_table(results: list[AuditResult]) -> str:
-    header = (f"{'unit':<8} {'claimed ε':>9} {'accountant ε':>12} {'δ':>9} {'canaries':>8} "
-              f"{'white-box LB':>12} {'black-box LB':>12}  verdict")
-    lines = [header, "-" * len(header)]
-    for r in results:
-        claim = "inf" if math.isinf(r.claimed_epsilon) else f"{r.claimed_epsilon:g}"
-        spent = "inf" if math.isinf(r.accountant_epsilon) else f"{r.accountant_epsilon:.3f}"
-        verdict = "ok: bound below the claim" if r.consistent else "VIOLATION: bound above the claim"
-        if math.isinf(r.claimed_epsilon):
-            verdict = "non-private: the audit's power"
-        lines.append(f"{r.config.unit:<8} {claim:>9} {spent:>12} {r.delta:>9.1e} {r.config.canaries:>8} "
-                     f"{r.white_box['eps_lower_bound']:>12.3f} {r.black_box['eps_lower_bound']:>12.3f}  {verdict}")
-    return "\n".join(lines)
+    return format_table(dp_sgd_rows(results))

@@ -30,7 +30,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special
 
-__all__ = ["audit", "epsilon_lower_bound", "guesses", "p_value"]
+__all__ = [
+    "audit", "audit_ceiling", "clopper_pearson", "distinguishing_bound", "distinguishing_ceiling",
+    "epsilon_lower_bound", "guesses", "p_value",
+]
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
 _EPS_CAP = 64.0  # q = expit(64) is 1.0 in float64: no larger eps can be told apart numerically
@@ -205,3 +208,59 @@ def audit(
         if best["fraction"] is None or eps > best["eps_lower_bound"]:
             best = {"eps_lower_bound": eps, "r": r, "v": v, "fraction": f}
     return {**best, "m": m, "beta": float(beta), "delta": float(delta)}
+
+
+def audit_ceiling(
+    m: int, delta: float, beta: float = 0.05, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> float:
+    """The largest bound :func:`audit` can certify with ``m`` canaries: every guess correct.
+
+    A claimed eps above it cannot be refuted by this audit, whatever the run leaks ("no power").
+    """
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m (the number of canaries) must be a positive int, got {m!r}")
+    _check_delta_beta(delta, beta)
+    fractions = tuple(fractions)
+    if not fractions:
+        raise ValueError("fractions is empty")
+    level = beta / len(fractions)
+    best = 0.0
+    for f in fractions:
+        r = 2 * int(math.floor(f * m / 2))
+        if r:
+            best = max(best, epsilon_lower_bound(r, r, int(m), float(delta), level))
+    return best
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided 1 - alpha interval of a binomial proportion, k of n."""
+    _check_counts(n, k, max(n, 1))
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if n == 0:
+        return 0.0, 1.0
+    lo = 0.0 if k == 0 else float(special.betaincinv(k, n - k + 1, alpha / 2))
+    hi = 1.0 if k == n else float(special.betaincinv(k + 1, n - k, 1 - alpha / 2))
+    return lo, hi
+
+
+def distinguishing_bound(true_positives: int, positives: int, false_positives: int, negatives: int,
+                         delta: float, beta: float = 0.05) -> float:
+    """eps lower bound at confidence 1 - beta from one test's (TPR, FPR) over independent runs.
+
+    An (eps, delta)-DP release makes every test satisfy TPR <= e^eps FPR + delta; with TPR_lo and
+    FPR_hi one-sided 1 - beta/2 Clopper-Pearson limits (union bound: both hold w.p. 1 - beta),
+    eps >= log((TPR_lo - delta) / FPR_hi). 0.0 when that is not positive.
+    """
+    _check_delta_beta(delta, beta)
+    tpr_lo = clopper_pearson(true_positives, positives, beta)[0]
+    fpr_hi = clopper_pearson(false_positives, negatives, beta)[1]
+    if tpr_lo <= delta or fpr_hi <= 0:
+        return 0.0
+    return max(0.0, math.log((tpr_lo - delta) / fpr_hi))
+
+
+def distinguishing_ceiling(runs: int, delta: float, beta: float = 0.05) -> float:
+    """The largest bound :func:`distinguishing_bound` can give with ``runs`` runs each way: a
+    perfect test (every positive found, no false positive)."""
+    return distinguishing_bound(runs, runs, 0, runs, delta, beta)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from simulations.audit import AuditConfig, canary_table, run_audit
+from simulations.audit_bound import audit_ceiling
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,17 @@ def test_the_lower_bound_stays_below_the_claim_under_dp(audited):
     assert result.consistent and result.lower_bound <= result.claimed_epsilon
     assert 100 < result.included < 200  # about half of the 300 canaries, by a fair coin
     assert 0 < result.delta < 1e-3
+    assert result.ceiling == pytest.approx(audit_ceiling(300, result.delta))
+    assert result.verdict == ("no power" if result.ceiling < 8.0 else "pass")  # 300 canaries cannot refute ε = 8
+
+
+def test_the_fast_engine_runs_the_same_audit(tiny_shop_table, tmp_path):
+    """DP-SGD with the fast engine (one backward for LoRA): audited the same way, below its claim."""
+    config = AuditConfig(epsilon=2.0, unit="example", canaries=100, rounds=1, epochs=1.0, seed=5, engine="fast")
+    result = run_audit(tiny_shop_table, config, state_dir=tmp_path / "fast", progress=lambda line: None)
+    assert result.config.engine == "fast" and result.accountant == "prv" and 0 < result.accountant_epsilon <= 2.0
+    assert result.consistent and result.verdict in ("pass", "no power") and not result.failed
+    assert result.to_dict()["config"]["engine"] == "fast"
 
 
 def test_the_audit_sees_a_run_without_noise(audited):
@@ -56,13 +68,25 @@ def test_each_canary_is_one_example_or_one_user_with_its_own_labels(tiny_shop_ta
 def test_audit_command_prints_the_table_and_writes_the_report(tmp_path, synthetic_dir):
     result = subprocess.run(
         [sys.executable, "-m", "common", "audit", "--data", str(synthetic_dir), "--shop", "shop_02",
-         "--epsilon", "8", "--unit", "user", "--canaries", "60", "--rounds", "1", "--out", str(tmp_path)],
+         "--epsilon", "1,8", "--unit", "user", "--canaries", "60", "--rounds", "1", "--engine", "opacus",
+         "--release", "dp-sgd,evaluation,broken-evaluation", "--runs", "50000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "white-box LB" in result.stdout and "ok: bound below the claim" in result.stdout
+    assert "lower bound" in result.stdout and "ceiling" in result.stdout
+    assert "no power" in result.stdout  # 60 canaries can never refute ε = 8: said, not "consistent"
+    assert "flagged, as it should be" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    row = report["results"][0]
+    row = report["results"][1]
     assert row["config"]["unit"] == "user" and row["claimed_epsilon"] == 8.0 and row["consistent"]
+    assert row["verdict"] == "no power" and row["ceiling"] == pytest.approx(audit_ceiling(60, row["delta"]))
+    assert report["results"][0]["verdict"] in ("pass", "no power")
+    releases = report["releases"]
+    assert [r["release"] for r in releases] == ["evaluation"] * 2 + ["broken-evaluation"] * 2
+    assert all(r["verdict"] == "pass" and r["lower_bound"] <= r["claimed_epsilon"] < r["ceiling"] for r in releases[:2])
+    assert all(r["verdict"] == "flagged, as it should be" for r in releases[2:])
     bad = subprocess.run([sys.executable, "-m", "common", "audit", "--unit", "household"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--unit" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "common", "audit", "--engine", "jax"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--engine" in bad.stderr
