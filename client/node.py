@@ -33,7 +33,9 @@ NODE_KEYS = {
     "data-path": "events file or dataset directory (required)",
     "data-format": "source format (default: detect)",
     "shop": "keep only this merchant_id from the data",
-    "state-dir": "directory for the privacy ledger and caches (required)",
+    "state-dir": "directory for this node's caches and the pointer to its privacy ledger (required)",
+    "ledger-home": "home of this node's privacy ledgers, one per dataset (default $FEDINTEREST_HOME or ~/.fedinterest)",
+    "raise-budget": "true: accept an epsilon above every budget recorded for this data (recorded in the ledger)",
     "epsilon": "privacy budget over the whole federation (default 8)",
     "non-private": "true: train without differential privacy (labelled reference runs only)",
     "delta": "δ (default 1e-5, the same for every shop; must be below 1/units)",
@@ -85,6 +87,8 @@ class NodeSettings:
     colluding_fraction: float = DEFAULT_COLLUDING_FRACTION
     backbone: str | None = None  # None: a simulation node, which follows the run's backbone
     backbone_sha256: str | None = None
+    ledger_home: str | None = None  # None: $FEDINTEREST_HOME, else ~/.fedinterest
+    raise_budget: bool = False
 
     @classmethod
     def from_node_config(cls, config: dict) -> "NodeSettings":
@@ -138,6 +142,8 @@ class NodeSettings:
             backbone=str(config["backbone"]) if config.get("backbone") else
             (None if "partition-id" in config else DEFAULT_BACKBONE),
             backbone_sha256=str(config["backbone-sha256"]).lower() if config.get("backbone-sha256") else None,
+            ledger_home=str(config["ledger-home"]) if config.get("ledger-home") else None,
+            raise_budget=_bool(config.get("raise-budget", False), "raise-budget"),
         )
 
     def secagg_parties(self):
@@ -247,6 +253,6 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             load_table(node), state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
             max_train_per_user=node.max_train_per_user, shared=shared,
-            seed=node.seed, priors=task.priors,
+            seed=node.seed, priors=task.priors, ledger_home=node.ledger_home, raise_budget=node.raise_budget,
         )
     return _SHOPS[key]
