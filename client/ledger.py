@@ -196,14 +196,15 @@ class PrivacyLedger:
 
     @classmethod
     def for_data(cls, state_dir: str | Path, users: Iterable, home: str | Path | None = None,
-                 reset: bool = False) -> "PrivacyLedger":
+                 reset: bool | str = False) -> "PrivacyLedger":
         """The ledger of the data whose privacy units are ``users``, in ``home``; ``state_dir`` points to it.
 
         Found (or made, or merged) by the overlap rule of the module docstring, whatever the state or
         working directory. Refused when the state directory points to another home or another
         dataset's ledger, or when the ledger is missing or shorter than a head says. ``reset``:
         record a reset (``--reset-ledger``) first, which also accepts a ledger its heads disagree with
-        (the reset record says what they said).
+        (the reset record says what they said); a string is a label recorded with it, and a reset with a
+        label already recorded is not made again (node config ``reset-ledger``, read at every start).
         """
         home = ledger_home(home)
         state = private_dir(state_dir)
@@ -222,10 +223,11 @@ class PrivacyLedger:
             raise LedgerError(f"{binding}: this state directory keeps the state of another dataset's ledger "
                               f"({bound['ledger']}); give this data its own state directory")
         ledger = cls(home / "ledgers" / ledger_id, heads)
-        if reset:
-            bare = cls(ledger.dir)  # the heads are not checked: the reset records what they said
-            bare.reset("--reset-ledger" + "".join(
-                f"; {p} said {_read_json(p).get('count')} records" for p in heads if p.is_file()))
+        bare = cls(ledger.dir)  # the heads are not checked: the reset records what they said
+        label = reset if isinstance(reset, str) else None
+        if reset and not (label and label in _reset_labels(bare.read())):
+            bare.reset(("--reset-ledger" if label is None else f"reset-ledger={label}") + "".join(
+                f"; {p} said {_read_json(p).get('count')} records" for p in heads if p.is_file()), label)
             ledger._write_heads(bare.read())
         cached = [p.name for pattern in CACHED_RELEASES for p in state.glob(pattern)]
         if cached and not ledger.path.exists():
@@ -318,11 +320,12 @@ class PrivacyLedger:
                                                                "recorded_at": time.time()}})
             return float(budget)
 
-    def reset(self, reason: str = "--reset-ledger") -> None:
+    def reset(self, reason: str = "--reset-ledger", label: str | None = None) -> None:
         """Record a reset: ε is counted from zero after it; terms and plan are fixed anew. Visible forever."""
         with self._lock(fcntl.LOCK_EX):
             state = self._load()
-            self._append(state, {"kind": "reset", "reset": {"reason": reason, "forgotten_epsilon": state.spent,
+            self._append(state, {"kind": "reset", "reset": {"reason": reason, "label": label,
+                                                             "forgotten_epsilon": state.spent,
                                                              "releases": len(state.releases),
                                                              "recorded_at": time.time()}})
 
@@ -515,7 +518,7 @@ def terms_for(ledger: PrivacyLedger, privacy: PrivacyConfig, n_units: int) -> Pr
 
 
 def shop_ledger(state_dir: str | Path, table, home: str | Path | None = None, budget: float | None = None,
-                raise_budget: bool = False, reset: bool = False) -> PrivacyLedger:
+                raise_budget: bool = False, reset: bool | str = False) -> PrivacyLedger:
     """The ledger of ``table``'s users (``PrivacyLedger.for_data``), reset and its budget checked as asked."""
     ledger = PrivacyLedger.for_data(state_dir, table.frame["user_id"].astype(str).unique(), home, reset)
     if budget is not None:
@@ -631,6 +634,10 @@ def _check_head(ledger: Path, head_path: Path, ledger_id: str, state: LedgerStat
         raise LedgerError(f"{ledger}: the privacy ledger {what}. It is never reset silently: restore the ledger "
                           "from a backup; if you accept that what it recorded is forgotten, pass --reset-ledger, "
                           "which records the reset")
+
+
+def _reset_labels(state: LedgerState) -> set[str]:
+    return {r["reset"]["label"] for r in state.records if r["kind"] == "reset" and r["reset"].get("label")}
 
 
 def _read_json(path: Path) -> dict:

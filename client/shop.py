@@ -134,7 +134,7 @@ class LocalShop:
         statistics_seed: int | None = None,
         priors: Priors | None = None,
         ledger_home: str | Path | None = None,
-        reset_ledger: bool = False,
+        reset_ledger: bool | str = False,
         raise_budget: bool = False,
     ):
         """``taxonomy=None``: a private shop chooses its label space by a DP top-K of its own

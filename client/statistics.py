@@ -190,7 +190,8 @@ def release_label_flows(examples: ExampleSet, rows: int, **kwargs) -> Statistics
 
 
 def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_dir: str, seed: int | None = None,
-                 ledger_home: str | None = None, raise_budget: bool = False) -> tuple[str, StatisticsOutcome]:
+                 ledger_home: str | None = None, raise_budget: bool = False, reset_ledger: str | None = None
+                 ) -> tuple[str, StatisticsOutcome]:
     """A shop's answer to the server's statistics ``query``: its noised vector, or a decline.
 
     ``record`` is the query's task record: ``query.kind`` ``engagement`` (per catalogue category,
@@ -218,7 +219,7 @@ def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_
         raise ConfigError(f"the server asks for statistics of an unknown kind {kind!r}")
     if not privacy.private:
         return kind, StatisticsOutcome(False, vector=np.asarray(compute(), dtype=np.float64))
-    ledger = shop_ledger(state_dir, table, ledger_home, privacy.epsilon, raise_budget)
+    ledger = shop_ledger(state_dir, table, ledger_home, privacy.epsilon, raise_budget, reset_ledger or False)
     terms = terms_for(ledger, privacy, count_units(table, request.config, request.split, privacy.unit))
     return kind, release(kind, compute, ledger=ledger, terms=terms, budget=privacy.budget(),
                          server_round=wire.STATISTICS_ROUNDS[kind], request_sha256=request.fingerprint(), seed=seed)

@@ -201,3 +201,27 @@ def test_the_home_and_its_files_are_private(tmp_path, table, ledger_home):
                  *(ledger_home / "heads").iterdir(), *ledger_home.glob("*.lock"), *ledger.dir.glob("*.lock")]:
         assert mode(path) == 0o600, path
     assert ledger.path.name == LEDGER_FILE
+
+
+def test_a_nodes_reset_label_is_recorded_once(tmp_path, table):
+    ledger = shop_ledger(tmp_path / "state", table, budget=8.0)
+    spend(ledger, 2)
+    for _ in range(3):  # a node reads its config at every start: one reset per label
+        again = shop_ledger(tmp_path / "state", table, budget=8.0, reset="2026-12-07")
+    kinds = [r["kind"] for r in again.read().records]
+    assert kinds.count("reset") == 1 and again.spent == 0.0
+    assert "reset-ledger=2026-12-07" in again.summary()
+
+
+def test_node_config_keys_for_the_ledger(tmp_path):
+    from client.node import NodeSettings
+    from common.config import ConfigError
+
+    base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
+    node = NodeSettings.from_node_config({**base, "raise-budget": True, "reset-ledger": "2026-12-07",
+                                          "ledger-home": str(tmp_path / "home")})
+    assert node.raise_budget and node.reset_ledger == "2026-12-07" and node.ledger_home == str(tmp_path / "home")
+    plain = NodeSettings.from_node_config(base)
+    assert not plain.raise_budget and plain.reset_ledger is None and plain.ledger_home is None
+    with pytest.raises(ConfigError, match="reset-ledger"):
+        NodeSettings.from_node_config({**base, "reset-ledger": True})
