@@ -52,6 +52,7 @@ import hmac
 import json
 import os
 import secrets
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -329,27 +330,36 @@ class PrivacyLedger:
                                                              "releases": len(state.releases),
                                                              "recorded_at": time.time()}})
 
-    def absorb(self, other: "PrivacyLedger") -> None:
-        """Merge ``other`` into this ledger: one ``merge`` release carrying its phases and δ since its last reset."""
+    def absorb(self, other: "PrivacyLedger", mark: bool = False) -> None:
+        """Merge ``other`` into this ledger: one ``merge`` release carrying its phases and δ since its last reset.
+
+        ``mark``: ``other`` (a sibling in the home) then redirects to this ledger, marked under both
+        locks, so no release can land in it after its phases were copied.
+        """
         with self._lock(fcntl.LOCK_EX), other._lock(fcntl.LOCK_EX):
             theirs, ours = other._load(), self._load()
-            if theirs.terms is None:
-                return
-            if ours.terms is None:
-                ours = self._append(ours, {"kind": "terms", "terms": _asdict(theirs.terms)})
-            elif ours.terms != theirs.terms:
-                raise LedgerError(f"{self.path} and {other.path} hold releases about the same customers at different "
-                                  f"terms ({ours.terms.describe()}, {theirs.terms.describe()}); they cannot be "
-                                  "merged: keep the data of these ledgers apart, or reset one deliberately")
-            if not theirs.releases:
-                return
-            phases = tuple(theirs.history)
-            left = ours.accountant_delta - theirs.extra_delta
-            after = epsilon_spent([*ours.history, *phases], left, ours.terms.accountant) if left > 0 else float("inf")
-            budget = max(b for b in (ours.recorded_budget, theirs.recorded_budget) if b is not None)
-            release = Release(len(ours.releases) + 1, "merge", phases, after, budget, None,
-                              f"{other.dir.name}@{theirs.count}:{theirs.head}", time.time(), delta=theirs.extra_delta)
-            self._append(ours, {"kind": "release", "release": _asdict(release)})
+            if theirs.terms is not None:
+                self._merge(ours, theirs, other)
+            if mark:
+                atomic_write_bytes(other.dir / MERGED_FILE, self.dir.name.encode(), mode=0o600)
+
+    def _merge(self, ours: LedgerState, theirs: LedgerState, other: "PrivacyLedger") -> None:
+        if ours.terms is None:
+            ours = self._append(ours, {"kind": "terms", "terms": _asdict(theirs.terms)})
+        elif ours.terms != theirs.terms:
+            raise LedgerError(f"{self.path} and {other.path} hold releases about the same customers at different "
+                              f"terms ({ours.terms.describe()}, {theirs.terms.describe()}); they cannot be "
+                              "merged: keep the data of these ledgers apart, or reset one deliberately")
+        if not theirs.releases:
+            return
+        phases = tuple(theirs.history)
+        left = ours.accountant_delta - theirs.extra_delta
+        # no δ left: spent beyond any budget (the largest finite float: a ledger holds only JSON numbers)
+        after = epsilon_spent([*ours.history, *phases], left, ours.terms.accountant) if left > 0 else sys.float_info.max
+        budget = max(b for b in (ours.recorded_budget, theirs.recorded_budget) if b is not None)
+        release = Release(len(ours.releases) + 1, "merge", phases, after, budget, None,
+                          f"{other.dir.name}@{theirs.count}:{theirs.head}", time.time(), delta=theirs.extra_delta)
+        self._append(ours, {"kind": "release", "release": _asdict(release)})
 
     def _write_heads(self, state: LedgerState) -> None:
         head = {"format": FORMAT, "home": str(self.dir.parent.parent), "ledger": self.dir.name,
@@ -577,8 +587,7 @@ def _resolve(home: Path, tags: frozenset[str]) -> str:
     survivor, members = overlapping[0]
     target = PrivacyLedger(survivor, [home / "heads" / f"{survivor.name}.json"])
     for directory, theirs in overlapping[1:]:
-        target.absorb(PrivacyLedger(directory, [home / "heads" / f"{directory.name}.json"]))
-        atomic_write_bytes(directory / MERGED_FILE, survivor.name.encode(), mode=0o600)
+        target.absorb(PrivacyLedger(directory, [home / "heads" / f"{directory.name}.json"]), mark=True)
         members = members | theirs
     _write_members(survivor, members | tags)
     return survivor.name
