@@ -225,3 +225,14 @@ def test_node_config_keys_for_the_ledger(tmp_path):
     assert not plain.raise_budget and plain.reset_ledger is None and plain.ledger_home is None
     with pytest.raises(ConfigError, match="reset-ledger"):
         NodeSettings.from_node_config({**base, "reset-ledger": True})
+
+
+def test_simulated_shops_get_fresh_ledger_homes_in_their_run_folder(tmp_path, ledger_home):
+    from simulations.runner import LEDGERS_NOTE, prepare
+    from simulations.synthetic import SynthConfig
+
+    prepared = prepare(tmp_path / "sim", shops=3, synth=SynthConfig(shops=3, users=120, days=20, seed=5))
+    homes = [node["ledger-home"] for node in prepared.node_configs.values()]
+    assert len(set(homes)) == 3 and all(h.startswith(str(tmp_path / "sim")) for h in homes)
+    assert not (ledger_home / "ledgers").exists() or not any((ledger_home / "ledgers").iterdir())
+    assert "fresh" in LEDGERS_NOTE
