@@ -175,7 +175,8 @@ def query(message: Message, context: Context) -> Message:
     request = dict(message.content[wire.TASK].items())
     setup, client = _open_round(message, context, node, wire.statistics_round_id(str(request.get("query.kind"))))
     _, outcome = answer_query(request, load_table(node), node.privacy, node.state_dir,
-                              seed=_training_seed(node, setup.round_id))
+                              seed=_training_seed(node, setup.round_id), ledger_home=node.ledger_home,
+                              raise_budget=node.raise_budget, reset_ledger=node.reset_ledger)
     ledger = PrivacyLedger.open(node.state_dir) if node.privacy.private else None
     return _answer_release(message, context, setup, client, outcome, ledger, "the statistics round",
                            wire.request_subject(request))

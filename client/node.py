@@ -33,7 +33,11 @@ NODE_KEYS = {
     "data-path": "events file or dataset directory (required)",
     "data-format": "source format (default: detect)",
     "shop": "keep only this merchant_id from the data",
-    "state-dir": "directory for the privacy ledger and caches (required)",
+    "state-dir": "directory for this node's caches and the pointer to its privacy ledger (required)",
+    "ledger-home": "home of this node's privacy ledgers, one per dataset (default $FEDINTEREST_HOME or ~/.fedinterest)",
+    "raise-budget": "true: accept an epsilon above every budget recorded for this data (recorded in the ledger)",
+    "reset-ledger": "a label for one reset of this data's privacy accounting (e.g. a date): recorded in the ledger the "
+                    "first time a node starts with it, never repeated; only if no earlier release reached anyone",
     "epsilon": "privacy budget over the whole federation (default 8)",
     "non-private": "true: train without differential privacy (labelled reference runs only)",
     "delta": "δ (default 1e-5, the same for every shop; must be below 1/units)",
@@ -85,6 +89,9 @@ class NodeSettings:
     colluding_fraction: float = DEFAULT_COLLUDING_FRACTION
     backbone: str | None = None  # None: a simulation node, which follows the run's backbone
     backbone_sha256: str | None = None
+    ledger_home: str | None = None  # None: $FEDINTEREST_HOME, else ~/.fedinterest
+    raise_budget: bool = False
+    reset_ledger: str | None = None  # a reset's label: recorded once
 
     @classmethod
     def from_node_config(cls, config: dict) -> "NodeSettings":
@@ -138,6 +145,9 @@ class NodeSettings:
             backbone=str(config["backbone"]) if config.get("backbone") else
             (None if "partition-id" in config else DEFAULT_BACKBONE),
             backbone_sha256=str(config["backbone-sha256"]).lower() if config.get("backbone-sha256") else None,
+            ledger_home=str(config["ledger-home"]) if config.get("ledger-home") else None,
+            raise_budget=_bool(config.get("raise-budget", False), "raise-budget"),
+            reset_ledger=_reset_label(config.get("reset-ledger")),
         )
 
     def secagg_parties(self):
@@ -184,6 +194,16 @@ def _choice(config: dict, key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"node config: '{key}' must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _reset_label(value) -> str | None:
+    """``reset-ledger``'s label: a reset is recorded once per label (a boolean would reset at every start)."""
+    if value is None or value is False or str(value).strip() == "":
+        return None
+    if value is True or str(value).lower() in ("true", "1", "yes"):
+        raise ConfigError("node config: 'reset-ledger' takes a label for one reset (e.g. reset-ledger='2026-12-07'), "
+                          "recorded once: `true` would reset the ledger at every start")
+    return str(value)
 
 
 def _bool(value, key: str) -> bool:
@@ -247,6 +267,7 @@ def load_shop(node: NodeSettings, round_config: RoundConfig, task: TaskSpec) -> 
             load_table(node), state_dir=Path(node.state_dir), privacy=node.privacy, train=train, model=model,
             task=task.config, taxonomy=task.taxonomy, split=task.split,
             max_train_per_user=node.max_train_per_user, shared=shared,
-            seed=node.seed, priors=task.priors,
+            seed=node.seed, priors=task.priors, ledger_home=node.ledger_home, raise_budget=node.raise_budget,
+            reset_ledger=node.reset_ledger or False,
         )
     return _SHOPS[key]

@@ -33,7 +33,7 @@ from common.task.features import history_features
 from common.task.selection import select_per_user
 from common.text import encode_texts, render_examples
 
-from .ledger import LedgerError, PrivacyLedger, terms_for
+from .ledger import LedgerError, shop_ledger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
 from .statistics import (
     EVALUATION_SHARE, StatisticsOutcome, release, release_category_engagement, release_label_flows,
@@ -133,6 +133,9 @@ class LocalShop:
         shared: SharedModel | None = None,
         statistics_seed: int | None = None,
         priors: Priors | None = None,
+        ledger_home: str | Path | None = None,
+        reset_ledger: bool | str = False,
+        raise_budget: bool = False,
     ):
         """``taxonomy=None``: a private shop chooses its label space by a DP top-K of its own
         engagement; ``priors=None``: it releases its own label flows for the scorer's priors. Both
@@ -144,10 +147,13 @@ class LocalShop:
         secret kept in its state directory, the same in every process. ``max_train_examples`` (a cap
         on the whole shop, which depends on every customer) and ``max_test_examples`` are for
         non-private references and local metrics only: a private shop refuses the first.
+        The ledger is the data's (``client.ledger``), in ``ledger_home`` (default ``$FEDINTEREST_HOME``);
+        ``reset_ledger`` records a reset, ``raise_budget`` a budget above every one recorded.
         """
         self.privacy, self.train_config, self.model_config = privacy, train, model
         self.state_dir = Path(state_dir)
-        self.ledger = PrivacyLedger.open(self.state_dir) if privacy.private else None
+        self.ledger = shop_ledger(self.state_dir, table, ledger_home, privacy.epsilon, raise_budget,
+                                  reset_ledger) if privacy.private else None
         given = taxonomy is not None
         split = split or (public_split(table, task) if privacy.private else default_split(table, task))
         self.label_space = "given"

@@ -189,19 +189,21 @@ def release_label_flows(examples: ExampleSet, rows: int, **kwargs) -> Statistics
     return release("label-flows", lambda: label_flows(examples, rows), **kwargs)
 
 
-def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_dir: str, seed: int | None = None
+def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_dir: str, seed: int | None = None,
+                 ledger_home: str | None = None, raise_budget: bool = False, reset_ledger: str | None = None
                  ) -> tuple[str, StatisticsOutcome]:
     """A shop's answer to the server's statistics ``query``: its noised vector, or a decline.
 
     ``record`` is the query's task record: ``query.kind`` ``engagement`` (per catalogue category,
     from which the label space is chosen) or ``label-flows`` (transitions and label totals over
-    the chosen taxonomy). A non-private shop (a labelled reference run) answers exactly.
+    the chosen taxonomy). A non-private shop (a labelled reference run) answers exactly. The
+    release is charged to the ledger of ``table``'s users in ``ledger_home`` (``client.ledger``).
     """
     from common.settings import PendingTask, TaskSpec
     from common.stats import transition_rows
     from common.task import count_units, prepare_task
 
-    from .ledger import terms_for
+    from .ledger import shop_ledger, terms_for
 
     record = dict(record)
     kind = str(record.pop("query.kind", "engagement"))
@@ -217,7 +219,7 @@ def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_
         raise ConfigError(f"the server asks for statistics of an unknown kind {kind!r}")
     if not privacy.private:
         return kind, StatisticsOutcome(False, vector=np.asarray(compute(), dtype=np.float64))
-    ledger = PrivacyLedger.open(state_dir)
+    ledger = shop_ledger(state_dir, table, ledger_home, privacy.epsilon, raise_budget, reset_ledger or False)
     terms = terms_for(ledger, privacy, count_units(table, request.config, request.split, privacy.unit))
     return kind, release(kind, compute, ledger=ledger, terms=terms, budget=privacy.budget(),
                          server_round=wire.STATISTICS_ROUNDS[kind], request_sha256=request.fingerprint(), seed=seed)

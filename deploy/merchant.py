@@ -1,16 +1,19 @@
-"""The merchant's side of a deployment: one directory that holds the shop's keys, ledger and state.
+"""The merchant's side of a deployment: one directory that holds the shop's keys and state.
 
 ``init`` makes the two keys (Flower's SuperNode authentication key and the SecAgg identity) and
 ``public-keys.json``, the file the merchant sends to the platform. ``start`` checks the data (the
 baseline table on it, or a clear error), pins the roster the platform published, and runs
 ``flower-supernode`` with TLS against the platform's CA, authenticated by the SuperNode key, with
-the shop's node config. The ledger lives in the directory, so a restarted node keeps its budget.
+the shop's node config. The privacy ledger is the data's, in the node's ledger home
+(``$FEDINTEREST_HOME``, default ``~/.fedinterest``; ``client.ledger``), and the directory points to it:
+a restarted node, or one started from another directory on the same data, keeps its budget.
 
 Layout::
 
     node.json                    roster.json      the roster this shop pinned (compare its fingerprint)
     supernode.key supernode.pub  identity.key     public-keys.json  what the platform receives
-    ledger.json, rounds, caches  (the state directory of the shop)     flwr/  FLWR_HOME
+    ledger.json (the pointer to the data's ledger), rounds, caches  (the shop's state directory)
+    flwr/  FLWR_HOME
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def run_audit(base: EventTable, config: AuditConfig, task: TaskConfig | None = N
     state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fedinterest-audit-"))
     shop = LocalShop(with_canaries(base, canaries, included), state_dir=state, privacy=privacy, train=train,
                      model=model, task=task, taxonomy=taxonomy, split=split, shared=shared,
-                     seed=config.seed or 0)
+                     seed=config.seed or 0, ledger_home=state / "ledger-home")  # a simulated shop: a fresh ledger
     scoring = CanaryScoring(shared, canaries, taxonomy, split, task, config)
     start = scoring.snapshot()
     losses_before = scoring.losses()

@@ -19,14 +19,16 @@ def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, 
 
 
 def shop_privacy(node_configs: dict[int, dict], shops: list[str]) -> dict[str, dict]:
-    """Each shop's ledger in brief: ε after each release, and the unit, δ and accountant behind it."""
-    from client.ledger import LEDGER_FILE, PrivacyLedger
+    """Each shop's ledger in brief: ε after each release, the unit, δ and accountant behind it, and its home
+    (a simulated shop's is fresh, in the run folder: ``simulations.runner.SIMULATED_LEDGER_HOME``)."""
+    from client.ledger import BINDING_FILE, LEDGER_FILE, PrivacyLedger
 
     out = {}
     for pid, name in enumerate(shops):
         state = Path(node_configs[pid]["state-dir"])
-        entry: dict = {"epsilon": [], "releases": []}
-        if (state / LEDGER_FILE).is_file():
+        entry: dict = {"epsilon": [], "releases": [], "ledger_home": node_configs[pid].get("ledger-home"),
+                       "ledger": "a fresh simulated ledger (simulated shops are new shops)"}
+        if (state / BINDING_FILE).is_file() or (state / LEDGER_FILE).is_file():
             ledger = PrivacyLedger.open(state).read()
             entry["epsilon"] = [r.epsilon for r in ledger.releases]
             entry["releases"] = [r.kind for r in ledger.releases]

@@ -31,6 +31,11 @@ from .partition import partition_events
 from .synthetic import SynthConfig, write_synthetic
 
 NodeConfigs = dict[int, dict]
+#: Each simulated shop's ledger home, inside its state directory in the run folder: simulated shops are
+#: new shops, so their ledgers start fresh there, never in the machine's ``$FEDINTEREST_HOME``.
+SIMULATED_LEDGER_HOME = "ledger-home"
+LEDGERS_NOTE = ("ledgers: simulated shops, each with a fresh ledger home in its run folder "
+                "(shops/<shop>/state/ledger-home), not the machine's $FEDINTEREST_HOME")
 
 
 @dataclass
@@ -100,6 +105,7 @@ def prepare(
         else:
             node = {"data-path": str(write_shop(parts[name], shop_dir / "data", name))}
         node["state-dir"] = str(shop_dir / "state")
+        node["ledger-home"] = str(shop_dir / "state" / SIMULATED_LEDGER_HOME)  # never the machine's own ledgers
         if epsilon is None:
             node["non-private"] = True
         else:
@@ -134,7 +140,7 @@ def pooled_partition_selection(table: EventTable, parts: dict[str, EventTable], 
     (``client.statistics.release_partition_selection``). Every customer is in one shop, so each
     shop's ledger records the release at its own terms, before anything else.
     """
-    from client.ledger import PrivacyLedger, terms_for
+    from client.ledger import shop_ledger, terms_for
     from client.node import NodeSettings
     from client.statistics import (
         PARTITION_DELTA_SHARE, STATISTICS_SHARES, gaussian, partition_counts, partition_threshold, release_noise,
@@ -146,7 +152,7 @@ def pooled_partition_selection(table: EventTable, parts: dict[str, EventTable], 
     sigma, spend = 0.0, 1.0
     for pid, name in enumerate(sorted(parts)):
         node = NodeSettings.from_node_config({**node_configs[pid], "partition-id": pid})
-        ledger = PrivacyLedger.open(node.state_dir)
+        ledger = shop_ledger(node.state_dir, parts[name], node.ledger_home, node.privacy.epsilon)
         terms = terms_for(ledger, node.privacy, count_units(parts[name], config, split, node.privacy.unit))
         shop_sigma = release_noise(node.privacy.budget(), STATISTICS_SHARES["engagement"], terms)
         decision = ledger.reserve("statistics", [(shop_sigma, 1.0, 1)], node.privacy.budget(),
@@ -192,8 +198,9 @@ def simulated_node_config(run_config: dict, partition_id: int) -> dict:
     name = shops[partition_id]
     out = Path(str(run_config.get("out-dir", "runs/federation")))
     roster = simulation_roster(out, {shop: out / "shops" / shop / "state" for shop in shops})
-    return {"data-path": str(data), "shop": name, "state-dir": str(out / "shops" / name / "state"),
-            "roster": str(roster)}
+    state = out / "shops" / name / "state"
+    return {"data-path": str(data), "shop": name, "state-dir": str(state),
+            "ledger-home": str(state / SIMULATED_LEDGER_HOME), "roster": str(roster)}
 
 
 def sim_nodes_entry(path: Path, partition_id: int) -> dict:

@@ -15,6 +15,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "FEDINTEREST_CACHE" not in os.environ:
     os.environ["FEDINTEREST_CACHE"] = tempfile.mkdtemp(prefix="fedinterest-cache-")
     atexit.register(shutil.rmtree, os.environ["FEDINTEREST_CACHE"], True)
+# privacy ledgers never go to ~/.fedinterest (nor to a home the caller set): a session home, and a fresh one
+# per test (below), so shops of the same data in different tests keep separate budgets
+os.environ["FEDINTEREST_HOME"] = tempfile.mkdtemp(prefix="fedinterest-home-")
+atexit.register(shutil.rmtree, os.environ["FEDINTEREST_HOME"], True)
+
+
+@pytest.fixture(autouse=True)
+def ledger_home(tmp_path_factory, monkeypatch):
+    """This test's own ledger home (``FEDINTEREST_HOME``), shared with the subprocesses it starts."""
+    home = tmp_path_factory.mktemp("ledger-home")
+    monkeypatch.setenv("FEDINTEREST_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

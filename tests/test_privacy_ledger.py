@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from client.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+from client.ledger import BINDING_FILE, LEDGER_FILE, LedgerError, PrivacyLedger
 from client.privacy import DEFAULT_DELTA, PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
 from common.config import ConfigError
 
@@ -182,7 +182,7 @@ def test_processes_racing_for_the_last_of_a_budget_never_overspend(tmp_path):
 
 
 def read_rounds(state):
-    if not (state / LEDGER_FILE).exists():
+    if not (state / BINDING_FILE).exists():  # the state directory points to the data's ledger in the home
         return []
     return [r.__dict__ for r in PrivacyLedger.open(state).rounds]
 

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from simulations.central import central_table
     from simulations.report import plot_rounds, shop_privacy, write_report
     from simulations.flwr_run import FederationFailed, run_federation_process, simulation_devices
-    from simulations.runner import prepare
+    from simulations.runner import LEDGERS_NOTE, prepare
 
     if args.shops < 3:
         raise ConfigError("--shops must be >= 3: secure aggregation needs three")
@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                        max_train_per_user=args.max_train_per_user, fresh=not args.resume,
                        threads=threads, task_config=task_config(args))
     print(f"{len(prepared.shops)} shops from {prepared.data}; {privacy.describe()}; secure aggregation on")
+    print(LEDGERS_NOTE)
     if gpus:
         print(f"shops train on {gpus} GPU(s), {gpus_per_shop:g} of a GPU per shop worker "
               f"({'bf16' if args.bf16 else 'fp32'}, DP engine {args.dp_engine})")

@@ -31,8 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use at most this many training examples of each customer (a keyed choice that depends "
                              "on that customer alone; default all)")
     parser.add_argument("--max-test", type=int, help="evaluate on at most this many test examples (local metrics only)")
-    parser.add_argument("--state", metavar="DIR", help="state directory holding the privacy ledger "
-                        "(default .fedinterest/train-local/<data>-<shop>)")
+    parser.add_argument("--state", metavar="DIR", help="state directory for caches and the pointer to the data's "
+                        "privacy ledger (default .fedinterest/train-local/<data>-<shop>); the ledger itself is the "
+                        "data's, in $FEDINTEREST_HOME (default ~/.fedinterest), whatever the state directory")
+    parser.add_argument("--reset-ledger", action="store_true",
+                        help="start this data's privacy accounting over from zero: recorded in the ledger as a reset "
+                             "and shown by `fedinterest ledger show` forever; only if no earlier release reached "
+                             "anyone")
+    parser.add_argument("--raise-budget", action="store_true",
+                        help="accept an --epsilon above every budget recorded for this data (recorded in the ledger); "
+                             "without it a raised budget is refused")
     parser.add_argument("--seed", type=int, default=None,
                         help="make the run reproducible (sampling, noise, data subsets): for experiments only; "
                              "by default DP noise and sampling come from the OS CSPRNG")
@@ -60,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         table, state_dir=state, privacy=privacy, train=train_config(args), model=model_config(args, args.seed or 0),
         task=task_config(args), taxonomy=taxonomy, max_train_per_user=args.max_train_per_user,
         max_test_examples=args.max_test,
-        seed=args.seed, statistics_seed=args.seed,
+        seed=args.seed, statistics_seed=args.seed, reset_ledger=args.reset_ledger, raise_budget=args.raise_budget,
     )
     print(shop.task.summary())
     print("label space: " + {"given": f"published taxonomy {args.taxonomy}",
