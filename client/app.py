@@ -42,12 +42,7 @@ KEYRING = "fedinterest.keyring"  # ConfigRecord: the shop's key batches and veri
 AUDIT_ENV = "FEDINTEREST_AUDIT_DIR"  # tests only: where a node writes its plaintext updates to compare
 
 def _settings(context: Context) -> NodeSettings:
-    config = dict(context.node_config)
-    if "data-path" not in config and "partition-id" in config:  # `flwr run` simulation nodes
-        from simulations.runner import simulated_node_config
-
-        config.update(simulated_node_config(dict(context.run_config), int(config["partition-id"])))
-    return NodeSettings.from_node_config(config)
+    return NodeSettings.from_node_config(dict(context.node_config))
 
 
 def _round(message: Message) -> tuple[RoundConfig, TaskSpec]:

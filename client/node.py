@@ -236,12 +236,9 @@ def load_table(node: NodeSettings) -> EventTable:
     if node not in _TABLES:
         table = load_events(node.data_path, LoadOptions(format=node.data_format, shop=node.shop or None))
         if node.shop:
-            from simulations.partition import partition_events
-
-            shops = partition_events(table, method="natural")
-            if node.shop not in shops:
+            table = table.of_merchant(node.shop)
+            if not len(table):
                 raise ConfigError(f"node config: shop {node.shop!r} is not in {node.data_path}")
-            table = shops[node.shop]
         _TABLES[node] = table
     return _TABLES[node]
 

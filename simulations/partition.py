@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.data.schema import ACTION_WEIGHTS, DataError, EventTable, LoadReport
+from common.data.schema import ACTION_WEIGHTS, DataError, EventTable
 
 METHODS = ("auto", "natural", "dirichlet", "iid")
 
@@ -36,14 +36,8 @@ def partition_events(
         if not shops or shops < 1:
             raise DataError(f"partitioning '{method}' needs the number of shops (--shops N)")
         shop_of_row = _by_user(table, shops, method, alpha, seed)
-    frame = table.frame
-    out = {}
-    for shop in sorted(pd.unique(shop_of_row[shop_of_row != ""])):
-        rows = frame[shop_of_row == shop].reset_index(drop=True)
-        report = LoadReport(source=f"{table.report.source}#{shop}", format=table.report.format,
-                            rows_read=len(rows), rows_kept=len(rows), window=table.report.window)
-        out[str(shop)] = EventTable(rows, report, table.category_names, table.item_titles, table.public_categories)
-    return out
+    return {str(shop): table.part(shop_of_row == shop, str(shop))
+            for shop in sorted(pd.unique(shop_of_row[shop_of_row != ""]))}
 
 
 def _natural(table: EventTable, shops: int | None) -> np.ndarray:

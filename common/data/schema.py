@@ -157,6 +157,19 @@ class EventTable:
     def has_merchants(self) -> bool:
         return "merchant_id" in self.frame.columns and self.frame["merchant_id"].notna().any()
 
+    def part(self, keep: np.ndarray, name: str) -> "EventTable":
+        """The rows ``keep`` as a table of their own, named ``<source>#<name>`` (one shop of a log)."""
+        rows = self.frame[keep].reset_index(drop=True)
+        report = LoadReport(source=f"{self.report.source}#{name}", format=self.report.format,
+                            rows_read=len(rows), rows_kept=len(rows), window=self.report.window)
+        return EventTable(rows, report, self.category_names, self.item_titles, self.public_categories)
+
+    def of_merchant(self, shop: str) -> "EventTable":
+        """The events of one shop (its ``merchant_id``); empty when the log has none of that shop."""
+        if not self.has_merchants:
+            raise DataError(f"{self.report.source}: has no shop id (merchant_id) to select shop {shop!r} by")
+        return self.part(self.frame["merchant_id"].astype(str).to_numpy() == str(shop), str(shop))
+
 
 def empty_frame() -> pd.DataFrame:
     """A zero-row frame with the canonical columns and dtypes."""
