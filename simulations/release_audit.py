@@ -39,6 +39,7 @@ from common.task.examples import ExampleSet
 from common.task.selection import select_per_user
 
 from .audit_bound import distinguishing_bound, distinguishing_ceiling
+from .central import even_subset
 
 #: The release pipelines the audit knows: the product's, and the broken one it must flag.
 PIPELINES = ("evaluation", "engagement", "label-flows", "broken-evaluation")
@@ -102,7 +103,7 @@ def evaluation_vector(shop: AuditedShop, removed: str | None = None) -> np.ndarr
 def broken_evaluation_vector(shop: AuditedShop, removed: str | None = None, limit: int = BROKEN_LIMIT) -> np.ndarray:
     """The old selection (never used by the product): ``np.linspace`` over all test examples, user by user."""
     test = without(shop.test, removed)
-    chosen = test.subset(np.linspace(0, len(test) - 1, min(limit, len(test))).astype(np.int64))
+    chosen = even_subset(test, limit)
     return unit_sum(scored_rows(chosen, shop.taxonomy.other), chosen.user)
 
 

@@ -20,10 +20,12 @@ import pytest
 
 from client.statistics import sensitivity
 from common.config import TaskConfig
-from common.evaluation import example_counts, unit_sum
+from common.evaluation import unit_sum
 from common.stats import category_engagement, label_flows, transition_rows
 from common.task import Catalogue, build_taxonomy, default_split, prepare_task
 from common.task.selection import select_per_user
+from simulations.central import even_subset
+from simulations.release_audit import scored_rows
 
 KEY = bytes(range(32))
 
@@ -44,15 +46,6 @@ def task_without(shop, user=None):
                                require_examples=False)
 
 
-def scored_rows(examples, other):
-    """A fixed 'model': each example's scores depend on that example alone (its current interest and time)."""
-    n_classes = examples.events.n_classes
-    probs = np.full((len(examples), n_classes), 0.2 / n_classes)
-    probs[np.arange(len(examples)), examples.current] += 0.5
-    probs[np.arange(len(examples)), (examples.current + 1 + examples.t // 86400 % 3) % n_classes] += 0.3
-    return example_counts(probs / probs.sum(axis=1, keepdims=True), examples.label, examples.current, other)
-
-
 def keyed_evaluation(task, per_user=1):
     test = task.test
     chosen = test.subset(select_per_user(test, KEY, per_user, "evaluation"))
@@ -61,8 +54,7 @@ def keyed_evaluation(task, per_user=1):
 
 def even_spread(task, limit=200):
     """The evaluation selection this replaced: an even spread of ``limit`` examples ordered user by user."""
-    test = task.test
-    chosen = test.subset(np.linspace(0, len(test) - 1, min(limit, len(test))).astype(np.int64))
+    chosen = even_subset(task.test, limit)
     return unit_sum(scored_rows(chosen, task.taxonomy.other), chosen.user)
 
 
