@@ -155,4 +155,11 @@ def table_with_errors(rows: dict[str, dict[str, float]]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from common.config import ConfigError
+    from common.data.schema import DataError
+
+    try:
+        raise SystemExit(main())
+    except (ConfigError, DataError) as exc:  # bad input: one line saying what to do, no traceback
+        print(f"real_data.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
