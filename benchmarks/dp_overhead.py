@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from client.fast_dp import FastDPStep
-from client.training import DPSettings, logits_of, make_private, release
-from common.model import LoraSettings, build_model, resolve_backbone
-from common.model.backbone import Backbone
-from common.task.features import FEATURE_NAMES
+from fedinterest.client.fast_dp import FastDPStep
+from fedinterest.client.training import DPSettings, logits_of, make_private, release
+from fedinterest.common.model import LoraSettings, build_model, resolve_backbone
+from fedinterest.common.model.backbone import Backbone
+from fedinterest.common.task.features import FEATURE_NAMES
 
 
 def backbone_for(name: str, tmp: Path) -> Backbone:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulations.synthetic import SynthConfig, write_synthetic
+from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
 EVENTS_PER_USER = 150  # about, for the default 42 days
 
@@ -51,7 +51,7 @@ def main() -> None:
         t = time.perf_counter()
         path = make_file(out, args.lines)
         print(f"generated {args.lines:,} lines ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s")
-        command = [sys.executable, "-m", "common", "baselines", "--data", str(path)]
+        command = [sys.executable, "-m", "fedinterest", "baselines", "--data", str(path)]
         t = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
         wall = time.perf_counter() - t

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import common.secagg.client as client_module  # noqa: E402
-from common.secagg import SecAggConfig, run_round  # noqa: E402
+import fedinterest.common.secagg.client as client_module  # noqa: E402
+from fedinterest.common.secagg import SecAggConfig, run_round  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -59,14 +59,14 @@ def main() -> int:
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    from client.shop import ModelConfig
-    from client.training import TrainConfig
-    from common.config import TaskConfig
-    from common.model import LoraSettings
-    from common.model.lora import parse_layers
-    from simulations.central import central_table, score_weights
-    from simulations.flwr_run import run_federation_process
-    from simulations.runner import prepare
+    from fedinterest.client.shop import ModelConfig
+    from fedinterest.client.training import TrainConfig
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.model import LoraSettings
+    from fedinterest.common.model.lora import parse_layers
+    from fedinterest.simulations.central import central_table, score_weights
+    from fedinterest.simulations.flwr_run import run_federation_process
+    from fedinterest.simulations.runner import prepare
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -109,9 +109,9 @@ def main() -> int:
 def published_catalogue(args):
     """The catalogue the platform publishes: a category list, the categories of a public log of *other*
     customers, or None (the DP federation then selects a domain from the shops' logs, charged)."""
-    from common.data import LoadOptions, load_events
-    from common.data.schema import DataError
-    from common.task.catalogue import Catalogue
+    from fedinterest.common.data import LoadOptions, load_events
+    from fedinterest.common.data.schema import DataError
+    from fedinterest.common.task.catalogue import Catalogue
 
     if args.catalogue:
         return Catalogue.read(args.catalogue)
@@ -155,8 +155,8 @@ def table_with_errors(rows: dict[str, dict[str, float]]) -> str:
 
 
 if __name__ == "__main__":
-    from common.config import ConfigError
-    from common.data.schema import DataError
+    from fedinterest.common.config import ConfigError
+    from fedinterest.common.data.schema import DataError
 
     try:
         raise SystemExit(main())

@@ -52,9 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.secagg import SecAggConfig, Stage, record_nbytes, run_round
-from common.secagg import neighbour_graph
-from common.secagg.keybatch import DEFAULT_BATCH_DEPTH, MAX_BATCH_DEPTH
+from fedinterest.common.secagg import SecAggConfig, Stage, record_nbytes, run_round
+from fedinterest.common.secagg import neighbour_graph
+from fedinterest.common.secagg.keybatch import DEFAULT_BATCH_DEPTH, MAX_BATCH_DEPTH
 
 
 class LazyUpdates:
@@ -365,7 +365,7 @@ class DefenceClock:
         import importlib
 
         for module_name, path in self.TIMED:
-            owner = importlib.import_module(f"common.secagg.{module_name}")
+            owner = importlib.import_module(f"fedinterest.common.secagg.{module_name}")
             *parents, name = path.split(".")
             for parent in parents:
                 owner = getattr(owner, parent)
@@ -391,7 +391,7 @@ def defence_overhead(clients: int, params: int, seed: int, rounds: int, depth: i
     consistency stage's other work; the round without them is what the protocol cost before the
     defences.
     """
-    from common.secagg import (
+    from fedinterest.common.secagg import (
         Identity, Keyring, Roster, SecAggClient, SecAggPolicy, SecAggServer, SeededRandomness, SignatureCache,
     )
 

@@ -35,14 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def build_export(out: Path, backbone: str) -> Path:
     """A random (non-zero) adapter on ``backbone`` over a small synthetic shop's taxonomy."""
-    from client.shop import ModelConfig, SharedModel
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.model import get_adapter_state
-    from common.task import prepare_task
-    from common.task.priors import Priors
-    from server.export import export_model
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.model import get_adapter_state
+    from fedinterest.common.task import prepare_task
+    from fedinterest.common.task.priors import Priors
+    from fedinterest.server.export import export_model
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     write_synthetic(out / "data", SynthConfig(shops=1, users=60, days=10, seed=3))
     task = prepare_task(load_events(out / "data"), TaskConfig())
@@ -84,7 +84,7 @@ def free_port() -> int:
 
 def start_server(export: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "common", "serve", "--adapter", str(export), "--port", str(port),
+    command = [sys.executable, "-m", "fedinterest", "serve", "--adapter", str(export), "--port", str(port),
                "--device", args.device, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                "--threads", str(args.threads), "--log-level", "warning"]
     with open(log, "wb") as out:

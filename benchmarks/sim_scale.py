@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from client.privacy import DP_ENGINES
+from fedinterest.client.privacy import DP_ENGINES
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -36,7 +36,7 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 def run(shops: int, rounds: int, out: Path, extra: list[str]) -> tuple[float, float, str]:
-    command = [sys.executable, "-m", "common", "simulate", "--shops", str(shops),
+    command = [sys.executable, "-m", "fedinterest", "simulate", "--shops", str(shops),
                "--rounds", str(rounds), "--max-train-per-user", "2", "--max-steps", "2", "--batch-size", "8",
                "--max-length", "32", "--eval-per-user", "1", "--central-test", "200", "--reference-rounds", "0",
                "--out", str(out), *extra]

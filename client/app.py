@@ -22,14 +22,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common import wire
-from common.config import ConfigError
-from common.model import flatten
-from common.secagg import (
+from fedinterest.common import wire
+from fedinterest.common.config import ConfigError
+from fedinterest.common.model import flatten
+from fedinterest.common.secagg import (
     ConsistencyRequest, KeyBroadcast, Keyring, RoundSetup, SecAggAbort, SecAggClient, SecAggError, SecAggProtocolError,
     SeededRandomness, ShareRelay, UnmaskRequest,
 )
-from common.settings import RoundConfig, TaskSpec
+from fedinterest.common.settings import RoundConfig, TaskSpec
 
 from .node import NodeSettings, load_shop, load_table
 from .rounds import claim_aggregated, claim_evaluation, claim_round, claim_training

@@ -59,8 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from common.atomic import atomic_write_bytes, file_lock, private_dir
-from common.data.schema import DataError
+from fedinterest.common.atomic import atomic_write_bytes, file_lock, private_dir
+from fedinterest.common.data.schema import DataError
 
 from .privacy import Phase, PrivacyConfig, PrivacyPlan, PrivacyTerms, epsilon_spent
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.config import ConfigError
-from common.data import EventTable, LoadOptions, load_events
-from common.settings import RoundConfig, TaskSpec
+from fedinterest.common.config import ConfigError
+from fedinterest.common.data import EventTable, LoadOptions, load_events
+from fedinterest.common.settings import RoundConfig, TaskSpec
 
-from common.model.backbone import DEFAULT_BACKBONE
-from common.secagg.config import DEFAULT_COLLUDING_FRACTION
+from fedinterest.common.model.backbone import DEFAULT_BACKBONE
+from fedinterest.common.secagg.config import DEFAULT_COLLUDING_FRACTION
 
 from .privacy import DP_ENGINES, PrivacyConfig
 
@@ -152,8 +152,8 @@ class NodeSettings:
 
     def secagg_parties(self):
         """``(identity, roster, policy)`` of this shop's secure rounds, from its own files and floors."""
-        from common.secagg import Identity, Roster, SecAggPolicy
-        from common.secagg.identity import IDENTITY_FILE
+        from fedinterest.common.secagg import Identity, Roster, SecAggPolicy
+        from fedinterest.common.secagg.identity import IDENTITY_FILE
 
         if not self.roster:
             raise ConfigError("node config: 'roster' is required: the federation's roster of SecAgg identity keys "
@@ -172,7 +172,7 @@ class NodeSettings:
         The server names the backbone in every round; a deployed node loads only its own (node config
         ``backbone``, default minilm), verified by hash, never a directory or hub id the server chose.
         """
-        from common.model.backbone import MINILM_SHA256, resolve_backbone, weights_sha256
+        from fedinterest.common.model.backbone import MINILM_SHA256, resolve_backbone, weights_sha256
 
         if self.backbone is None:  # a simulation node: all shops' data and the server share one machine
             return

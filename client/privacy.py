@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Callable
 
-from common.config import ConfigError
+from fedinterest.common.config import ConfigError
 
 ACCOUNTANTS = ("prv", "rdp")
 UNITS = ("user", "example")

@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from common.atomic import private_dir
-from common.secagg import SecAggProtocolError
+from fedinterest.common.atomic import private_dir
+from fedinterest.common.secagg import SecAggProtocolError
 
 ROUNDS_FILE = "secagg_rounds.json"
 

@@ -12,26 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import ConfigError, TaskConfig
-from common.data.schema import EventTable
-from common.wire import adapter_digest
-from common.metrics import evaluate
-from common.model import (
+from fedinterest.common.config import ConfigError, TaskConfig
+from fedinterest.common.data.schema import EventTable
+from fedinterest.common.wire import adapter_digest
+from fedinterest.common.metrics import evaluate
+from fedinterest.common.model import (
     LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone, resolve_device,
     set_adapter_state,
 )
-from common.model.head import init_head_from_names
-from common.atomic import atomic_write_json, file_lock
-from common.model.scorer import Priors, set_priors
-from common.task.priors import SELECTION_THRESHOLD, denoise
-from common.stats import label_flows, own_flow_corrections, transition_rows
-from common.model.prefix import adapted_layers_start
-from common.task import (
+from fedinterest.common.model.head import init_head_from_names
+from fedinterest.common.atomic import atomic_write_json, file_lock
+from fedinterest.common.model.scorer import Priors, set_priors
+from fedinterest.common.task.priors import SELECTION_THRESHOLD, denoise
+from fedinterest.common.stats import label_flows, own_flow_corrections, transition_rows
+from fedinterest.common.model.prefix import adapted_layers_start
+from fedinterest.common.task import (
     Catalogue, ExampleSet, TaskData, TemporalSplit, Taxonomy, count_units, default_split, prepare_task, public_split,
 )
-from common.task.features import history_features
-from common.task.selection import select_per_user
-from common.text import encode_texts, render_examples
+from fedinterest.common.task.features import history_features
+from fedinterest.common.task.selection import select_per_user
+from fedinterest.common.text import encode_texts, render_examples
 
 from .ledger import LedgerError, shop_ledger, terms_for
 from .privacy import BudgetExhausted, PrivacyConfig, PrivacyTerms, plan_privacy
@@ -196,7 +196,7 @@ class LocalShop:
         space and subset (sweep points that differ in ε choose different ones)."""
         import os
 
-        from common.model.prefix import CACHE_ENV
+        from fedinterest.common.model.prefix import CACHE_ENV
 
         if os.environ.get(CACHE_ENV) and self.shared.prefix_start > 0:
             return self.shared.dataset(self.task.train, names, max_length).subset(index)
@@ -399,8 +399,8 @@ class LocalShop:
         ``evaluations`` the run announces cost ``EVALUATION_SHARE`` of the budget together. A
         non-private shop (a labelled reference run) answers exactly.
         """
-        from common import wire
-        from common.evaluation import example_counts, unit_sum
+        from fedinterest.common import wire
+        from fedinterest.common.evaluation import example_counts, unit_sum
 
         examples, data = self.test_set(per_user)
 
@@ -427,7 +427,7 @@ def subset_key(state_dir: Path) -> bytes:
     """The shop's own selection secret, made once from ``os.urandom`` and kept (0600)."""
     import os
 
-    from common.atomic import atomic_write_bytes, private_dir
+    from fedinterest.common.atomic import atomic_write_bytes, private_dir
 
     path = private_dir(state_dir) / SUBSET_KEY
     with file_lock(Path(state_dir) / STATISTICS_LOCK):

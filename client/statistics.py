@@ -22,12 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from common import wire
-from common.config import ConfigError
-from common.data.schema import ACTION_WEIGHTS, EventTable
-from common.stats import category_engagement, label_flows
-from common.task.catalogue import Catalogue
-from common.task.examples import ExampleSet
+from fedinterest.common import wire
+from fedinterest.common.config import ConfigError
+from fedinterest.common.data.schema import ACTION_WEIGHTS, EventTable
+from fedinterest.common.stats import category_engagement, label_flows
+from fedinterest.common.task.catalogue import Catalogue
+from fedinterest.common.task.examples import ExampleSet
 
 from .ledger import PrivacyLedger
 from .privacy import PrivacyConfig, PrivacyTerms, plan_privacy
@@ -199,9 +199,9 @@ def answer_query(record: dict, table: EventTable, privacy: PrivacyConfig, state_
     the chosen taxonomy). A non-private shop (a labelled reference run) answers exactly. The
     release is charged to the ledger of ``table``'s users in ``ledger_home`` (``client.ledger``).
     """
-    from common.settings import PendingTask, TaskSpec
-    from common.stats import transition_rows
-    from common.task import count_units, prepare_task
+    from fedinterest.common.settings import PendingTask, TaskSpec
+    from fedinterest.common.stats import transition_rows
+    from fedinterest.common.task import count_units, prepare_task
 
     from .ledger import shop_ledger, terms_for
 

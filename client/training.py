@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.config import ConfigError
-from common.task.features import HistoryFeatures
+from fedinterest.common.config import ConfigError
+from fedinterest.common.task.features import HistoryFeatures
 
 from .privacy import DP_ENGINES
 
@@ -139,7 +139,7 @@ class ShopDataset(Dataset):
 
     def with_prefix(self, model: torch.nn.Module, start: int) -> "ShopDataset":
         """The same examples with the frozen layers below ``start`` computed once."""
-        from common.model.prefix import prefix_hidden_states
+        from fedinterest.common.model.prefix import prefix_hidden_states
 
         if start == 0:
             return self
@@ -148,7 +148,7 @@ class ShopDataset(Dataset):
 
     def network(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that maps this dataset's batches to logits."""
-        from common.model.prefix import AdaptedSuffix
+        from fedinterest.common.model.prefix import AdaptedSuffix
 
         return AdaptedSuffix(model, self.prefix_start) if self.hidden is not None else model
 
@@ -269,7 +269,7 @@ def _autocast(device: torch.device, enabled: bool):
 def logits_of(network: torch.nn.Module, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
     """Class scores of a batch: the head on token ids (full model) or on cached hidden states (adapted
     suffix), then the interest scorer on the head's logits, the history features and the priors."""
-    from common.model.scorer import scorer_of
+    from fedinterest.common.model.scorer import scorer_of
 
     device = batch["attention_mask"].device
     with _autocast(device, bf16):

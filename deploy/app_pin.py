@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from common.atomic import atomic_write_json
-from common.config import ConfigError
+from fedinterest.common.atomic import atomic_write_json
+from fedinterest.common.config import ConfigError
 
 from . import flower
 
@@ -29,7 +29,7 @@ def release_hash() -> str:
     from .flower_internals import fab_sha256
 
     with tempfile.TemporaryDirectory(prefix="fedinterest-app-") as tmp:
-        return fab_sha256(flower.make_app(Path(tmp) / "fedinterest"))
+        return fab_sha256(flower.make_app(Path(tmp) / "fedinterest", flower.DEPLOYED))
 
 
 def installed_version() -> str:

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from common.atomic import atomic_write_text
-from common.config import ConfigError
+from fedinterest.common.atomic import atomic_write_text
+from fedinterest.common.config import ConfigError
 
 #: The packages a FAB of this app holds.
-APP_PACKAGES = ("common", "client", "server", "simulations")
+#: (``fedinterest`` is the namespace package that maps the others under its name.)
+APP_PACKAGES = ("fedinterest", "common", "client", "server", "simulations")
 CONNECTION = "platform"
 
 
@@ -110,11 +111,16 @@ def tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def make_app(directory: Path) -> Path:
+#: The components of a deployment's app: the platform's ServerApp and the merchant's ClientApp
+#: (pyproject.toml names the simulation pair that ``flwr run .`` runs).
+DEPLOYED = {"serverapp": "fedinterest.server.app:app", "clientapp": "fedinterest.client.app:app"}
+
+
+def make_app(directory: Path, components: Mapping[str, str] | None = None) -> Path:
     """This app as ``flwr run`` takes it: its packages and a pyproject with ``[tool.flwr.app]`` only.
 
-    Built afresh from the installed packages, so ``flwr run`` never edits a source tree (it migrates
-    a pyproject's legacy ``[tool.flwr.federations]`` section in place).
+    Built afresh from the source tree of the installed packages, so ``flwr run`` never touches the
+    checkout. ``components``: the ServerApp and ClientApp (default: pyproject's, the simulation's).
     """
     try:
         import tomllib
@@ -122,9 +128,9 @@ def make_app(directory: Path) -> Path:
         import tomli as tomllib
     import tomli_w  # a Flower dependency
 
-    import common
+    import fedinterest
 
-    source = Path(common.__file__).resolve().parents[1]
+    source = Path(fedinterest.__file__).resolve().parents[1]
     pyproject = source / "pyproject.toml"
     if not pyproject.is_file():
         raise ConfigError(f"{pyproject} is missing: the platform's run and a node's pinned app are built from a "
@@ -137,7 +143,10 @@ def make_app(directory: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(source / "README.md", directory / "README.md")
     config = tomllib.loads(pyproject.read_text())
-    config["tool"]["flwr"].pop("federations", None)
+    config = {"build-system": config["build-system"], "project": config["project"],
+              "tool": {"flwr": config["tool"]["flwr"]}}
+    if components:
+        config["tool"]["flwr"]["app"]["components"] = dict(components)
     (directory / "pyproject.toml").write_text(tomli_w.dumps(config))
     return directory
 

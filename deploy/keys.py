@@ -14,8 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.atomic import atomic_write_bytes, atomic_write_text
-from common.config import ConfigError
+from fedinterest.common.atomic import atomic_write_bytes, atomic_write_text
+from fedinterest.common.config import ConfigError
 
 PUBLIC_KEYS_FORMAT = "fedinterest-shop-keys/1"
 

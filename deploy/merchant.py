@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from common.atomic import atomic_write_json, atomic_write_text
-from common.config import ConfigError
-from common.secagg import Identity, Roster
-from common.secagg.identity import IDENTITY_FILE
+from fedinterest.common.atomic import atomic_write_json, atomic_write_text
+from fedinterest.common.config import ConfigError
+from fedinterest.common.secagg import Identity, Roster
+from fedinterest.common.secagg.identity import IDENTITY_FILE
 
 from . import flower
 from .app_pin import AppPin, pin_app
@@ -103,11 +103,11 @@ def pin_roster(node: NodeDir, published: Path, repin: bool = False) -> Roster:
 
 def check_data(data: str, data_format: str | None, shop: str | None, echo: Callable[[str], None]) -> None:
     """Load the shop's data and print the baseline table on it: bad input fails here, before any round."""
-    from common.baselines import run_baselines
-    from common.config import TaskConfig
-    from common.data import LoadOptions, load_events
-    from common.report import format_table
-    from common.task import prepare_task
+    from fedinterest.common.baselines import run_baselines
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import LoadOptions, load_events
+    from fedinterest.common.report import format_table
+    from fedinterest.common.task import prepare_task
 
     table = load_events(data, LoadOptions(format=data_format, shop=shop))
     echo(table.report.summary())
@@ -136,7 +136,7 @@ def runner_command(node: NodeDir, *, runtime_port: int, app: AppPin) -> list[str
     The SuperExec secret it shares with the SuperNode is made here if an older ``init`` did not.
     """
     make_secret(node.superexec_secret)
-    return [sys.executable, "-m", "deploy.node_runner", "--runtime", f"127.0.0.1:{runtime_port}",
+    return [sys.executable, "-m", "fedinterest.deploy.node_runner", "--runtime", f"127.0.0.1:{runtime_port}",
             "--secret-file", str(node.superexec_secret), "--app-hash", app.fab_hash, "--parent-pid", str(os.getpid())]
 
 
@@ -147,8 +147,8 @@ def node_config(node: NodeDir, *, data: str, data_format: str | None, shop: str 
     ``backbone`` is the node's own: the ClientApp refuses a round naming another, and loads it only while
     its weights have the sha256 pinned here (minilm's is built in and checked now).
     """
-    from client.node import FLOWER_KEYS, NodeSettings
-    from common.model.backbone import resolve_backbone, weights_sha256
+    from fedinterest.client.node import FLOWER_KEYS, NodeSettings
+    from fedinterest.common.model.backbone import resolve_backbone, weights_sha256
 
     resolved = resolve_backbone(backbone)
     config: dict = {"data-path": str(Path(data).resolve()), "state-dir": str(node.root), "roster": str(node.roster),

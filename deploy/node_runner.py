@@ -35,9 +35,9 @@ from typing import Callable
 
 import httpx
 
-from client.node import DEPLOYED_ENV
-from common import wire
-from common.config import ConfigError
+from fedinterest.client.node import DEPLOYED_ENV
+from fedinterest.common import wire
+from fedinterest.common.config import ConfigError
 
 log = logging.getLogger("fedinterest.node")
 
@@ -191,8 +191,8 @@ def serve(runner: TaskRunner, interval: float, stop: threading.Event, parent_pid
 
 def load_installed_app() -> Callable:
     """The ClientApp of the installed release, and the trainer it loads (torch, transformers) once, now."""
-    from client.app import app
-    import client.shop  # noqa: F401 - imported here once, not in the first round
+    from fedinterest.client.app import app
+    import fedinterest.client.shop  # noqa: F401 - imported here once, not in the first round
 
     return app
 

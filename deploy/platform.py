@@ -34,9 +34,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.atomic import atomic_write_json, atomic_write_text, file_lock
-from common.config import ConfigError
-from common.secagg.identity import ROSTER_FORMAT, Roster
+from fedinterest.common.atomic import atomic_write_json, atomic_write_text, file_lock
+from fedinterest.common.config import ConfigError
+from fedinterest.common.secagg.identity import ROSTER_FORMAT, Roster
 
 from . import flower, tls
 from .keys import ShopKeys
@@ -88,7 +88,7 @@ def init_platform(root: Path, *, address: str, hosts: Sequence[str] = (), task_s
     The CA's private key signs the server certificate and is discarded, unless ``ca_key_out``
     names where to keep it: a path outside the platform directory (refused inside it).
     """
-    from server.settings import DEFAULTS, load_task_spec, save_task_spec
+    from fedinterest.server.settings import DEFAULTS, load_task_spec, save_task_spec
 
     platform = PlatformDir(root)
     if platform.settings_file.exists():
@@ -132,9 +132,9 @@ def _pending_task(catalogue: Path, calendar: tuple[int | None, int | None], run_
     Public inputs only: a category list (or a dataset's manifest naming one), never an events log,
     and split dates from ``--start``/``--end`` (or the manifest's window), never the data's span.
     """
-    from common.config import ConfigError, TaskConfig
-    from common.settings import PendingTask
-    from common.task import Catalogue, temporal_split
+    from fedinterest.common.config import ConfigError, TaskConfig
+    from fedinterest.common.settings import PendingTask
+    from fedinterest.common.task import Catalogue, temporal_split
 
     categories, window = Catalogue.published(catalogue)
     start, end = calendar
@@ -210,8 +210,8 @@ def start_platform(root: Path, *, run_config: dict | None = None, keep_running: 
         echo(INSECURE_WARNING)
     else:
         _check_loopback_certificate(platform)
-    from server.checkpoint import has_checkpoint
-    from server.export import MODEL_CARD
+    from fedinterest.server.checkpoint import has_checkpoint
+    from fedinterest.server.export import MODEL_CARD
 
     if (platform.out_dir / "export" / MODEL_CARD).is_file():
         raise ConfigError(f"the run in {platform.out_dir} has finished (its export is there); move it away to "
@@ -243,7 +243,7 @@ def start_platform(root: Path, *, run_config: dict | None = None, keep_running: 
              f"({'INSECURE' if insecure else 'TLS, SuperNode authentication'}; log: {proxy_log})")
         if not insecure:
             _register_shops(platform, env, fresh_database, echo)
-        app = flower.make_app(platform.app)
+        app = flower.make_app(platform.app, flower.DEPLOYED)
         echo(f"submitting the run: {config.get('num-server-rounds')} rounds, roster {roster.fingerprint()[:16]}…")
         status = _run(platform, app, config, env, echo)
         if status != "finished:completed":
@@ -267,7 +267,7 @@ def proxy_command(platform: PlatformDir, address: str, internal: str, insecure: 
 
     tls_args = [] if insecure else ["--certfile", str(platform.cert), "--keyfile", str(platform.key),
                                     "--ca", str(platform.ca)]
-    return [sys.executable, "-m", "deploy.fleet_proxy", "--listen", address, "--upstream", internal, *tls_args,
+    return [sys.executable, "-m", "fedinterest.deploy.fleet_proxy", "--listen", address, "--upstream", internal, *tls_args,
             "--parent-pid", str(os.getpid())]
 
 

@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from common.atomic import atomic_write_bytes
-from common.config import ConfigError
+from fedinterest.common.atomic import atomic_write_bytes
+from fedinterest.common.config import ConfigError
 
 DIRECTORY_MODE, SECRET_MODE = 0o700, 0o600
 

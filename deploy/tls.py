@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.atomic import atomic_write_bytes
+from fedinterest.common.atomic import atomic_write_bytes
 
 CA_DAYS, SERVER_DAYS = 3650, 825
 

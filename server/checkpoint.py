@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_bytes, atomic_write_text
-from common.data.schema import DataError
+from fedinterest.common.atomic import atomic_write_bytes, atomic_write_text
+from fedinterest.common.data.schema import DataError
 
 ARRAYS = "checkpoint.npz"
 META = "checkpoint.json"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_json
-from common.model import set_adapter_state
-from common.task import Taxonomy
-from common.task.priors import Priors
+from fedinterest.common.atomic import atomic_write_json
+from fedinterest.common.model import set_adapter_state
+from fedinterest.common.task import Taxonomy
+from fedinterest.common.task.priors import Priors
 
 ADAPTER = "adapter"
 TAXONOMY = "taxonomy.json"
@@ -63,7 +63,7 @@ def read_priors(directory: str | Path) -> Priors | None:
 
 
 def read_model_card(directory: str | Path) -> dict:
-    from common.data.schema import DataError
+    from fedinterest.common.data.schema import DataError
 
     path = Path(directory) / MODEL_CARD
     try:

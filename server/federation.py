@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from client.shop import ModelConfig, SharedModel
-from common import wire
-from common.model import flatten, get_adapter_state, unflatten
-from common.secagg import SignatureCache
-from common.settings import PendingTask, RoundConfig, TaskSpec
-from common.stats import transition_rows
-from common.model.scorer import set_priors
-from common.task.priors import SELECTION_THRESHOLD, Priors, denoise
+from fedinterest.client.shop import ModelConfig, SharedModel
+from fedinterest.common import wire
+from fedinterest.common.model import flatten, get_adapter_state, unflatten
+from fedinterest.common.secagg import SignatureCache
+from fedinterest.common.settings import PendingTask, RoundConfig, TaskSpec
+from fedinterest.common.stats import transition_rows
+from fedinterest.common.model.scorer import set_priors
+from fedinterest.common.task.priors import SELECTION_THRESHOLD, Priors, denoise
 
 from .checkpoint import Checkpoint, config_hash, has_checkpoint
 from .export import export_model
@@ -217,7 +217,7 @@ class Federation:
 
     def _evaluate(self, grid, nodes: list[int], server_round: int, state) -> dict[str, float]:
         """Metrics of ``state`` from one secure round of the shops' noised evaluation counts ({} if none)."""
-        from common.evaluation import FIELDS, metrics_from_sum
+        from fedinterest.common.evaluation import FIELDS, metrics_from_sum
 
         if not self.settings.evaluates(server_round):
             return {}

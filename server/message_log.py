@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
-from common.atomic import atomic_write_bytes, atomic_write_text
+from fedinterest.common.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

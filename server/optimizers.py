@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from common.config import ConfigError
+from fedinterest.common.config import ConfigError
 
 
 class ServerOptimizer(ABC):

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from common import wire
-from common.secagg import (
+from fedinterest.common import wire
+from fedinterest.common.secagg import (
     ConsistencySignature, KeyAdvertisement, MaskedInput, Roster, SecAggConfig, SecAggError, SecAggServer,
     ShareDistribution, SignatureCache, UnmaskResponse,
 )

@@ -10,12 +10,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import ConfigError, TaskConfig
-from common.model import LoraSettings
-from common.model.lora import parse_layers
-from common.settings import LocalTraining, PendingTask, TaskSpec
-from common.task import Catalogue, TemporalSplit, Taxonomy
-from common.task.priors import Priors
+from fedinterest.common.config import ConfigError, TaskConfig
+from fedinterest.common.model import LoraSettings
+from fedinterest.common.model.lora import parse_layers
+from fedinterest.common.settings import LocalTraining, PendingTask, TaskSpec
+from fedinterest.common.task import Catalogue, TemporalSplit, Taxonomy
+from fedinterest.common.task.priors import Priors
 
 DEFAULTS: dict[str, object] = {
     "num-server-rounds": 3,
@@ -132,7 +132,7 @@ class FederationSettings:
     def secagg(self, vector_length: int, shops: int, clip: float, max_weight: int = 1,
                norm: float | None = None) -> "SecAggConfig":
         """A round's SecAgg+ parameters: colluders planned from the roster (``colluding-fraction`` of it)."""
-        from common.secagg import SecAggConfig, planned_colluders
+        from fedinterest.common.secagg import SecAggConfig, planned_colluders
 
         roster = self.roster
         members = len(roster) if roster is not None else shops
@@ -145,7 +145,7 @@ class FederationSettings:
         """The federation's roster (to exclude unlisted shops early), or None: each shop checks its own."""
         if not str(self["roster"]):
             return None
-        from common.secagg import Roster
+        from fedinterest.common.secagg import Roster
 
         return Roster.load(str(self["roster"]))
 
@@ -166,8 +166,8 @@ class FederationSettings:
         path = str(self["task-spec"]).strip()
         if path:
             return load_task_spec(Path(path))
-        from common.data import load_events
-        from common.task import Catalogue, public_split
+        from fedinterest.common.data import load_events
+        from fedinterest.common.task import Catalogue, public_split
 
         data = Path(str(self["sim-data"]))
         if not data.exists():
@@ -185,7 +185,7 @@ class FederationSettings:
 
 def save_task_spec(spec: "TaskSpec | PendingTask", path: Path, chosen_from: str = "") -> None:
     """The task as JSON: a published or chosen taxonomy, or the catalogue it is to be chosen from."""
-    from common.atomic import atomic_write_text
+    from fedinterest.common.atomic import atomic_write_text
 
     data: dict = {"split": spec.split.to_dict(), "task": spec.config.to_dict()}
     if isinstance(spec, TaskSpec):

@@ -31,13 +31,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from client.privacy import PrivacyConfig
-from client.shop import LocalShop, ModelConfig, SharedModel
-from client.training import TrainConfig, logits_of, predict_proba
-from common.config import DAY, TaskConfig
-from common.data.schema import Action, EventTable
-from common.model import LoraSettings
-from common.task import TemporalSplit, Taxonomy, build_taxonomy, default_split, prepare_task
+from fedinterest.client.privacy import PrivacyConfig
+from fedinterest.client.shop import LocalShop, ModelConfig, SharedModel
+from fedinterest.client.training import TrainConfig, logits_of, predict_proba
+from fedinterest.common.config import DAY, TaskConfig
+from fedinterest.common.data.schema import Action, EventTable
+from fedinterest.common.model import LoraSettings
+from fedinterest.common.task import TemporalSplit, Taxonomy, build_taxonomy, default_split, prepare_task
 
 from .audit_bound import audit, audit_ceiling
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.privacy import PrivacyConfig
-from client.shop import LocalShop, ModelConfig, SharedModel
-from client.training import TrainConfig, predict_proba
-from common.baselines import run_baselines
-from common.data import EventTable
-from common.metrics import evaluate
-from common.model import get_adapter_state, set_adapter_state, unflatten
-from common.model.scorer import set_priors
-from common.task.priors import Priors
-from common.settings import TaskSpec
-from common.task import ExampleSet, prepare_task
+from fedinterest.client.privacy import PrivacyConfig
+from fedinterest.client.shop import LocalShop, ModelConfig, SharedModel
+from fedinterest.client.training import TrainConfig, predict_proba
+from fedinterest.common.baselines import run_baselines
+from fedinterest.common.data import EventTable
+from fedinterest.common.metrics import evaluate
+from fedinterest.common.model import get_adapter_state, set_adapter_state, unflatten
+from fedinterest.common.model.scorer import set_priors
+from fedinterest.common.task.priors import Priors
+from fedinterest.common.settings import TaskSpec
+from fedinterest.common.task import ExampleSet, prepare_task
 
 
 def even_subset(examples: ExampleSet, limit: int | None) -> ExampleSet:

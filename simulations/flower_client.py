@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flwr.app import Context, Message
 
-from client.app import build_client_app
+from fedinterest.client.app import build_client_app
 
 from .runner import simulated_node_config
 

@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from common.atomic import atomic_write_text
-from common.config import ConfigError
-from deploy import flower
+from fedinterest.common.atomic import atomic_write_text
+from fedinterest.common.config import ConfigError
+from fedinterest.deploy import flower
 
 from .runner import Prepared, SimulationOutcome
 
@@ -77,7 +77,7 @@ def run_federation_process(
     run (e.g. a shared frozen-prefix cache for many workers). ``progress`` gets every line the run
     prints, less Flower's own INFO noise.
     """
-    from server.settings import DEFAULTS
+    from fedinterest.server.settings import DEFAULTS
 
     out_dir = Path(str(run_config["out-dir"])).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def run_federation_process(
 
 def federation_run_config(prepared: Prepared, run_config: dict, out_dir: Path) -> dict:
     """The run config ``flwr run`` passes: the task and the shops' node configs as files, paths absolute."""
-    from server.settings import FederationSettings, save_task_spec
+    from fedinterest.server.settings import FederationSettings, save_task_spec
 
     task_spec = out_dir / PLATFORM_TASK
     save_task_spec(prepared.task, task_spec)
@@ -377,10 +377,10 @@ def load_result(out_dir: Path, rounds: int):
     """
     import numpy as np
 
-    from common.settings import TaskSpec
-    from server.checkpoint import Checkpoint
-    from server.federation import CHECKPOINTS, EXPORT, FederationResult
-    from server.settings import load_task_spec
+    from fedinterest.common.settings import TaskSpec
+    from fedinterest.server.checkpoint import Checkpoint
+    from fedinterest.server.federation import CHECKPOINTS, EXPORT, FederationResult
+    from fedinterest.server.settings import load_task_spec
 
     checkpoint = Checkpoint.load(out_dir / CHECKPOINTS)
     if checkpoint.round != rounds:

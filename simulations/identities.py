@@ -11,8 +11,8 @@ import fcntl
 from pathlib import Path
 from typing import Mapping
 
-from common.secagg import Identity, Roster
-from common.secagg.identity import IDENTITY_FILE
+from fedinterest.common.secagg import Identity, Roster
+from fedinterest.common.secagg.identity import IDENTITY_FILE
 
 ROSTER_FILE = "roster.json"
 

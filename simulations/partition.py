@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.data.schema import ACTION_WEIGHTS, DataError, EventTable
+from fedinterest.common.data.schema import ACTION_WEIGHTS, DataError, EventTable
 
 METHODS = ("auto", "natural", "dirichlet", "iid")
 

@@ -28,15 +28,15 @@ from typing import Callable
 
 import numpy as np
 
-from client.privacy import DEFAULT_DELTA, PrivacyTerms, epsilon_spent
-from client.statistics import EVALUATION_SHARE, STATISTICS_SHARES, gaussian, release_noise, sensitivity
-from common.config import TaskConfig
-from common.data.schema import EventTable
-from common.evaluation import example_counts, unit_sum
-from common.stats import category_engagement, label_flows, transition_rows
-from common.task import Catalogue, Taxonomy, build_taxonomy, default_split, prepare_task
-from common.task.examples import ExampleSet
-from common.task.selection import select_per_user
+from fedinterest.client.privacy import DEFAULT_DELTA, PrivacyTerms, epsilon_spent
+from fedinterest.client.statistics import EVALUATION_SHARE, STATISTICS_SHARES, gaussian, release_noise, sensitivity
+from fedinterest.common.config import TaskConfig
+from fedinterest.common.data.schema import EventTable
+from fedinterest.common.evaluation import example_counts, unit_sum
+from fedinterest.common.stats import category_engagement, label_flows, transition_rows
+from fedinterest.common.task import Catalogue, Taxonomy, build_taxonomy, default_split, prepare_task
+from fedinterest.common.task.examples import ExampleSet
+from fedinterest.common.task.selection import select_per_user
 
 from .audit_bound import distinguishing_bound, distinguishing_ceiling
 from .central import even_subset

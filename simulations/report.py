@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_write_json
+from fedinterest.common.atomic import atomic_write_json
 
 
 def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, list[float]]:
@@ -21,7 +21,7 @@ def shop_epsilons(node_configs: dict[int, dict], shops: list[str]) -> dict[str, 
 def shop_privacy(node_configs: dict[int, dict], shops: list[str]) -> dict[str, dict]:
     """Each shop's ledger in brief: ε after each release, the unit, δ and accountant behind it, and its home
     (a simulated shop's is fresh, in the run folder: ``simulations.runner.SIMULATED_LEDGER_HOME``)."""
-    from client.ledger import BINDING_FILE, LEDGER_FILE, PrivacyLedger
+    from fedinterest.client.ledger import BINDING_FILE, LEDGER_FILE, PrivacyLedger
 
     out = {}
     for pid, name in enumerate(shops):

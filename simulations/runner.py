@@ -6,25 +6,23 @@ platform's task: the split (calendar dates) and either a published taxonomy or t
 (every category of the data's items) that the federation chooses its label space from, privately.
 ``simulations.flwr_run.run_federation_process`` runs them the supported way (``flwr run`` on a
 local simulation SuperLink; ``simulate`` does); ``run_federation`` is the in-process test harness
-(Flower's deprecated ``run_simulation``) for tests that hook into the server and the clients.
+(Flower's simulation engine in this process) for tests that hook into the server and the clients.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from common.atomic import atomic_write_text
-from common.config import ConfigError, TaskConfig
-from common.data import EventTable, LoadOptions, load_events
-from common.data.load import MANIFEST
-from common.settings import PendingTask, TaskSpec
-from common.task import Catalogue, TemporalSplit, Taxonomy, default_split, public_split
+from fedinterest.common.atomic import atomic_write_text
+from fedinterest.common.config import ConfigError, TaskConfig
+from fedinterest.common.data import EventTable, LoadOptions, load_events
+from fedinterest.common.data.load import MANIFEST
+from fedinterest.common.settings import PendingTask, TaskSpec
+from fedinterest.common.task import Catalogue, TemporalSplit, Taxonomy, default_split, public_split
 
 from .identities import simulation_roster
 from .partition import partition_events
@@ -140,14 +138,14 @@ def pooled_partition_selection(table: EventTable, parts: dict[str, EventTable], 
     (``client.statistics.release_partition_selection``). Every customer is in one shop, so each
     shop's ledger records the release at its own terms, before anything else.
     """
-    from client.ledger import shop_ledger, terms_for
-    from client.node import NodeSettings
-    from client.statistics import (
+    from fedinterest.client.ledger import shop_ledger, terms_for
+    from fedinterest.client.node import NodeSettings
+    from fedinterest.client.statistics import (
         PARTITION_DELTA_SHARE, STATISTICS_SHARES, gaussian, partition_counts, partition_threshold, release_noise,
         sensitivity,
     )
-    from common import wire
-    from common.task import count_units
+    from fedinterest.common import wire
+    from fedinterest.common.task import count_units
 
     sigma, spend = 0.0, 1.0
     for pid, name in enumerate(sorted(parts)):
@@ -266,16 +264,15 @@ def run_federation(
 ) -> SimulationOutcome:
     """Run the ServerApp and ClientApps in this process under Flower's simulation engine; the server's result.
 
-    A test harness: it calls Flower's deprecated ``run_simulation`` (its deprecation notice is
-    silenced) because tests hook into the run in-process (``observe``, ``on_round``,
-    ``client_mods``). ``simulate`` uses ``simulations.flwr_run.run_federation_process``.
+    A test harness: tests hook into the run in-process (``observe``, ``on_round``, ``client_mods``),
+    so it drives Flower's simulation engine here (``in_process_engine``). ``simulate`` uses
+    ``simulations.flwr_run.run_federation_process``, the supported way.
     """
     from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
 
-    from client.app import build_client_app
-    from server.federation import Federation
-    from server.settings import FederationSettings, save_task_spec
+    from fedinterest.client.app import build_client_app
+    from fedinterest.server.federation import Federation
+    from fedinterest.server.settings import FederationSettings, save_task_spec
 
     spec_path = Path(run_config["out-dir"]) / "platform_task.json"  # the run's input; task_spec.json is its choice
     save_task_spec(prepared.task, spec_path)
@@ -298,24 +295,21 @@ def run_federation(
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
                       "log_to_driver": True},
     }
-    with _quiet_deprecation("run_simulation"):
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(prepared.node_configs),
-                       backend_config=backend)
+    in_process_engine(server_app, client_app, len(prepared.node_configs), backend)
     if outcome.result is None:
         raise RuntimeError("the simulated federation did not finish; see the log above")
     return outcome
 
 
-@contextmanager
-def _quiet_deprecation(feature: str) -> Iterator[None]:
-    """Drop Flower's "DEPRECATED FEATURE" notice about ``feature`` (its logger ``flwr``) while inside."""
-    flwr_log = logging.getLogger("flwr")
+def in_process_engine(server_app, client_app, nodes: int, backend: dict) -> None:
+    """Flower's simulation engine (Ray backend) running ``server_app`` and ``nodes`` ClientApps in this process.
 
-    def keep(record: logging.LogRecord) -> bool:
-        return not (str(record.msg).lstrip().startswith("DEPRECATED FEATURE") and feature in str(record.args))
+    It is the engine behind Flower's ``run_simulation``, a wrapper that Flower 1.42 deprecates in
+    favour of ``flwr run`` (which runs the apps in processes of its own, out of a test's reach). The
+    engine itself is internal to Flower; pyproject pins flwr to 1.42.x, as for the SuperNode runtime.
+    """
+    from flwr.supercore.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation
 
-    flwr_log.addFilter(keep)
-    try:
-        yield
-    finally:
-        flwr_log.removeFilter(keep)
+    _run_simulation(num_supernodes=nodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                    client_app=client_app, server_app=server_app, backend_name="ray", backend_config=backend)

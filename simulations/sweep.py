@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from common.atomic import atomic_write_json, atomic_write_text
-from common.config import ConfigError
-from common.model.prefix import CACHE_ENV
+from fedinterest.common.atomic import atomic_write_json, atomic_write_text
+from fedinterest.common.config import ConfigError
+from fedinterest.common.model.prefix import CACHE_ENV
 
 METRICS = ("mig_hr@5", "hr@5", "acc@1", "mig_acc@1")
 POINTS = "points"
@@ -97,7 +97,7 @@ def point_row(point: Point, report: dict, seconds: float) -> dict:
 def run_point(point: Point, simulate_args: list[str], out: str) -> dict:
     """Run one point in a child process (its own Flower simulation) and keep its row. A Ray task body."""
     directory = Path(out) / POINTS / point.key
-    command = [sys.executable, "-m", "common", "simulate", "--out", str(directory), *point.arguments(),
+    command = [sys.executable, "-m", "fedinterest", "simulate", "--out", str(directory), *point.arguments(),
                "--reference-rounds", "0", *simulate_args]
     # the child starts a Ray instance of its own for Flower's engine: with no RAY_ADDRESS and its own
     # temporary directory, it cannot find (and join) the cluster this task runs on
@@ -156,7 +156,7 @@ def check_settings(out: Path, settings: dict, fresh: bool) -> None:
 
 def synthetic_shops(out: Path, shops: int) -> Path:
     """The default synthetic shops (the demo's data at 5 shops), written once for every point of that size."""
-    from common.data.load import MANIFEST
+    from fedinterest.common.data.load import MANIFEST
 
     from .runner import synth_config_of
     from .synthetic import SynthConfig, write_synthetic

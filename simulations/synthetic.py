@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.atomic import atomic_write_text
-from common.config import DAY, ConfigError
-from common.data.load import MANIFEST
-from common.data.schema import ACTION_WEIGHTS
-from common.task.examples import top_class
+from fedinterest.common.atomic import atomic_write_text
+from fedinterest.common.config import DAY, ConfigError
+from fedinterest.common.data.load import MANIFEST
+from fedinterest.common.data.schema import ACTION_WEIGHTS
+from fedinterest.common.task.examples import top_class
 
 from . import catalog
 

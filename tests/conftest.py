@@ -32,7 +32,7 @@ def ledger_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """The default synthetic shops (what `make demo` uses), generated once per session."""
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic(out, SynthConfig())
@@ -41,9 +41,9 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic_task(synthetic_dir):
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.task import prepare_task
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.task import prepare_task
 
     return prepare_task(load_events(synthetic_dir), TaskConfig())
 
@@ -51,8 +51,8 @@ def synthetic_task(synthetic_dir):
 @pytest.fixture(scope="session")
 def tiny_shop_table(synthetic_dir):
     """One synthetic shop's events (the smallest shop keeps tests quick)."""
-    from common.data import load_events
-    from simulations.partition import partition_events
+    from fedinterest.common.data import load_events
+    from fedinterest.simulations.partition import partition_events
 
     shops = partition_events(load_events(synthetic_dir))
     return min(shops.values(), key=len)

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from common.secagg import Identity, Roster, SecAggClient, SecAggConfig, SecAggPolicy, SecAggServer, SeededRandomness
+from fedinterest.common.secagg import Identity, Roster, SecAggClient, SecAggConfig, SecAggPolicy, SecAggServer, SeededRandomness
 
 
 def identities(ids, seed) -> dict[int, Identity]:

@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
-from client.privacy import epsilon_spent
+from fedinterest.client.privacy import epsilon_spent
 from pld_reference import epsilon_reference  # tests/ is on sys.path, like formats_fixtures
 
 HISTORIES = [  # (history of (sigma, sample rate, steps) phases, delta)

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from simulations.audit import AuditConfig, canary_table, run_audit
-from simulations.audit_bound import audit_ceiling
+from fedinterest.simulations.audit import AuditConfig, canary_table, run_audit
+from fedinterest.simulations.audit_bound import audit_ceiling
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_the_audit_sees_a_run_without_noise(audited):
 
 
 def test_each_canary_is_one_example_or_one_user_with_its_own_labels(tiny_shop_table):
-    from common.config import TaskConfig
-    from common.task import build_taxonomy, default_split, prepare_task
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.task import build_taxonomy, default_split, prepare_task
 
     split = default_split(tiny_shop_table, TaskConfig())
     base = build_taxonomy(tiny_shop_table, 50, before=split.val_start)
@@ -67,7 +67,7 @@ def test_each_canary_is_one_example_or_one_user_with_its_own_labels(tiny_shop_ta
 
 def test_audit_command_prints_the_table_and_writes_the_report(tmp_path, synthetic_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "common", "audit", "--data", str(synthetic_dir), "--shop", "shop_02",
+        [sys.executable, "-m", "fedinterest", "audit", "--data", str(synthetic_dir), "--shop", "shop_02",
          "--epsilon", "1,8", "--unit", "user", "--canaries", "60", "--rounds", "1", "--engine", "opacus",
          "--release", "dp-sgd,evaluation,broken-evaluation", "--runs", "50000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
@@ -84,9 +84,9 @@ def test_audit_command_prints_the_table_and_writes_the_report(tmp_path, syntheti
     assert [r["release"] for r in releases] == ["evaluation"] * 2 + ["broken-evaluation"] * 2
     assert all(r["verdict"] == "pass" and r["lower_bound"] <= r["claimed_epsilon"] < r["ceiling"] for r in releases[:2])
     assert all(r["verdict"] == "flagged, as it should be" for r in releases[2:])
-    bad = subprocess.run([sys.executable, "-m", "common", "audit", "--unit", "household"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "fedinterest", "audit", "--unit", "household"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--unit" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "common", "audit", "--engine", "jax"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "fedinterest", "audit", "--engine", "jax"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--engine" in bad.stderr

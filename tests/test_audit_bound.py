@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from simulations.audit_bound import audit, epsilon_lower_bound, guesses, p_value
+from fedinterest.simulations.audit_bound import audit, epsilon_lower_bound, guesses, p_value
 
 BETA = 0.05
 

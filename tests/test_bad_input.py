@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from common.data import DataError, LoadOptions, load_events
+from fedinterest.common.data import DataError, LoadOptions, load_events
 from formats_fixtures import TAOBAO_ROWS, TMALL_ROWS, write
 
 GOOD = "7,100,5,pv,1511544070"
@@ -84,7 +84,7 @@ def test_bad_generic_mapping(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "fedinterest", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(

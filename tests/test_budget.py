@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from client.budget import Shop, epsilon_for_sigma, plan_budget
-from client.ledger import PrivacyLedger
+from fedinterest.client.budget import Shop, epsilon_for_sigma, plan_budget
+from fedinterest.client.ledger import PrivacyLedger
 
 
 def fedinterest(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "fedinterest", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_plan_matches_what_train_local_records(tmp_path, synthetic_dir):

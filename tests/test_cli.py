@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from common.cli import COMMANDS
+from fedinterest.cli import COMMANDS
 
 
 def fedinterest(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "fedinterest", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("command", [m.NAME for m in COMMANDS])
@@ -62,7 +62,7 @@ def test_train_local_labels_runs_and_ledger_show(tmp_path, synthetic_dir):
 
 
 def test_keys_new_roster_and_fingerprint(tmp_path):
-    from common.secagg import Roster
+    from fedinterest.common.secagg import Roster
 
     publics = {}
     for shop in ("north", "south", "east"):

@@ -8,13 +8,13 @@ import stat
 import pytest
 from cryptography import x509
 
-from common.cli import main
-from common.config import ConfigError
-from common.secagg import Roster
-from deploy import flower, tls
-from deploy.keys import ShopKeys
-from deploy.merchant import NodeDir, diagnose, init_node, node_config, pin_roster
-from deploy.platform import PlatformDir, add_shop, init_platform, start_platform
+from fedinterest.cli import main
+from fedinterest.common.config import ConfigError
+from fedinterest.common.secagg import Roster
+from fedinterest.deploy import flower, tls
+from fedinterest.deploy.keys import ShopKeys
+from fedinterest.deploy.merchant import NodeDir, diagnose, init_node, node_config, pin_roster
+from fedinterest.deploy.platform import PlatformDir, add_shop, init_platform, start_platform
 
 try:
     import tomllib
@@ -30,7 +30,7 @@ def platform(tmp_path, synthetic_dir):
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory):
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic(out, SynthConfig(shops=3, users=90, days=12, seed=2))
@@ -164,7 +164,7 @@ def test_the_app_declares_every_run_config_key_the_server_reads():
     """``flwr run`` refuses a run-config key the app's pyproject does not declare."""
     from pathlib import Path
 
-    from server.settings import DEFAULTS
+    from fedinterest.server.settings import DEFAULTS
 
     declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(declared) == set(DEFAULTS)

@@ -100,7 +100,7 @@ def checkpoint(platform: Path) -> dict:
 
 
 def rounds_of(state_dir: Path) -> list[int]:
-    from client.ledger import PrivacyLedger
+    from fedinterest.client.ledger import PrivacyLedger
 
     try:
         return [r.server_round for r in PrivacyLedger.open(state_dir).rounds]
@@ -109,9 +109,9 @@ def rounds_of(state_dir: Path) -> list[int]:
 
 
 def test_the_rehearsal_runbook_with_refused_nodes_a_killed_node_and_a_crashed_platform(tmp_path):
-    from common.model.backbone import resolve_backbone
-    from common.secagg import Roster
-    from deploy import tls
+    from fedinterest.common.model.backbone import resolve_backbone
+    from fedinterest.common.secagg import Roster
+    from fedinterest.deploy import tls
 
     commands = rehearsal_commands()
     background = [c.rstrip("&").strip() for c in commands if c.endswith("&")]
@@ -192,7 +192,7 @@ def test_the_rehearsal_runbook_with_refused_nodes_a_killed_node_and_a_crashed_pl
     # the export: the resumed run's history continues the crashed one's
     from safetensors.numpy import load_file
 
-    from server.export import ADAPTER, read_model_card
+    from fedinterest.server.export import ADAPTER, read_model_card
 
     export = platform_dir / "run" / "export"
     card = read_model_card(export)
@@ -208,7 +208,7 @@ def test_the_rehearsal_runbook_with_refused_nodes_a_killed_node_and_a_crashed_pl
     assert any(np.abs(v).sum() > 0 for k, v in weights.items() if "lora_B" in k)
 
     # every shop's ledger on its own side: within its budget across the crashes; the victim rejoined at round 3
-    from client.ledger import PrivacyLedger
+    from fedinterest.client.ledger import PrivacyLedger
 
     for shop in SHOPS:
         ledger = PrivacyLedger.open(tmp_path / "rehearsal" / shop)
@@ -216,8 +216,8 @@ def test_the_rehearsal_runbook_with_refused_nodes_a_killed_node_and_a_crashed_pl
         assert {1, 2, 3} <= set(rounds_of(tmp_path / "rehearsal" / shop)), (shop, rounds_of(tmp_path / "rehearsal" / shop))
 
     # the platform's message log: masked integer vectors that look like noise next to the true updates
-    from common import wire
-    from server.message_log import read_message_log
+    from fedinterest.common import wire
+    from fedinterest.server.message_log import read_message_log
 
     entries = read_message_log(platform_dir / "messages")
     assert {e["type"] for e, _ in entries} >= {*wire.TRAIN_STAGES, *wire.EVALUATE_STAGES}
@@ -247,12 +247,12 @@ def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_p
     shops, seeds and settings without a crash."""
     from safetensors.numpy import load_file
 
-    from common.model.backbone import resolve_backbone
-    from deploy.platform import init_platform
-    from server.export import ADAPTER
-    from server.settings import save_task_spec
-    from simulations.runner import prepare, run_federation
-    from simulations.synthetic import SynthConfig
+    from fedinterest.common.model.backbone import resolve_backbone
+    from fedinterest.deploy.platform import init_platform
+    from fedinterest.server.export import ADAPTER
+    from fedinterest.server.settings import save_task_spec
+    from fedinterest.simulations.runner import prepare, run_federation
+    from fedinterest.simulations.synthetic import SynthConfig
 
     os.environ.setdefault("FEDINTEREST_CACHE", str(tmp_path / "cache"))
     os.environ.setdefault("FLWR_HOME", str(tmp_path / "flwr-home"))  # the in-process simulation engine's

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from client.shop import shop_dataset
-from client.training import (
+from fedinterest.client.shop import shop_dataset
+from fedinterest.client.training import (
     DPSettings, PoissonBatchSampler, StepRandomness, TrainConfig, logits_of, make_private, release, train_round,
 )
-from common.model.prefix import adapted_layers_start
-from common.config import TaskConfig
-from common.model import LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone
-from common.task import prepare_task
+from fedinterest.common.model.prefix import adapted_layers_start
+from fedinterest.common.config import TaskConfig
+from fedinterest.common.model import LoraSettings, build_model, get_adapter_state, load_tokenizer, resolve_backbone
+from fedinterest.common.task import prepare_task
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from common import wire
-from common.evaluation import EXAMPLE_NORM, FIELDS, example_counts, metrics_from_sum, unit_sum
-from common.metrics import evaluate
-from common.secagg import Identity, Roster, SecAggConfig, SecAggProtocolError, SecAggServer
+from fedinterest.common import wire
+from fedinterest.common.evaluation import EXAMPLE_NORM, FIELDS, example_counts, metrics_from_sum, unit_sum
+from fedinterest.common.metrics import evaluate
+from fedinterest.common.secagg import Identity, Roster, SecAggConfig, SecAggProtocolError, SecAggServer
 from tests.secagg_parties import flower_task
 
 RUN = 11
@@ -72,13 +72,13 @@ def test_noise_never_makes_a_rate_impossible():
 @pytest.fixture
 def shop(tmp_path, synthetic_dir):
     """A deployed shop (no seed) on the tiny backbone, its roster, and the federation's starting adapter."""
-    from client.shop import ModelConfig, SharedModel
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.model import get_adapter_state
-    from common.secagg.identity import IDENTITY_FILE
-    from common.settings import TaskSpec
-    from common.task import build_taxonomy, default_split
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.model import get_adapter_state
+    from fedinterest.common.secagg.identity import IDENTITY_FILE
+    from fedinterest.common.settings import TaskSpec
+    from fedinterest.common.task import build_taxonomy, default_split
 
     table = load_events(synthetic_dir)
     split = default_split(table, TaskConfig())
@@ -89,7 +89,7 @@ def shop(tmp_path, synthetic_dir):
     own.save(state / IDENTITY_FILE)
     roster = Roster({"victim": own.public_key, "b": Identity.generate().public_key, "c": Identity.generate().public_key})
     roster.save(tmp_path / "roster.json")
-    from common.model.backbone import resolve_backbone, weights_sha256
+    from fedinterest.common.model.backbone import resolve_backbone, weights_sha256
 
     node_config = {"data-path": str(synthetic_dir), "shop": "shop_02", "state-dir": str(state), "epsilon": 8.0,
                    "max-train-per-user": 1, "roster": str(tmp_path / "roster.json"), "backbone": "tiny",
@@ -101,7 +101,7 @@ def shop(tmp_path, synthetic_dir):
 
 def request(shop, stages, server_round, adapter, round_id=None):
     """The opening message of a training or evaluation round, as the server builds it."""
-    from common.settings import LocalTraining, RoundConfig
+    from fedinterest.common.settings import LocalTraining, RoundConfig
 
     config = RoundConfig(round=server_round, rounds=3, evaluations=3, eval_per_user=1, backbone="tiny",
                          training=LocalTraining(batch_size=16, physical_batch_size=16, max_length=32, max_steps=2))
@@ -124,10 +124,10 @@ def foreign(adapter, seed=0):
 
 
 def test_a_shop_scores_only_the_adapter_the_federation_goes_on_from(shop):
-    from client.app import PENDING, evaluate, train
-    from client.ledger import PrivacyLedger
-    from client.rounds import claim_aggregated
-    from client.shop import EVALUATION
+    from fedinterest.client.app import PENDING, evaluate, train
+    from fedinterest.client.ledger import PrivacyLedger
+    from fedinterest.client.rounds import claim_aggregated
+    from fedinterest.client.shop import EVALUATION
 
     context, start = shop["context"], shop["start"]
     claim_aggregated(shop["state"], RUN, 1)  # this shop's update went into round 1's sum
@@ -148,8 +148,8 @@ def test_a_shop_scores_only_the_adapter_the_federation_goes_on_from(shop):
 
 
 def test_a_stale_or_mislabelled_evaluation_is_refused(shop):
-    from client.app import evaluate, train
-    from client.rounds import claim_aggregated
+    from fedinterest.client.app import evaluate, train
+    from fedinterest.client.rounds import claim_aggregated
 
     context, start = shop["context"], shop["start"]
     with flower_task(RUN):
@@ -168,8 +168,8 @@ def test_a_stale_or_mislabelled_evaluation_is_refused(shop):
 @pytest.mark.parametrize("future", [10, 11, 12, 500])
 def test_a_shop_never_scores_a_round_that_has_not_been_aggregated(shop, future):
     """The review's attack: after training round 9 the server asks for evaluations of rounds 10, 11, 12, 500."""
-    from client.app import evaluate
-    from client.rounds import claim_aggregated, claim_training
+    from fedinterest.client.app import evaluate
+    from fedinterest.client.rounds import claim_aggregated, claim_training
 
     claim_training(shop["state"], RUN, 9, wire.adapter_digest(shop["start"]))
     claim_aggregated(shop["state"], RUN, 9)
@@ -180,7 +180,7 @@ def test_a_shop_never_scores_a_round_that_has_not_been_aggregated(shop, future):
 def test_a_statistics_round_cannot_take_a_training_rounds_id(shop):
     """``query`` under the id of training round 5 would burn it (a replay-protected id); it is refused before
     the id is claimed, and round 5 still trains."""
-    from client.app import query, train
+    from fedinterest.client.app import query, train
 
     record = {**shop["spec"].to_record_dict(), "query.kind": "label-flows"}
     secagg = SecAggConfig(vector_length=4, max_clients=3, clip=100.0, max_weight=1, colluders=1, norm_bound=100.0)
@@ -200,8 +200,8 @@ def test_every_kind_of_round_plans_the_colluders_from_the_shops_roster(shop, sta
     """Training, evaluation and statistics rounds alike: a setup proposing fewer colluders than ⌈0.2 × 3⌉ = 1 of
     the shop's pinned roster is refused before anything is read or spent, and so is a round of three
     in which one colluder and the server could reach the threshold (t = 2 of 2 with one colluder)."""
-    from client.app import evaluate, query, train
-    from client.ledger import PrivacyLedger
+    from fedinterest.client.app import evaluate, query, train
+    from fedinterest.client.ledger import PrivacyLedger
 
     handler = {wire.TRAIN: train, wire.EVALUATE: evaluate, wire.QUERY: query}[stages[0]]
     round_id = (wire.STATISTICS_ROUNDS["label-flows"] if stages is wire.QUERY_STAGES

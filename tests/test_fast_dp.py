@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from client.fast_dp import FastDPStep, UnsupportedParameterError
-from client.training import (
+from fedinterest.client.fast_dp import FastDPStep, UnsupportedParameterError
+from fedinterest.client.training import (
     DPSettings, ShopDataset, TrainConfig, logits_of, make_private, release, train_round,
 )
-from common.config import ConfigError
-from common.model import LoraSettings, build_model, get_adapter_state, resolve_backbone
-from common.model.prefix import adapted_layers_start
-from common.task.features import FEATURE_NAMES, HistoryFeatures
+from fedinterest.common.config import ConfigError
+from fedinterest.common.model import LoraSettings, build_model, get_adapter_state, resolve_backbone
+from fedinterest.common.model.prefix import adapted_layers_start
+from fedinterest.common.task.features import FEATURE_NAMES, HistoryFeatures
 
 N_CLASSES = 7
 
@@ -348,8 +348,8 @@ def test_dp_engine_is_validated():
 
 
 def test_a_shop_chooses_its_dp_engine_in_its_node_config():
-    from client.node import NodeSettings, train_config
-    from common.settings import LocalTraining, RoundConfig
+    from fedinterest.client.node import NodeSettings, train_config
+    from fedinterest.common.settings import LocalTraining, RoundConfig
 
     base = {"data-path": "shop.csv", "state-dir": "state"}
     round_config = RoundConfig(round=1, rounds=2, backbone="tiny", training=LocalTraining())
@@ -361,7 +361,7 @@ def test_a_shop_chooses_its_dp_engine_in_its_node_config():
 
 
 def test_gpu_batches_are_padded_to_multiples_of_eight_within_the_encoded_width():
-    from client.training import padded_width
+    from fedinterest.client.training import padded_width
 
     assert [padded_width(n, 48, 8) for n in (1, 8, 9, 41, 47, 48)] == [8, 8, 16, 48, 48, 48]
     assert padded_width(45, 45, 8) == 45  # never past the encoded tokens
@@ -372,7 +372,7 @@ def test_both_engines_draw_their_noise_in_float64():
     """Float32 normals come from 24-bit uniforms and never pass about 5.77σ, a tail the accountant does not
     assume; both engines draw in float64 (53-bit uniforms: about 8.6σ) and cast after. The engines'
     agreement above (same generator, same draws) holds with these draws."""
-    from client.fast_dp import gaussian_noise
+    from fedinterest.client.fast_dp import gaussian_noise
 
     generator = torch.Generator().manual_seed(0)
     draws = gaussian_noise(2.0, (1_000_000,), "cpu", generator)

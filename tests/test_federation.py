@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from client.ledger import PrivacyLedger
-from client.privacy import PrivacyTerms
-from common import wire
-from simulations.runner import prepare, run_federation
-from simulations.synthetic import SynthConfig
+from fedinterest.client.ledger import PrivacyLedger
+from fedinterest.client.privacy import PrivacyTerms
+from fedinterest.common import wire
+from fedinterest.simulations.runner import prepare, run_federation
+from fedinterest.simulations.synthetic import SynthConfig
 
 ROUNDS = 3
 SHOPS = 7  # a roster of 7 plans for ⌈0.2 × 7⌉ = 2 colluders: a round of 6 then survives one dropout
@@ -81,12 +81,12 @@ def federation(tmp_path_factory):
 
 def pooled_loss(federation, weights) -> float:
     """Cross-entropy of the adapter ``weights`` on the pooled test set (the simulation's view, no shop's)."""
-    from client.shop import ModelConfig, SharedModel
-    from client.training import predict_proba
-    from common.model import get_adapter_state, set_adapter_state, unflatten
-    from common.model.scorer import set_priors
-    from common.task import prepare_task
-    from server.settings import FederationSettings
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.client.training import predict_proba
+    from fedinterest.common.model import get_adapter_state, set_adapter_state, unflatten
+    from fedinterest.common.model.scorer import set_priors
+    from fedinterest.common.task import prepare_task
+    from fedinterest.server.settings import FederationSettings
 
     result, prepared = federation["result"], federation["prepared"]
     spec = result.task
@@ -109,7 +109,7 @@ def test_the_run_finishes_and_the_loss_decreases(federation):
 
 def test_every_round_is_evaluated_by_a_noised_secure_sum(federation):
     """The server's metrics come from the shops' noised counts: near the truth, never one shop's figures."""
-    from common.evaluation import FIELDS
+    from fedinterest.common.evaluation import FIELDS
 
     history, prepared = federation["result"].history, federation["prepared"]
     # a shop scores only the adapter of an aggregation it took part in: shop 0 never trains (its budget is
@@ -155,7 +155,7 @@ def test_secure_aggregate_is_the_weighted_mean_of_the_plaintext_updates(federati
     total = sum(int(u["weight"]) for u in updates)
     expected = sum(int(u["weight"]) * np.clip(u["update"], -clip, clip) for u in updates) / total
     assert result.total_weight == total
-    from common.secagg import SecAggConfig
+    from fedinterest.common.secagg import SecAggConfig
 
     frac_bits = SecAggConfig(vector_length=expected.size, max_clients=SHOPS, clip=clip, max_weight=1000).frac_bits
     bound = len(updates) / (2.0**frac_bits * total)  # the stated bound m+ / (2^f W), per element
@@ -221,8 +221,8 @@ def test_a_shop_signs_the_keys_of_its_training_rounds_once(federation):
 
 def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledger(federation):
     """The statistics round: each shop reserved one release before any training, the server used the sum."""
-    from common.stats import category_engagement
-    from common.task import default_split
+    from fedinterest.common.stats import category_engagement
+    from fedinterest.common.task import default_split
 
     result, prepared = federation["result"], federation["prepared"]
     assert result.task.label_space == "dp-top-k"
@@ -252,13 +252,13 @@ def test_the_label_space_comes_from_the_noised_sum_and_is_charged_to_every_ledge
 def test_the_exported_adapter_reloads_with_peft_and_predicts_the_same(federation):
     from peft import PeftModel
 
-    from client.shop import ModelConfig, SharedModel, shop_dataset
-    from client.training import predict_proba
-    from common.model import get_adapter_state, set_adapter_state, unflatten
-    from common.model.backbone import resolve_backbone
-    from common.model.lora import load_base_model
-    from common.task import prepare_task
-    from server.settings import FederationSettings, load_task_spec
+    from fedinterest.client.shop import ModelConfig, SharedModel, shop_dataset
+    from fedinterest.client.training import predict_proba
+    from fedinterest.common.model import get_adapter_state, set_adapter_state, unflatten
+    from fedinterest.common.model.backbone import resolve_backbone
+    from fedinterest.common.model.lora import load_base_model
+    from fedinterest.common.task import prepare_task
+    from fedinterest.server.settings import FederationSettings, load_task_spec
 
     result, prepared, out = federation["result"], federation["prepared"], federation["out"]
     spec = load_task_spec(out / "run" / "task_spec.json")
@@ -283,7 +283,7 @@ def test_predict_writes_top5_and_migration_probability_per_user(federation, tmp_
 
     result, prepared = federation["result"], federation["prepared"]
     out = tmp_path / "predictions.csv"
-    run = subprocess.run([sys.executable, "-m", "common", "predict", "--adapter", result.export_dir,
+    run = subprocess.run([sys.executable, "-m", "fedinterest", "predict", "--adapter", result.export_dir,
                           "--data", str(prepared.data), "--out", str(out)], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from common.secagg import (
+from fedinterest.common.secagg import (
     ClientState, Keyring, Roster, SecAggAbort, SecAggClient, SecAggConfig, SecAggIntegrityError, SecAggServer, SeededRandomness,
     SignatureCache,
 )
-from common.secagg.identity import Identity
-from common.secagg.keybatch import (
+from fedinterest.common.secagg.identity import Identity
+from fedinterest.common.secagg.keybatch import (
     KeyBatch, leaf_hash, merkle_levels, merkle_path, root_from_path, round_secrets,
 )
 from tests.secagg_parties import identities, policy_for

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from client.ledger import (
+from fedinterest.client.ledger import (
     BINDING_FILE, LEDGER_FILE, MEMBERS_FILE, SECRET_FILE, LedgerError, PrivacyLedger, shop_ledger,
 )
-from client.privacy import PrivacyTerms
+from fedinterest.client.privacy import PrivacyTerms
 
 TERMS = PrivacyTerms("user", 1e-5, "prv")
 PHASE = (1.0, 0.05, 100)  # one modest DP-SGD round
@@ -50,7 +50,7 @@ def test_two_state_directories_on_the_same_data_share_one_ledger(tmp_path, table
 
 def test_the_same_data_in_another_working_directory_continues_in_train_local(tmp_path, synthetic_dir):
     """The CLI attack itself: train-local from two working directories (default state dirs) on the same data."""
-    command = [sys.executable, "-m", "common", "train-local", "--data", str(synthetic_dir), "--shop", "shop_02",
+    command = [sys.executable, "-m", "fedinterest", "train-local", "--data", str(synthetic_dir), "--shop", "shop_02",
                "--backbone", "tiny", "--epsilon", "8", "--rounds", "1", "--max-train-per-user", "1",
                "--max-test", "8", "--batch-size", "16", "--max-length", "32"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -126,7 +126,7 @@ def test_a_reset_is_recorded_and_shown(tmp_path, table):
     assert 0 < reset.spent < before
     text = reset.summary()
     assert "RESET" in text and f"{before:.3f}" in text
-    shown = subprocess.run([sys.executable, "-m", "common", "ledger", "show", "--state", str(tmp_path / "state")],
+    shown = subprocess.run([sys.executable, "-m", "fedinterest", "ledger", "show", "--state", str(tmp_path / "state")],
                            capture_output=True, text=True, timeout=120,
                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert shown.returncode == 0, shown.stderr
@@ -214,8 +214,8 @@ def test_a_nodes_reset_label_is_recorded_once(tmp_path, table):
 
 
 def test_node_config_keys_for_the_ledger(tmp_path):
-    from client.node import NodeSettings
-    from common.config import ConfigError
+    from fedinterest.client.node import NodeSettings
+    from fedinterest.common.config import ConfigError
 
     base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
     node = NodeSettings.from_node_config({**base, "raise-budget": True, "reset-ledger": "2026-12-07",
@@ -228,8 +228,8 @@ def test_node_config_keys_for_the_ledger(tmp_path):
 
 
 def test_simulated_shops_get_fresh_ledger_homes_in_their_run_folder(tmp_path, ledger_home):
-    from simulations.runner import LEDGERS_NOTE, prepare
-    from simulations.synthetic import SynthConfig
+    from fedinterest.simulations.runner import LEDGERS_NOTE, prepare
+    from fedinterest.simulations.synthetic import SynthConfig
 
     prepared = prepare(tmp_path / "sim", shops=3, synth=SynthConfig(shops=3, users=120, days=20, seed=5))
     homes = [node["ledger-home"] for node in prepared.node_configs.values()]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data import Action, DataError, LoadOptions, load_events
+from fedinterest.common.data import Action, DataError, LoadOptions, load_events
 from formats_fixtures import (
     REES46_ROWS, RETAILROCKET_EVENTS, RETAILROCKET_PROPERTIES, TAOBAO_ROWS, TMALL_ROWS, write,
 )
@@ -134,7 +134,7 @@ def test_chunked_read_equals_whole_read(tmp_path):
 
 
 def test_dataset_directory_manifest(tmp_path):
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     write_synthetic(tmp_path, SynthConfig(shops=2, users=20, days=6, seed=3))
     table = load_events(tmp_path)

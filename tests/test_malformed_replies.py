@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from common import wire
-from common.secagg import (
+from fedinterest.common import wire
+from fedinterest.common.secagg import (
     ConsistencyRequest, KeyBroadcast, RoundSetup, SecAggClient, SecAggConfig, ShareRelay, UnmaskRequest,
 )
-from server.secure_round import SecureRound
+from fedinterest.server.secure_round import SecureRound
 from tests.secagg_parties import flower_task, identities, policy_for
 
 N, D, RUN = 6, 24, 7
@@ -37,7 +37,7 @@ class LoopbackGrid:
         run_id = RUN
 
     def __init__(self, config: SecAggConfig, corrupt=None):
-        from common.secagg import Roster
+        from fedinterest.common.secagg import Roster
 
         keys = identities(NODES, seed=1)
         roster = Roster({f"shop-{n}": keys[n].public_key for n in NODES})
@@ -194,7 +194,7 @@ def test_a_shop_that_errors_is_dropped_with_its_code_only():
 def test_the_message_log_keeps_only_replies_the_audit_let_through(tmp_path):
     """The review: an undeclared 20 MB array reached the platform's disk before the reply audit. The log now
     sees a reply only after the audit, so the oversized one is dropped and never written."""
-    from server.message_log import MessageLog, read_message_log
+    from fedinterest.server.message_log import MessageLog, read_message_log
 
     def oversized(s, node, content):
         if s == wire.TRAIN and node == VICTIM:
@@ -226,12 +226,12 @@ def garbage_dealer(s, node, content):
 def test_a_shop_that_seals_garbage_for_everyone_is_named_and_left_out(tmp_path, synthetic_dir):
     """Its neighbours cannot open what it dealt and say so (more of them than the planned colluders), so
     the round it survived aborts naming it; the federation leaves it out of every later round."""
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.task import build_taxonomy, default_split
-    from common.settings import TaskSpec
-    from server.federation import Federation
-    from server.settings import FederationSettings, save_task_spec
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.task import build_taxonomy, default_split
+    from fedinterest.common.settings import TaskSpec
+    from fedinterest.server.federation import Federation
+    from fedinterest.server.settings import FederationSettings, save_task_spec
 
     result = run_round(garbage_dealer)
     assert result.aborted and "could not open" in result.aborted and result.culprits == [VICTIM]

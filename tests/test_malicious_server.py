@@ -13,17 +13,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.secagg import (
+from fedinterest.common.secagg import (
     planned_colluders, ClientState, Identity, MaskedInput, Roster, SecAggClient, SecAggConfig, SecAggIntegrityError,
     SecAggPolicy, SecAggProtocolError, SecAggServer, SeededRandomness, ShareDistribution, ShareKindViolation,
 )
-from common.secagg.identity import advertisement_payload, consistency_tag, survivors_payload
-from common.secagg.keybatch import batch_payload, leaf_hash
-from common.secagg.messages import UnmaskRequest
-from common.secagg.masks import KEY_SHARE, SEED_SHARE, add_signed, pair_mask, pair_sign, self_mask, share_associated_data
-from common.secagg.primitives import agree, new_private_key, open_once, private_key_from_bytes, public_bytes
-from common.secagg.quantize import decode
-from common.secagg.shamir import reconstruct
+from fedinterest.common.secagg.identity import advertisement_payload, consistency_tag, survivors_payload
+from fedinterest.common.secagg.keybatch import batch_payload, leaf_hash
+from fedinterest.common.secagg.messages import UnmaskRequest
+from fedinterest.common.secagg.masks import KEY_SHARE, SEED_SHARE, add_signed, pair_mask, pair_sign, self_mask, share_associated_data
+from fedinterest.common.secagg.primitives import agree, new_private_key, open_once, private_key_from_bytes, public_bytes
+from fedinterest.common.secagg.quantize import decode
+from fedinterest.common.secagg.shamir import reconstruct
 from tests.secagg_parties import manual_round, policy_for, run_to_signatures, run_to_unmask
 
 D = 32
@@ -293,7 +293,7 @@ def test_the_graph_seed_is_fixed_by_the_advertisements():
     message = broadcasts[0]
     assert message.neighbour_ids != tuple(j for j in message.members if j != 0)  # a sparse graph: the seed matters
     # the server re-orders the graph by a seed of its own: the neighbour list no longer matches
-    from common.secagg.graph import neighbour_graph
+    from fedinterest.common.secagg.graph import neighbour_graph
 
     chosen = neighbour_graph(message.members, b"\x01" * 32, None, 0, 0.1)
     keys = {j: k for j, k in zip(message.neighbour_ids, zip(message.share_public_keys, message.mask_public_keys))}
@@ -327,7 +327,7 @@ def test_a_client_sending_shares_to_strangers_is_excluded_and_the_round_goes_on(
 
 
 def test_a_replayed_round_is_refused_across_restarts(tmp_path):
-    from client.rounds import claim_round
+    from fedinterest.client.rounds import claim_round
 
     claim_round(tmp_path, run_id=5, round_id=3)
     claim_round(tmp_path, run_id=5, round_id=4)
@@ -337,21 +337,21 @@ def test_a_replayed_round_is_refused_across_restarts(tmp_path):
 
 
 def test_a_deployed_node_refuses_a_seed_and_needs_a_roster(tmp_path):
-    from client.node import NodeSettings
-    from common.config import ConfigError
+    from fedinterest.client.node import NodeSettings
+    from fedinterest.common.config import ConfigError
 
     base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
     with pytest.raises(ConfigError, match="only for simulations"):
         NodeSettings.from_node_config({**base, "seed": 3})
     assert NodeSettings.from_node_config({**base, "seed": 3, "partition-id": 0}).seed == 3  # simulation engine
     # a deployed node's task runner marks its process: a partition id in its node config opens no door
-    from client.node import DEPLOYED_ENV
+    from fedinterest.client.node import DEPLOYED_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(DEPLOYED_ENV, "1")
         with pytest.raises(ConfigError, match="only for simulations"):
             NodeSettings.from_node_config({**base, "seed": 7, "partition-id": 0})
-    from deploy.merchant import NodeDir, node_config
+    from fedinterest.deploy.merchant import NodeDir, node_config
 
     with pytest.raises(ConfigError, match="simulation engine"):
         node_config(NodeDir(tmp_path), data=str(tmp_path), data_format=None, shop=None, epsilon=None,
@@ -369,9 +369,9 @@ def test_a_deployed_node_loads_only_its_own_backbone_pinned_by_hash(tmp_path):
     own when the weights on disk no longer have the pinned hash."""
     import shutil
 
-    from client.node import NodeSettings
-    from common.config import ConfigError
-    from common.model.backbone import resolve_backbone, weights_sha256
+    from fedinterest.client.node import NodeSettings
+    from fedinterest.common.config import ConfigError
+    from fedinterest.common.model.backbone import resolve_backbone, weights_sha256
 
     base = {"data-path": str(tmp_path), "state-dir": str(tmp_path / "state")}
     default = NodeSettings.from_node_config(base)
@@ -400,8 +400,8 @@ def test_a_shops_state_is_its_own(tmp_path):
     import os
     import stat
 
-    from client.ledger import PrivacyLedger
-    from client.shop import subset_key
+    from fedinterest.client.ledger import PrivacyLedger
+    from fedinterest.client.shop import subset_key
 
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
@@ -409,7 +409,7 @@ def test_a_shops_state_is_its_own(tmp_path):
     subset_key(state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "subset.key").stat().st_mode) == 0o600
-    from client.privacy import PrivacyTerms
+    from fedinterest.client.privacy import PrivacyTerms
 
     other = tmp_path / "other"
     PrivacyLedger.open(other).fix_terms(PrivacyTerms("user", 1e-4, "prv"))

@@ -21,16 +21,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-import common.secagg.client as client_module
-from common.secagg import (
+import fedinterest.common.secagg.client as client_module
+from fedinterest.common.secagg import (
     ClientState, Identity, Roster, SecAggAbort, SecAggClient, SecAggConfig, SecAggIntegrityError, SecAggPolicy,
     SecAggProtocolError, SecAggServer, SeededRandomness, UnmaskResponse, planned_colluders, run_round,
 )
-from common.secagg.graph import corrupt_neighbours, neighbour_graph
-from common.secagg.masks import KEY_SHARE, SEED_SHARE, add_signed, pair_mask, pair_sign, self_mask, share_associated_data
-from common.secagg.primitives import agree, commitment, open_once, private_key_from_bytes
-from common.secagg.quantize import decode
-from common.secagg.shamir import interpolate
+from fedinterest.common.secagg.graph import corrupt_neighbours, neighbour_graph
+from fedinterest.common.secagg.masks import KEY_SHARE, SEED_SHARE, add_signed, pair_mask, pair_sign, self_mask, share_associated_data
+from fedinterest.common.secagg.primitives import agree, commitment, open_once, private_key_from_bytes
+from fedinterest.common.secagg.quantize import decode
+from fedinterest.common.secagg.shamir import interpolate
 
 D = 32
 
@@ -308,7 +308,7 @@ def test_one_shop_cannot_dominate_the_statistics():
     """The review's statistics attack: 4.2M on the least popular category against an honest total of 400.
     Each shop's release is bounded by what a shop of ``max-shop-customers`` can give (wire.release_bound),
     and the sum is projected onto n times it."""
-    from common import wire
+    from fedinterest.common import wire
 
     n, categories = 5, 50
     bound = wire.release_bound(wire.DEFAULT_MAX_SHOP_CUSTOMERS, categories)

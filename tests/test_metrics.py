@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from common.baselines import Markov, Persistence, Popularity, RecencyFrequency
-from common.metrics import auroc, evaluate, hit_rate_at_k, label_ranks, ndcg_at_k
+from fedinterest.common.baselines import Markov, Persistence, Popularity, RecencyFrequency
+from fedinterest.common.metrics import auroc, evaluate, hit_rate_at_k, label_ranks, ndcg_at_k
 from test_task import hand_examples
 
 SCORES = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import ConfigError
-from common.model import LoraSettings, build_model, get_adapter_state, resolve_backbone, set_adapter_state
-from common.model import backbone as backbone_module
-from common.model.adapter import adapter_keys, flatten, natural_key, unflatten
+from fedinterest.common.config import ConfigError
+from fedinterest.common.model import LoraSettings, build_model, get_adapter_state, resolve_backbone, set_adapter_state
+from fedinterest.common.model import backbone as backbone_module
+from fedinterest.common.model.adapter import adapter_keys, flatten, natural_key, unflatten
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def tiny():
 
 
 def test_tiny_backbone_builds_offline_with_a_wordpiece_tokenizer(tiny):
-    from common.model import load_tokenizer
+    from fedinterest.common.model import load_tokenizer
 
     tokenizer = load_tokenizer(tiny)
     ids = tokenizer("view running shoes x3 | cart zebra")["input_ids"]
@@ -114,10 +114,10 @@ def test_shared_a_and_head_are_seeded(tiny):
 @pytest.mark.parametrize("layers", [(-1,), (-2, -1)], ids=["top1", "top2"])
 def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
     """The suffix (cached prefix, [CLS]-only top layer) computes the full model's logits."""
-    from client.training import ShopDataset, logits_of
-    from common.model.prefix import adapted_layers_start, prefix_hidden_states
+    from fedinterest.client.training import ShopDataset, logits_of
+    from fedinterest.common.model.prefix import adapted_layers_start, prefix_hidden_states
 
-    from common.task.features import FEATURE_NAMES, HistoryFeatures
+    from fedinterest.common.task.features import FEATURE_NAMES, HistoryFeatures
 
     model = build_model(tiny, 7, LoraSettings(layers=layers))
     with torch.no_grad():  # a non-zero adapter and semantic weight, so the LoRA paths count in the comparison
@@ -153,11 +153,11 @@ def test_frozen_prefix_path_equals_the_full_model(tiny, layers):
 
 
 def test_label_embedding_head_is_centred_scaled_and_the_same_for_every_party(tiny):
-    from client.shop import ModelConfig, SharedModel
-    from common.model.head import class_representations
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.common.model.head import class_representations
 
     names = ("running shoes", "sports watch", "baby crib", "diapers", "other")
-    from common.model.prefix import sequence_classifier
+    from fedinterest.common.model.prefix import sequence_classifier
 
     def head(model):
         return sequence_classifier(model).classifier.modules_to_save["default"].weight.detach().clone()
@@ -179,7 +179,7 @@ def test_label_embedding_head_is_centred_scaled_and_the_same_for_every_party(tin
 
 def test_prefix_encodings_are_kept_and_read_back_across_processes(tiny, tmp_path, monkeypatch):
     """With the cache on, a second computation reads the first one's file; other tokens or weights miss."""
-    from common.model.prefix import CACHE_ENV, prefix_hidden_states
+    from fedinterest.common.model.prefix import CACHE_ENV, prefix_hidden_states
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     model = build_model(tiny, 5, LoraSettings(layers=(-1,)))
@@ -201,11 +201,11 @@ def test_prefix_encodings_are_kept_and_read_back_across_processes(tiny, tmp_path
 
 def test_a_shop_trains_on_the_same_examples_with_the_prefix_cache_on(tiny_shop_table, tmp_path, monkeypatch):
     """With the cache on, a shop encodes every training example once and subsets: same data, same order."""
-    from client.privacy import PrivacyConfig
-    from client.shop import LocalShop, ModelConfig
-    from client.training import TrainConfig
-    from common.config import TaskConfig
-    from common.model.prefix import CACHE_ENV
+    from fedinterest.client.privacy import PrivacyConfig
+    from fedinterest.client.shop import LocalShop, ModelConfig
+    from fedinterest.client.training import TrainConfig
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.model.prefix import CACHE_ENV
 
     def shop():
         return LocalShop(tiny_shop_table, state_dir=tmp_path / "state", privacy=PrivacyConfig(epsilon=None),
@@ -225,7 +225,7 @@ def test_a_shop_trains_on_the_same_examples_with_the_prefix_cache_on(tiny_shop_t
 
 def test_bf16_encodings_compute_in_bf16_only_where_it_is_native(tiny, monkeypatch):
     """Kept in bfloat16, the frozen layers compute in it on a CPU with AVX512-BF16/AMX, within its rounding."""
-    from common.model import prefix
+    from fedinterest.common.model import prefix
 
     model = build_model(tiny, 5, LoraSettings(layers=(-1,)))
     start = model.config.num_hidden_layers - 1

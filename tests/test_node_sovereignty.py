@@ -35,9 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError
-from deploy import flower
-from deploy.fleet_proxy import FLEET_PREFIX, FLEET_ROUTES, FleetProxy, fleet_route, forwarded_headers
+from fedinterest.common.config import ConfigError
+from fedinterest.deploy import flower
+from fedinterest.deploy.fleet_proxy import FLEET_PREFIX, FLEET_ROUTES, FleetProxy, fleet_route, forwarded_headers
 from tests.deployment_processes import Processes, descendants, free_ports
 from tests.test_deployment import environment, shell, wait_for
 
@@ -48,7 +48,7 @@ TIMEOUT = 600
 
 
 def test_the_proxy_knows_exactly_the_fleet_routes_of_this_flower_release():
-    from deploy.flower_internals import fleet_routes
+    from fedinterest.deploy.flower_internals import fleet_routes
 
     assert {FLEET_PREFIX + r for r in FLEET_ROUTES} == fleet_routes()
     assert fleet_route("POST", "/v1/fleet/pull-messages") == "pull-messages"
@@ -128,8 +128,8 @@ def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
 
 
 def test_the_pinned_hash_is_the_release_and_any_changed_file_changes_it(tmp_path):
-    from deploy.app_pin import AppPin, pin_app, release_hash
-    from deploy.flower_internals import fab_sha256
+    from fedinterest.deploy.app_pin import AppPin, pin_app, release_hash
+    from fedinterest.deploy.flower_internals import fab_sha256
 
     first = release_hash()
     assert first == release_hash() and len(first) == 64
@@ -157,10 +157,10 @@ def test_a_clientapp_that_raises_is_answered_with_an_error_and_the_runner_goes_o
     the runner answers with the declared internal-error code, never the exception's text."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from client.app import app as installed
-    from common import wire
-    from deploy.flower_internals import COMPLETED, FAILED, AcquiredTask, set_task_identity
-    from deploy.node_runner import TaskRunner
+    from fedinterest.client.app import app as installed
+    from fedinterest.common import wire
+    from fedinterest.deploy.flower_internals import COMPLETED, FAILED, AcquiredTask, set_task_identity
+    from fedinterest.deploy.node_runner import TaskRunner
 
     runner = TaskRunner(f"127.0.0.1:{free_ports(1)[0]}", b"s" * 32, "0" * 64, installed)
     task = AcquiredTask(task_id=7, run_id=3, fab_hash="0" * 64, token="t")
@@ -187,9 +187,9 @@ def test_a_clientapp_that_raises_is_answered_with_an_error_and_the_runner_goes_o
 
 
 def test_node_and_platform_directories_are_private_and_the_ca_key_is_not_kept(tmp_path, synthetic_dir):
-    from deploy import tls
-    from deploy.merchant import NodeDir, init_node
-    from deploy.platform import PlatformDir, init_platform, start_platform
+    from fedinterest.deploy import tls
+    from fedinterest.deploy.merchant import NodeDir, init_node
+    from fedinterest.deploy.platform import PlatformDir, init_platform, start_platform
 
     def mode(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
@@ -199,7 +199,7 @@ def test_node_and_platform_directories_are_private_and_the_ca_key_is_not_kept(tm
     assert mode(node.root) == 0o700
     for secret in node.secrets():
         assert not secret.exists() or mode(secret) == 0o600, secret
-    from client.shop import SUBSET_KEY, subset_key
+    from fedinterest.client.shop import SUBSET_KEY, subset_key
 
     assert node.subset_key.name == SUBSET_KEY
     subset_key(node.root)  # what the ClientApp makes on a deployed shop's first round
@@ -388,12 +388,12 @@ def listening_of(pids) -> set[tuple[str, int]]:
 
 
 def test_an_outsider_reaches_only_the_fleet_api_and_the_platform_cannot_run_its_bundle_on_a_node(tmp_path):
-    from common import wire
-    from common.model.backbone import resolve_backbone
-    from deploy.app_pin import release_hash
-    from deploy.flower_internals import fab_sha256
-    from deploy.keys import make_supernode_key
-    from deploy.merchant import NodeDir
+    from fedinterest.common import wire
+    from fedinterest.common.model.backbone import resolve_backbone
+    from fedinterest.deploy.app_pin import release_hash
+    from fedinterest.deploy.flower_internals import fab_sha256
+    from fedinterest.deploy.keys import make_supernode_key
+    from fedinterest.deploy.merchant import NodeDir
 
     import httpx
 
@@ -538,8 +538,8 @@ def test_an_insecure_platform_hides_its_control_api_too(tmp_path, synthetic_dir)
     """``--insecure`` (closed test networks) drops TLS, not the proxy: the SuperLink is still on loopback."""
     import httpx
 
-    from deploy.merchant import init_node
-    from deploy.platform import add_shop, init_platform
+    from fedinterest.deploy.merchant import init_node
+    from fedinterest.deploy.platform import add_shop, init_platform
 
     port = free_ports(1)[0]
     init_platform(tmp_path / "platform", address=f"127.0.0.1:{port}", catalogue=synthetic_dir, insecure=True,

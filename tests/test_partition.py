@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.data import DataError, load_events
-from simulations.partition import partition_events
+from fedinterest.common.data import DataError, load_events
+from fedinterest.simulations.partition import partition_events
 
 
 def strip_merchants(table):
-    from common.data import EventTable
+    from fedinterest.common.data import EventTable
 
     return EventTable(table.frame.drop(columns=["merchant_id"]), table.report, table.category_names)
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from client.ledger import BINDING_FILE, LEDGER_FILE, LedgerError, PrivacyLedger
-from client.privacy import DEFAULT_DELTA, PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
-from common.config import ConfigError
+from fedinterest.client.ledger import BINDING_FILE, LEDGER_FILE, LedgerError, PrivacyLedger
+from fedinterest.client.privacy import DEFAULT_DELTA, PrivacyConfig, PrivacyTerms, epsilon_spent, plan_privacy
+from fedinterest.common.config import ConfigError
 
 TERMS = PrivacyTerms("user", 1e-5, "prv")
 
@@ -189,7 +189,7 @@ def read_rounds(state):
 
 def train_local(synthetic_dir, state, rounds):
     return [
-        sys.executable, "-m", "common", "train-local", "--data", str(synthetic_dir), "--shop", "shop_02",
+        sys.executable, "-m", "fedinterest", "train-local", "--data", str(synthetic_dir), "--shop", "shop_02",
         "--backbone", "tiny", "--epsilon", "8", "--rounds", str(rounds), "--max-train-per-user", "1", "--max-test", "16",
         "--batch-size", "16", "--max-length", "32", "--state", str(state),
     ]
@@ -227,11 +227,11 @@ def test_a_killed_client_does_not_reset_its_epsilon(tmp_path, synthetic_dir):
 
 def test_shop_views_built_for_configs_the_server_varies_share_one_budget(tmp_path, synthetic_dir):
     """The reviewer's attack: lr × 1.0001 per message gives a fresh LocalShop view; the ledger still holds."""
-    from client.node import NodeSettings, load_shop
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.settings import LocalTraining, RoundConfig, TaskSpec
-    from common.task import build_taxonomy, default_split
+    from fedinterest.client.node import NodeSettings, load_shop
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.settings import LocalTraining, RoundConfig, TaskSpec
+    from fedinterest.common.task import build_taxonomy, default_split
 
     table = load_events(synthetic_dir)
     config = TaskConfig()

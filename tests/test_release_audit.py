@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from simulations.audit_bound import (audit, audit_ceiling, clopper_pearson, distinguishing_bound,
+from fedinterest.simulations.audit_bound import (audit, audit_ceiling, clopper_pearson, distinguishing_bound,
                                      distinguishing_ceiling)
-from simulations.release_audit import audit_release, audited_shop, distinguish, verdict
+from fedinterest.simulations.release_audit import audit_release, audited_shop, distinguish, verdict
 
 RUNS = 20_000
 
@@ -57,8 +57,8 @@ def test_verdicts():
 
 def test_a_gaussian_release_at_its_claim_is_not_refuted_and_no_shift_gives_nothing():
     """The attack alone: releases calibrated to ε (at sensitivity 1) stay below it; equal means give ~0."""
-    from client.privacy import PrivacyTerms
-    from client.statistics import release_noise
+    from fedinterest.client.privacy import PrivacyTerms
+    from fedinterest.client.statistics import release_noise
 
     sigma = release_noise(1.0 / 0.5, 0.5, PrivacyTerms("user", 1e-5, "prv"))
     shifted = distinguish(np.array([1.0, 0.0]), np.zeros(2), sigma, RUNS, 1e-5, seed=1)
@@ -93,8 +93,8 @@ def test_the_product_releases_pass(shop, release):
 def test_the_broken_evaluation_at_the_products_charge_on_a_larger_shop(synthetic_dir):
     """The historical case: a shop of ~465 customers, an evaluation charged 0.1 of ε = 8, 100,000 runs each
     (measured: shift 9.5, TPR 0.11 at FPR 0.0003, bound 5.4 > 0.8), and the per-user selection passing."""
-    from common.data import load_events
-    from simulations.partition import partition_events
+    from fedinterest.common.data import load_events
+    from fedinterest.simulations.partition import partition_events
 
     large = audited_shop(partition_events(load_events(synthetic_dir), method="natural")["shop_04"])
     broken = audit_release(large, "broken-evaluation", 0.8, runs=100_000, seed=5)
@@ -110,7 +110,7 @@ def test_the_command_fails_when_the_broken_pipeline_is_not_flagged(synthetic_dir
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "common", "audit", "--data", str(synthetic_dir), "--shop", "shop_02", "--epsilon", "8",
+        [sys.executable, "-m", "fedinterest", "audit", "--data", str(synthetic_dir), "--shop", "shop_02", "--epsilon", "8",
          "--release", "broken-evaluation", "--runs", "2000", "--seed", "3", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]

@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.statistics import sensitivity
-from common.config import TaskConfig
-from common.evaluation import unit_sum
-from common.stats import category_engagement, label_flows, transition_rows
-from common.task import Catalogue, build_taxonomy, default_split, prepare_task
-from common.task.selection import select_per_user
-from simulations.central import even_subset
-from simulations.release_audit import scored_rows
+from fedinterest.client.statistics import sensitivity
+from fedinterest.common.config import TaskConfig
+from fedinterest.common.evaluation import unit_sum
+from fedinterest.common.stats import category_engagement, label_flows, transition_rows
+from fedinterest.common.task import Catalogue, build_taxonomy, default_split, prepare_task
+from fedinterest.common.task.selection import select_per_user
+from fedinterest.simulations.central import even_subset
+from fedinterest.simulations.release_audit import scored_rows
 
 KEY = bytes(range(32))
 
@@ -105,7 +105,7 @@ def with_victim(table, categories=("victim-only",), events=6):
     """``table`` plus one customer who alone touched ``categories`` (a few views and a buy each)."""
     import pandas as pd
 
-    from common.data import EventTable
+    from fedinterest.common.data import EventTable
 
     frame = table.frame
     t0 = int(frame["timestamp"].min()) + 86_400
@@ -133,7 +133,7 @@ def test_a_category_only_one_customer_touched_enters_a_private_domain_with_proba
     """Without a catalogue the domain is a DP partition selection: a category only the victim touched passes
     its threshold with probability at most the δ the ledger records for it (measured: 200,000 draws of the
     release's own noise at a δ large enough to see), where reading the events made it a candidate always."""
-    from client.statistics import PARTITION_CATEGORIES_PER_USER, gaussian, partition_counts, partition_threshold
+    from fedinterest.client.statistics import PARTITION_CATEGORIES_PER_USER, gaussian, partition_counts, partition_threshold
 
     table = with_victim(shop["table"], categories=tuple(f"victim-{k}" for k in range(3)))
     categories, values = partition_counts(table)
@@ -151,10 +151,10 @@ def test_a_category_only_one_customer_touched_enters_a_private_domain_with_proba
 
 
 def test_a_private_domain_is_charged_to_the_ledger_with_its_delta(shop, tmp_path):
-    from client.ledger import PrivacyLedger
-    from client.privacy import PrivacyTerms
-    from client.statistics import PARTITION_DELTA_SHARE, release_partition_selection
-    from common.data import EventTable
+    from fedinterest.client.ledger import PrivacyLedger
+    from fedinterest.client.privacy import PrivacyTerms
+    from fedinterest.client.statistics import PARTITION_DELTA_SHARE, release_partition_selection
+    from fedinterest.common.data import EventTable
 
     table = shop["table"]
     table = EventTable(table.frame, table.report, table.category_names, table.item_titles, None)  # no catalogue

@@ -18,7 +18,7 @@ ARGS = ["--backbone", "tiny", "--shops", "5", "--rounds", "3", "--max-train-per-
 
 
 def simulate(out, *extra, **popen):
-    command = [sys.executable, "-m", "common", "simulate", *ARGS, "--out", str(out), *extra]
+    command = [sys.executable, "-m", "fedinterest", "simulate", *ARGS, "--out", str(out), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
 

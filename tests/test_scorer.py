@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.baselines import RecencyFrequency
-from common.config import TaskConfig
-from common.task import prepare_task
-from common.task.features import BASELINE_FEATURE, FEATURE_NAMES, baseline_scores, history_features
-from common.task.priors import Priors
+from fedinterest.common.baselines import RecencyFrequency
+from fedinterest.common.config import TaskConfig
+from fedinterest.common.task import prepare_task
+from fedinterest.common.task.features import BASELINE_FEATURE, FEATURE_NAMES, baseline_scores, history_features
+from fedinterest.common.task.priors import Priors
 from test_task import hand_examples
 
 
@@ -33,10 +33,10 @@ def test_history_features_by_hand():
 
 
 def test_the_untrained_model_ranks_exactly_like_recency_weighted_frequency(tiny_shop_table):
-    from client.shop import ModelConfig, SharedModel
-    from client.training import predict_proba
-    from common.model import LoraSettings
-    from common.model.scorer import set_priors
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.client.training import predict_proba
+    from fedinterest.common.model import LoraSettings
+    from fedinterest.common.model.scorer import set_priors
 
     task = prepare_task(tiny_shop_table, TaskConfig())
     test = task.test.subset(np.arange(min(300, len(task.test))))
@@ -77,7 +77,7 @@ def test_leave_one_user_out_never_takes_more_than_the_noised_counts_hold(tiny_sh
     such a cell must leave it at zero, like any empty cell: subtracting it anyway pushed every
     training label below the classes nobody moved to, and taught the scorer that transitions
     repel (the history-transition weight went to -6 under DP on the Taobao sample)."""
-    from common.stats import label_flows, own_flow_corrections
+    from fedinterest.common.stats import label_flows, own_flow_corrections
 
     task = prepare_task(tiny_shop_table, TaskConfig())
     rows = task.taxonomy.n_classes

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from common.secagg import (
+from fedinterest.common.secagg import (
     WIRE_MESSAGES, ClientState, KeyAdvertisement, KeyBroadcast, MaskedInput, SecAggAbort, SecAggClient,
     SecAggConfig, SecAggConfigError, SecAggIntegrityError, SecAggProtocolError, SeededRandomness,
     ServerState, ShareDistribution, ShareKindViolation, ShareRelay, Stage, UnmaskResponse, message_from_record,
     neighbour_graph, quantize, record_nbytes, run_round,
 )
-from common.secagg import shamir
-from common.secagg.config import element_bound, fits
-from common.secagg.graph import default_degree
-from common.secagg.masks import KEY_SHARE, pair_mask, self_mask
+from fedinterest.common.secagg import shamir
+from fedinterest.common.secagg.config import element_bound, fits
+from fedinterest.common.secagg.graph import default_degree
+from fedinterest.common.secagg.masks import KEY_SHARE, pair_mask, self_mask
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -564,8 +564,8 @@ def test_client_state_survives_a_process_boundary_between_stages():
 
 def test_degree_and_threshold_follow_bell_bounds():
     """``t`` outvotes every honest/corrupt split of a neighbourhood, and ``k`` grows like log n."""
-    from common.secagg import planned_colluders
-    from common.secagg.graph import corrupt_neighbours, secure_parameters
+    from fedinterest.common.secagg import planned_colluders
+    from fedinterest.common.secagg.graph import corrupt_neighbours, secure_parameters
 
     for n in (8, 16, 100, 1000):
         colluders = planned_colluders(n)

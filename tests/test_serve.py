@@ -28,14 +28,14 @@ MAX_EVENTS = 500
 
 def build_tiny_export(out: Path) -> tuple[Path, Path]:
     """A synthetic shop and an export of a random (non-zero) adapter for it: (data dir, export dir)."""
-    from client.shop import ModelConfig, SharedModel
-    from common.config import TaskConfig
-    from common.data import load_events
-    from common.model import get_adapter_state
-    from common.task import prepare_task
-    from common.task.priors import Priors
-    from server.export import export_model
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.client.shop import ModelConfig, SharedModel
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.data import load_events
+    from fedinterest.common.model import get_adapter_state
+    from fedinterest.common.task import prepare_task
+    from fedinterest.common.task.priors import Priors
+    from fedinterest.server.export import export_model
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     data = out / "data"
     write_synthetic(data, SynthConfig(shops=1, users=40, days=10, seed=3))
@@ -52,7 +52,7 @@ def build_tiny_export(out: Path) -> tuple[Path, Path]:
 
 def fedinterest_command() -> list[str]:
     script = Path(sys.executable).with_name("fedinterest")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "common"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "fedinterest"]
 
 
 def environment() -> dict[str, str]:
@@ -84,8 +84,8 @@ def call(url: str, body: bytes | dict | None = None, timeout: float = 60.0) -> t
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """url, events (user -> events as the data holds them), expected (predict's CSV) and taxonomy ids."""
-    from common.data import load_events
-    from common.data.schema import ACTION_WORDS
+    from fedinterest.common.data import load_events
+    from fedinterest.common.data.schema import ACTION_WORDS
 
     out = tmp_path_factory.mktemp("serve")
     data, export = build_tiny_export(out)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from common.cli.simulate import shared_encodings
-from common.config import ConfigError
-from common.model.prefix import CACHE_ENV
-from simulations.flwr_run import simulation_config, simulation_devices
-from simulations.runner import simulated_node_config
+from fedinterest.simulations.experiment import shared_encodings
+from fedinterest.common.config import ConfigError
+from fedinterest.common.model.prefix import CACHE_ENV
+from fedinterest.simulations.flwr_run import simulation_config, simulation_devices
+from fedinterest.simulations.runner import simulated_node_config
 
 SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train-per-user", "1", "--max-steps", "2",
          "--batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "40",
@@ -24,7 +24,7 @@ DEPRECATED = "run_simulation` function is deprecated"
 
 
 def fedinterest(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "fedinterest", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.sweep import Point, grid, summarise
+from fedinterest.simulations.sweep import Point, grid, summarise
 
 TINY = ["--backbone", "tiny", "--max-train-per-user", "1", "--max-steps", "3", "--batch-size", "16",
         "--physical-batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "80",
@@ -44,7 +44,7 @@ def test_the_grid_and_the_recommendation():
 
 
 def test_a_failing_point_is_named_with_its_log_and_no_traceback(tmp_path):
-    command = [sys.executable, "-m", "common", "sweep", "--epsilon", "8", "--seeds", "1", "--rounds", "1",
+    command = [sys.executable, "-m", "fedinterest", "sweep", "--epsilon", "8", "--seeds", "1", "--rounds", "1",
                "--shops", "3", "--out", str(tmp_path / "sweep"), "--cpus-per-point", "1", "--",
                "--backbone", str(tmp_path / "no-such-backbone")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -71,7 +71,7 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         out = tmp_path / "sweep"
-        command = [sys.executable, "-m", "common", "sweep", "--epsilon", "8,inf", "--seeds", "1", "--rounds", "1",
+        command = [sys.executable, "-m", "fedinterest", "sweep", "--epsilon", "8,inf", "--seeds", "1", "--rounds", "1",
                    "--shops", "3", "--out", str(out), "--ray-address", f"127.0.0.1:{port}",
                    "--cpus-per-point", "1", "--", *TINY]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)

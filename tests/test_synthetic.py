@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from common.baselines import run_baselines
-from common.config import TaskConfig
-from simulations.synthetic import ORACLE_TASK, SynthConfig, bayes_accuracy_since, write_synthetic
+from fedinterest.common.baselines import run_baselines
+from fedinterest.common.config import TaskConfig
+from fedinterest.simulations.synthetic import ORACLE_TASK, SynthConfig, bayes_accuracy_since, write_synthetic
 
 SMALL = SynthConfig(shops=3, users=60, days=10, seed=11)
 
@@ -76,7 +76,7 @@ def test_default_data_has_learnable_migration_structure(synthetic_dir, synthetic
 
 
 def test_bad_config_is_refused():
-    from common.config import ConfigError
+    from fedinterest.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="users must be at least 2 per shop"):
         SynthConfig(shops=10, users=5)
@@ -92,9 +92,9 @@ def realistic_dir(tmp_path_factory):
 def test_realistic_shops_are_as_hard_as_the_real_sample(realistic_dir):
     """Anonymous numeric categories, a long tail, mostly migrating labels, out-of-window rows that
     the loader drops and reports; and the model still starts exactly at counting there."""
-    from common.data import load_events
-    from common.data.schema import ACTION_WEIGHTS
-    from common.task import prepare_task
+    from fedinterest.common.data import load_events
+    from fedinterest.common.data.schema import ACTION_WEIGHTS
+    from fedinterest.common.task import prepare_task
 
     manifest = json.loads((realistic_dir / "dataset.json").read_text())
     assert "category_names" not in manifest and not (realistic_dir / "categories.csv").exists()

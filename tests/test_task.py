@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import DAY, ConfigError, TaskConfig
-from common.data import Action, DataError, EventTable
-from common.task import (
+from fedinterest.common.config import DAY, ConfigError, TaskConfig
+from fedinterest.common.data import Action, DataError, EventTable
+from fedinterest.common.task import (
     EventArrays, Taxonomy, TimeRange, build_examples, build_taxonomy, prepare_task, temporal_split,
 )
-from common.text import render_examples, render_history
+from fedinterest.common.text import render_examples, render_history
 
 T0 = 1_700_006_400  # a UTC midnight
 H = 3600

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from common.config import DAY, TaskConfig
-from common.data import LoadOptions, load_events
-from common.data.window import parse_time, robust_window
-from common.task import default_split
+from fedinterest.common.config import DAY, TaskConfig
+from fedinterest.common.data import LoadOptions, load_events
+from fedinterest.common.data.window import parse_time, robust_window
+from fedinterest.common.task import default_split
 
 WEEK_START = 1511539200  # 2017-11-25 00:00 UTC+8
 
@@ -89,8 +89,8 @@ def test_the_split_of_a_private_run_is_the_public_calendar_and_no_customer_moves
     window) does not move; a log without one is refused for a private run, naming --start/--end."""
     import pandas as pd
 
-    from common.data import DataError, EventTable
-    from common.task import public_split, temporal_split
+    from fedinterest.common.data import DataError, EventTable
+    from fedinterest.common.task import public_split, temporal_split
 
     config = TaskConfig()
     split = public_split(tiny_shop_table, config)
@@ -115,7 +115,7 @@ def test_the_split_of_a_private_run_is_the_public_calendar_and_no_customer_moves
 
 
 def test_the_grid_follows_the_time_zone(tiny_shop_table):
-    from common.task import prepare_task
+    from fedinterest.common.task import prepare_task
 
     config = TaskConfig(utc_offset=8 * 3600)
     split = default_split(tiny_shop_table, config)
@@ -125,7 +125,7 @@ def test_the_grid_follows_the_time_zone(tiny_shop_table):
 
 
 def test_bad_dates_are_clear_errors():
-    from common.data import DataError
+    from fedinterest.common.data import DataError
 
     with pytest.raises(DataError, match="--start 'yesterday-ish': not a date"):
         parse_time("yesterday-ish", "--start")

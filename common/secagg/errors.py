@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.config import ConfigError
+from fedinterest.common.config import ConfigError
 
 
 class SecAggError(Exception):

@@ -59,10 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from common.data.window import parse_time
-    from deploy import flower
-    from deploy.keys import ShopKeys
-    from deploy.platform import INSECURE_WARNING, add_shop, init_platform, start_platform
+    from fedinterest.common.data.window import parse_time
+    from fedinterest.deploy import flower
+    from fedinterest.deploy.keys import ShopKeys
+    from fedinterest.deploy.platform import INSECURE_WARNING, add_shop, init_platform, start_platform
 
     root = Path(args.dir)
     if args.action == "init":

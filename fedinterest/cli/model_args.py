@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ConfigError
+from fedinterest.common.config import ConfigError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from client.privacy import DP_ENGINES
-    from client.training import TrainConfig
-    from common.model import LoraSettings
+    from fedinterest.client.privacy import DP_ENGINES
+    from fedinterest.client.training import TrainConfig
+    from fedinterest.common.model import LoraSettings
 
     t, lora = TrainConfig(), LoraSettings()
     group = parser.add_argument_group("model")
@@ -54,7 +54,7 @@ def add_privacy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    from client.training import TrainConfig
+    from fedinterest.client.training import TrainConfig
 
     return TrainConfig(
         batch_size=args.batch_size,
@@ -71,9 +71,9 @@ def train_config(args: argparse.Namespace):
 
 
 def model_config(args: argparse.Namespace, seed: int = 0):
-    from client.shop import ModelConfig
-    from common.model import LoraSettings
-    from common.model.lora import parse_layers
+    from fedinterest.client.shop import ModelConfig
+    from fedinterest.common.model import LoraSettings
+    from fedinterest.common.model.lora import parse_layers
 
     lora = LoraSettings(rank=args.lora_rank, alpha=args.lora_alpha, ffa=not args.plain_lora, seed=seed,
                         layers=parse_layers(args.lora_layers))
@@ -81,7 +81,7 @@ def model_config(args: argparse.Namespace, seed: int = 0):
 
 
 def privacy_config(args: argparse.Namespace):
-    from client.privacy import PrivacyConfig
+    from fedinterest.client.privacy import PrivacyConfig
 
     if args.non_private:
         return PrivacyConfig(epsilon=None)

@@ -14,7 +14,7 @@ HELP = "generate synthetic shops (Taobao layout) with a ground-truth report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from simulations.synthetic import SynthConfig
+    from fedinterest.simulations.synthetic import SynthConfig
 
     d = SynthConfig()
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulations.synthetic import SynthConfig, write_synthetic
+    from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
     settings = dict(shops=args.shops, users=args.users, days=args.days, seed=args.seed, shop_skew=args.shop_skew)
     if args.migration_rate is not None:

@@ -51,11 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from common.config import ConfigError
-    from deploy import flower
-    from deploy.merchant import (INSECURE_WARNING, NodeDir, check_app, check_data, init_node, node_config,
+    from fedinterest.common.config import ConfigError
+    from fedinterest.deploy import flower
+    from fedinterest.deploy.merchant import (INSECURE_WARNING, NodeDir, check_app, check_data, init_node, node_config,
                                  pin_roster, run_node, runner_command, supernode_command)
-    from deploy.node_runner import poll_interval
+    from fedinterest.deploy.node_runner import poll_interval
 
     if args.action == "init":
         keys = init_node(Path(args.dir), echo=print)

@@ -49,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.budget import Shop, epsilon_for_sigma, plan_budget
-    from client.privacy import BudgetExhausted
-    from common.config import ConfigError
+    from fedinterest.client.budget import Shop, epsilon_for_sigma, plan_budget
+    from fedinterest.client.privacy import BudgetExhausted
+    from fedinterest.common.config import ConfigError
 
     if args.unit == "example" and not args.examples:
         raise ConfigError("budget plan: --unit example needs --examples (the shop's training examples)")

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..config import ConfigError
-from ..data.schema import DataError
+from fedinterest.common.config import ConfigError
+from fedinterest.common.data.schema import DataError
 from . import audit, baselines, budget, keys, ledger, node, platform, predict, serve, simulate, sweep, synth, train_local
 
 #: Subcommand modules; each has NAME, HELP, add_arguments(parser) and run(args) -> int.

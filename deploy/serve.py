@@ -62,11 +62,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
 from starlette.exceptions import HTTPException
 
-from .cli.predict import Predictor, prediction_time, rank, score_examples
-from .data.formats import GENERIC_ACTIONS
-from .data.schema import Action, EventTable
-from .data.timestamps import MAX_SECONDS, MIN_SECONDS
-from .task import EventArrays, ExampleSet, latest_examples
+from fedinterest.deploy.predict import Predictor, prediction_time, rank, score_examples
+from fedinterest.common.data.formats import GENERIC_ACTIONS
+from fedinterest.common.data.schema import Action, EventTable
+from fedinterest.common.data.timestamps import MAX_SECONDS, MIN_SECONDS
+from fedinterest.common.task import EventArrays, ExampleSet, latest_examples
 
 log = logging.getLogger("fedinterest.serve")
 
@@ -493,7 +493,7 @@ def public_identity(predictor: Predictor) -> dict[str, str]:
     """
     import hashlib
 
-    from server.export import ADAPTER
+    from fedinterest.server.export import ADAPTER
 
     weights = Path(predictor.export) / ADAPTER / "adapter_model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else "unknown"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..config import ConfigError
+from fedinterest.common.config import ConfigError
 
 if TYPE_CHECKING:
-    from common.serve import ServeSettings
+    from fedinterest.deploy.serve import ServeSettings
 
 NAME = "serve"
 HELP = "HTTP endpoint: top-5 next categories and migration probability for posted events"
@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from common.data.load import read_category_names
-    from common.serve import category_names, create_app
+    from fedinterest.common.data.load import read_category_names
+    from fedinterest.deploy.serve import category_names, create_app
 
-    from .predict import load_predictor
+    from fedinterest.deploy.predict import load_predictor
 
     settings = serve_settings(args)
     extra = read_category_names(Path(args.category_names)) if args.category_names else None
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     """The batching and limit flags, checked."""
-    from common.serve import Limits, ServeSettings
+    from fedinterest.deploy.serve import Limits, ServeSettings
 
     if args.threads < 0:
         raise ConfigError(f"--threads must be 0 (torch's default) or more, got {args.threads}")

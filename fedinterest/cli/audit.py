@@ -64,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.atomic import atomic_write_json
-    from common.config import ConfigError
-    from common.data import LoadOptions, load_events
-    from simulations.audit import AuditConfig, dp_sgd_rows, format_table, run_audit
-    from simulations.release_audit import release_table
+    from fedinterest.common.atomic import atomic_write_json
+    from fedinterest.common.config import ConfigError
+    from fedinterest.common.data import LoadOptions, load_events
+    from fedinterest.simulations.audit import AuditConfig, dp_sgd_rows, format_table, run_audit
+    from fedinterest.simulations.release_audit import release_table
 
     epsilons = _numbers(args.epsilon, "--epsilon")
     units = _choices(args.unit, "--unit", ("user", "example"))
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _release_audits(table, releases: list[str], epsilons: list[float], args: argparse.Namespace) -> list:
     """Many-run audits of the requested release pipelines, at every claimed ε."""
-    from simulations.release_audit import audit_release, audited_shop, describe
+    from fedinterest.simulations.release_audit import audit_release, audited_shop, describe
 
     statistics = ("engagement", "label-flows")
     names = [n for r in releases if r != "dp-sgd" for n in (statistics if r == "statistics" else (r,))]
@@ -132,7 +132,7 @@ def _release_audits(table, releases: list[str], epsilons: list[float], args: arg
 
 
 def _choices(text: str, flag: str, allowed: tuple[str, ...]) -> list[str]:
-    from common.config import ConfigError
+    from fedinterest.common.config import ConfigError
 
     values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     unknown = [v for v in values if v not in allowed]
@@ -142,7 +142,7 @@ def _choices(text: str, flag: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def _numbers(text: str, flag: str) -> list[float]:
-    from common.config import ConfigError
+    from fedinterest.common.config import ConfigError
 
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -154,10 +154,10 @@ def _numbers(text: str, flag: str) -> list[float]:
 
 
 def _shop_table(args, out: Path, load_events, LoadOptions):
-    from simulations.partition import partition_events
+    from fedinterest.simulations.partition import partition_events
 
     if args.data is None:
-        from simulations.synthetic import SynthConfig, write_synthetic
+        from fedinterest.simulations.synthetic import SynthConfig, write_synthetic
 
         source = out / "data"
         if not (source / "dataset.json").is_file():
@@ -166,7 +166,7 @@ def _shop_table(args, out: Path, load_events, LoadOptions):
     else:
         table, shop = load_events(args.data, LoadOptions(format=args.format)), args.shop
     if shop:
-        from common.data.schema import DataError
+        from fedinterest.common.data.schema import DataError
 
         shops = partition_events(table, method="natural")
         if shop not in shops:

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from fedinterest.common.atomic import atomic_write_text
 from .data_args import add_data_arguments, add_task_arguments, load_options, task_config
 
 NAME = "baselines"
@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..baselines import run_baselines
-    from ..data import load_events
-    from ..report import format_table
-    from ..task import Taxonomy, prepare_task
+    from fedinterest.common.baselines import run_baselines
+    from fedinterest.common.data import load_events
+    from fedinterest.common.report import format_table
+    from fedinterest.common.task import Taxonomy, prepare_task
 
     table = load_events(args.data, load_options(args))
     print(table.report.summary())
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def synthetic_bayes_accuracy(data: Path, test_start: int, last_t: int | None = None) -> float | None:
     """The generator's Bayes-optimal acc@1 for the test period, if ``data`` is synthetic."""
-    from simulations.synthetic import bayes_accuracy_since
+    from fedinterest.simulations.synthetic import bayes_accuracy_since
 
     truth = data / "ground_truth.json" if data.is_dir() else None
     if truth is None or not truth.is_file():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DAY, TaskConfig
-from ..data import FORMAT_NAMES, LoadOptions
-from ..data.window import parse_time
+from fedinterest.common.config import DAY, TaskConfig
+from fedinterest.common.data import FORMAT_NAMES, LoadOptions
+from fedinterest.common.data.window import parse_time
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.ledger import BINDING_FILE, LEDGER_FILE, PrivacyLedger
-    from common.data.schema import DataError
+    from fedinterest.client.ledger import BINDING_FILE, LEDGER_FILE, PrivacyLedger
+    from fedinterest.common.data.schema import DataError
     from pathlib import Path
 
     state = Path(args.state)

@@ -75,10 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from common.config import ConfigError
+    from fedinterest.common.config import ConfigError
     import sys
 
-    from simulations.sweep import (
+    from fedinterest.simulations.sweep import (
         SweepFailed, check_settings, grid, recommendation_text, run_sweep, summarise, synthetic_shops, write_outputs,
     )
 

@@ -1,59 +1,45 @@
-"""Predict each user's next interests with an exported federated adapter.
+"""Predicting with an exported federated adapter: the steps ``fedinterest predict`` and ``serve`` share.
 
-Loads the export (peft adapter, taxonomy, model card) on its backbone, takes every user's
-latest history in --data (up to --at, default: the end of the data) and writes, per user, the
-top-5 next categories with their probabilities and the probability of migrating (1 - p of the
-current interest) to --out, atomically.
-
-``load_predictor``, ``prediction_time``, ``score_examples`` and ``rank`` are the steps, shared
-with ``fedinterest serve`` so both give the same numbers for the same events.
+``load_predictor`` loads the export (peft adapter, taxonomy, model card, priors) on its backbone;
+``prediction_time``, ``score_examples`` and ``rank`` turn a user's latest history into the top-5
+next categories and the probability of migrating, so the batch file and the HTTP server give the
+same numbers for the same events. ``write_predictions`` is the batch file.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .data_args import add_data_arguments, load_options
-
-NAME = "predict"
-HELP = "top-5 next categories and migration probability per user, from an exported adapter"
-
 #: Categories reported per user (``other`` is never one of them).
 TOP_K = 5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, metavar="DIR",
-                        help="an export directory (runs/.../federation/export) or its adapter/ folder")
-    add_data_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="CSV", help="predictions file to write")
-    parser.add_argument("--at", type=int, metavar="UNIX_SECONDS",
-                        help="prediction time (default: the end of the day holding the last event)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+def write_predictions(adapter: str | Path, data: str | Path, options, out: str | Path, at: int | None = None,
+                      device: str = "auto") -> int:
+    """Every user's top-5 next categories and P(migrate) at ``at`` (default: the end of the data) to ``out``.
 
-
-def run(args: argparse.Namespace) -> int:
+    ``options`` are the ``LoadOptions`` of ``data``; the CSV is written atomically. Returns the users.
+    """
     import pandas as pd
 
-    from common.atomic import atomic_write_text
-    from common.data import load_events
-    from common.data.schema import DataError
-    from common.task import EventArrays, latest_examples
+    from fedinterest.common.atomic import atomic_write_text
+    from fedinterest.common.data import load_events
+    from fedinterest.common.data.schema import DataError
+    from fedinterest.common.task import EventArrays, latest_examples
 
-    predictor = load_predictor(args.adapter, args.device)
+    predictor = load_predictor(adapter, device)
     config, taxonomy = predictor.config, predictor.taxonomy
-    table = load_events(args.data, load_options(args))
+    table = load_events(data, options)
     print(table.report.summary())
     events = EventArrays.from_table(table, taxonomy)
-    at = args.at if args.at is not None else prediction_time(events.timestamp, config.stride_seconds)
+    at = at if at is not None else prediction_time(events.timestamp, config.stride_seconds)
     examples = latest_examples(events, config, at)
     if not len(examples):
-        raise DataError(f"{args.data}: no user has {config.min_history} events before {at}")
+        raise DataError(f"{data}: no user has {config.min_history} events before {at}")
     probs = score_examples(predictor, examples, table.category_names)
     ranked = rank(probs, examples.current, taxonomy.other)
     names = np.array(taxonomy.class_names, dtype=object)
@@ -66,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         rows[f"top{k + 1}"] = names[ranked.top[:, k]]
         rows[f"top{k + 1}_p"] = np.round(ranked.top_p[:, k], 6)
     rows["p_migrate"] = np.round(ranked.p_migrate, 6)
-    atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
-    print(f"wrote predictions for {len(examples):,} users at {rows['prediction_time'][0]} to {args.out}")
-    return 0
+    atomic_write_text(out, pd.DataFrame(rows).to_csv(index=False))
+    print(f"wrote predictions for {len(examples):,} users at {rows['prediction_time'][0]} to {out}")
+    return len(examples)
 
 
 @dataclass(frozen=True)
@@ -99,10 +85,10 @@ class Ranked:
 
 def load_predictor(adapter: str | Path, device: str = "auto") -> Predictor:
     """The export at ``adapter`` (or its ``adapter/`` folder) on its backbone, priors set."""
-    from common.config import TaskConfig
-    from common.model.scorer import set_priors
-    from common.task import Taxonomy
-    from server.export import ADAPTER, TAXONOMY, read_model_card, read_priors
+    from fedinterest.common.config import TaskConfig
+    from fedinterest.common.model.scorer import set_priors
+    from fedinterest.common.task import Taxonomy
+    from fedinterest.server.export import ADAPTER, TAXONOMY, read_model_card, read_priors
 
     export = Path(adapter)
     if export.name == ADAPTER:
@@ -131,8 +117,8 @@ def prediction_time(timestamps: np.ndarray, stride: int) -> int:
 
 def score_examples(predictor: Predictor, examples, names: dict[str, str], batch_size: int = 64) -> np.ndarray:
     """Class probabilities, (n, n_classes), for ``examples`` rendered with category ``names``."""
-    from client.shop import shop_dataset
-    from client.training import predict_proba
+    from fedinterest.client.shop import shop_dataset
+    from fedinterest.client.training import predict_proba
 
     data = shop_dataset(examples, names, predictor.tokenizer, predictor.max_length)
     return predict_proba(predictor.model, data, batch_size=batch_size)
@@ -153,10 +139,10 @@ def load_exported(export: Path, card: dict, taxonomy, device: str = "auto"):
 
     from peft import PeftModel
 
-    from common.data.schema import DataError
-    from common.model import load_tokenizer, resolve_backbone, resolve_device
-    from common.model.lora import load_base_model
-    from server.export import ADAPTER
+    from fedinterest.common.data.schema import DataError
+    from fedinterest.common.model import load_tokenizer, resolve_backbone, resolve_device
+    from fedinterest.common.model.lora import load_base_model
+    from fedinterest.server.export import ADAPTER
 
     if int(card.get("num_labels", taxonomy.n_classes)) != taxonomy.n_classes:
         raise DataError(f"{export}: the model card and taxonomy.json disagree on the number of classes")

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from fedinterest.common.atomic import atomic_write_text
 from .data_args import add_data_arguments, add_task_arguments, load_options, task_config
 from .model_args import add_model_arguments, add_privacy_arguments, model_config, privacy_config, train_config
 
@@ -48,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.shop import LocalShop
-    from common.baselines import run_baselines
-    from common.config import ConfigError
-    from common.data import load_events
-    from common.report import format_table
-    from common.task import Taxonomy
+    from fedinterest.client.shop import LocalShop
+    from fedinterest.common.baselines import run_baselines
+    from fedinterest.common.config import ConfigError
+    from fedinterest.common.data import load_events
+    from fedinterest.common.report import format_table
+    from fedinterest.common.task import Taxonomy
 
     if args.rounds < 1:
         raise ConfigError("--rounds must be >= 1")
@@ -117,8 +117,8 @@ def default_state_dir(data: str, shop: str | None) -> Path:
 
 
 def _one_shop(table, shop: str):
-    from common.data.schema import DataError
-    from simulations.partition import partition_events
+    from fedinterest.common.data.schema import DataError
+    from fedinterest.simulations.partition import partition_events
 
     if not table.has_merchants:
         raise DataError(f"{table.report.source}: has no merchant_id, so --shop cannot select one")

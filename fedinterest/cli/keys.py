@@ -29,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from common.config import ConfigError
-    from common.secagg import Identity, Roster
-    from common.secagg.identity import IDENTITY_FILE
+    from fedinterest.common.config import ConfigError
+    from fedinterest.common.secagg import Identity, Roster
+    from fedinterest.common.secagg.identity import IDENTITY_FILE
 
     if args.action == "new":
         path = Path(args.state_dir) / IDENTITY_FILE

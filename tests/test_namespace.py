@@ -1,0 +1,60 @@
+"""One import namespace: the installed project is the package ``fedinterest`` and nothing else.
+
+The wheel is built from a copy of the source (the checkout stays untouched), and imported from a
+directory outside the checkout: its modules are ``fedinterest.common``, ``fedinterest.client``, ...
+and no top-level ``common``, ``client``, ``server``, ``deploy`` or ``simulations`` exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERIC = ("common", "client", "server", "deploy", "simulations")
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    source = tmp_path / "source"
+    for folder in ("fedinterest", *GENERIC):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / file, source / file)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(wheels), str(source)], check=True, cwd=tmp_path)
+    return next(wheels.glob("fedinterest-*.whl"))
+
+
+def test_the_wheel_installs_one_package_and_its_modules_import_under_it(tmp_path):
+    wheel = build_wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"fedinterest", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    assert "fedinterest/client/app.py" in names and "fedinterest/cli/__init__.py" in names
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(site)!r})\n"
+        "import fedinterest, fedinterest.client.app, fedinterest.cli, fedinterest.server.app\n"
+        f"assert fedinterest.client.app.__file__.startswith({str(site)!r}), fedinterest.client.app.__file__\n"
+        f"print([n for n in {GENERIC!r} if importlib.util.find_spec(n) is not None])\n"
+    )
+    # -P: the working directory (outside the checkout) is not put on the path
+    done = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_in_a_checkout_the_folders_are_the_subpackages():
+    import fedinterest
+    import fedinterest.client.app
+
+    assert Path(fedinterest.client.app.__file__).resolve() == ROOT / "client" / "app.py"
+    assert set(fedinterest.LAYERS) == set(GENERIC)
