@@ -54,8 +54,11 @@ baselines: setup
 	$(FEDINTEREST) synth --out $(DEMO_DATA)
 	$(FEDINTEREST) baselines --data $(DEMO_DATA)
 
+# Two workers (pytest-xdist), each test file on one of them (module fixtures are built once): the
+# deployment tests wait on Flower's polling much of the time, so two files run side by side.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

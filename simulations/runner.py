@@ -290,6 +290,7 @@ def run_federation(
 
     client_app = build_client_app(mods=(node_config_mod(prepared.node_configs), *client_mods))
     cpus = cpus or os.cpu_count() or 2
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, without its warning
     backend = {
         "client_resources": {"num_cpus": cpus_per_shop, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",

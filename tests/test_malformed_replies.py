@@ -8,6 +8,7 @@ leave the round standing: that node is dropped and the others' mean comes out.
 
 from __future__ import annotations
 
+import uuid
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -45,15 +46,20 @@ class LoopbackGrid:
         self.clients = {n: SecAggClient(n, keys[n], roster, policy_for(config), RUN) for n in NODES}
         self.corrupt = corrupt or (lambda stage, node, content: content)
 
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Every message answered at once; the replies wait for ``pull_messages``, as on a SuperLink."""
+        self.replies, ids = getattr(self, "replies", {}), []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # what a SuperLink assigns
             node, stage = message.metadata.dst_node_id, message.metadata.message_type
-            content = self._answer(node, stage, message.content)
-            content = self.corrupt(stage, node, content)
+            content = self.corrupt(stage, node, self._answer(node, stage, message.content))
             if content is not None:
-                replies.append(Message(content, reply_to=message))
-        return replies
+                self.replies[message.metadata.message_id] = Message(content, reply_to=message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
     def _answer(self, node, stage, content) -> RecordDict:
         client = self.clients[node]

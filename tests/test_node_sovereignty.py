@@ -31,8 +31,11 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import httpx
 import pytest
 
 from fedinterest.common.config import ConfigError
@@ -85,15 +88,34 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
-    from starlette.testclient import TestClient
+@contextmanager
+def serving(app) -> Iterator[httpx.Client]:
+    """``app`` served by uvicorn on a free loopback port in a thread; a client of it."""
+    import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_ports(1)[0], log_level="error", ws="none",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the proxy did not start"
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     _Upstream.seen = []
     try:
         app = FleetProxy(f"127.0.0.1:{upstream.server_address[1]}", ca=None, max_body=1024)
-        with TestClient(app) as client:
+        with serving(app) as client:
             answer = client.post("/v1/fleet/pull-messages?x=1", content=b"hello",
                                  headers={"flwr-public-key": "pk", "flwr-signature": "sig", "x-custom": "1"})
             assert answer.status_code == 200 and answer.content == b"reply:hello"
@@ -119,7 +141,7 @@ def test_the_proxy_forwards_fleet_posts_and_refuses_everything_else():
         upstream.shutdown()
         upstream.server_close()
     dead = FleetProxy(f"127.0.0.1:{free_ports(1)[0]}", ca=None)
-    with TestClient(dead) as client:
+    with serving(dead) as client:
         answer = client.post("/v1/fleet/get-run", content=b"x")
         assert answer.status_code == 502 and answer.text == "bad gateway"
 

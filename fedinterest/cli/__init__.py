@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from fedinterest.common.config import ConfigError
-from fedinterest.common.data.schema import DataError
+
 from . import audit, baselines, budget, keys, ledger, node, platform, predict, serve, simulate, sweep, synth, train_local
 
 #: Subcommand modules; each has NAME, HELP, add_arguments(parser) and run(args) -> int.
@@ -17,29 +17,39 @@ COMMANDS = (synth, baselines, train_local, ledger, budget, keys, simulate, sweep
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, given ``command``, of that one alone (the others are listed by
+    name and help, without their arguments, whose defaults may need torch)."""
     parser = argparse.ArgumentParser(
         prog="fedinterest",
         description="Privacy-preserving federated prediction of e-commerce interest migration.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        each = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
+        if command is None or module.NAME == command:
+            module.add_arguments(each)
+        each.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    command = named if named in {m.NAME for m in COMMANDS} else None
+    args = build_parser(command or "").parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (DataError, ConfigError) as exc:
-        print(f"fedinterest {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"fedinterest {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from fedinterest.common.data.schema import DataError
+
+        if not isinstance(exc, (DataError, ConfigError)):
+            raise
+        print(f"fedinterest {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from fedinterest.common.config import DAY, TaskConfig
-from fedinterest.common.data import FORMAT_NAMES, LoadOptions
-from fedinterest.common.data.window import parse_time
+
+if TYPE_CHECKING:  # the data package imports pandas: only the commands that read data pay for it
+    from fedinterest.common.data import LoadOptions
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from fedinterest.common.data import FORMAT_NAMES
+
     group = parser.add_argument_group("data")
     group.add_argument("--data", required=required, metavar="PATH",
                        help="events file (CSV, CSV.gz, Parquet) or dataset directory with dataset.json")
@@ -54,6 +58,9 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_options(args: argparse.Namespace) -> LoadOptions:
+    from fedinterest.common.data import LoadOptions
+    from fedinterest.common.data.window import parse_time
+
     return LoadOptions(
         format=None if args.format == "auto" else args.format,
         columns=args.columns,
