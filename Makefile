@@ -54,9 +54,10 @@ baselines: setup
 	$(FEDINTEREST) synth --out $(DEMO_DATA)
 	$(FEDINTEREST) baselines --data $(DEMO_DATA)
 
-# Two workers (pytest-xdist), each test file on one of them (module fixtures are built once): the
-# deployment tests wait on Flower's polling much of the time, so two files run side by side.
-TEST_WORKERS ?= 2
+# Four workers (pytest-xdist), each test file on one of them (module fixtures are built once), the
+# files marked `long` first: the deployment and simulation tests wait on Flower's polling and on
+# their processes' start most of the time (a third of two cores busy with one worker).
+TEST_WORKERS ?= 4
 test: setup
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 

@@ -1,8 +1,8 @@
 """Subprocess entry point: one timed round of Flower's own SecAgg+ in Flower's simulation engine.
 
 Started by ``benchmarks/secagg_cost.py`` (``compare_with_flower_secaggplus``) in its own process,
-so Ray's state, processes and logs stay out of the benchmark. Runs ``flwr.simulation.
-run_simulation`` (Ray backend) with ``--clients`` virtual clients: each is a legacy
+so Ray's state, processes and logs stay out of the benchmark. Runs Flower's simulation engine
+(``simulations.runner.in_process_engine``, Ray backend) with ``--clients`` virtual clients: each is a legacy
 ``NumPyClient`` whose ``fit`` returns a fixed random float32 vector of ``--params`` values,
 wrapped into a ``ClientApp`` with ``secaggplus_mod``; the ``ServerApp`` runs
 ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with FedAvg over all clients, no
@@ -69,7 +69,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.server import LegacyContext, ServerApp, ServerConfig  # noqa: E402
 from flwr.server.strategy import FedAvg  # noqa: E402
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow  # noqa: E402
-from flwr.simulation import run_simulation  # noqa: E402
+from fedinterest.simulations.runner import in_process_engine  # noqa: E402
 
 TIMING_DIR_ENV = "FEDINTEREST_FLOWER_TIMING_DIR"  # where client actors append their stage timings
 STAGES = ("setup_stage", "share_keys_stage", "collect_masked_vectors_stage", "unmask_stage")
@@ -395,11 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.environ[TIMING_DIR_ENV] = timing_dir  # inherited by Ray's worker processes
         start = time.perf_counter()
         try:
-            run_simulation(
-                server_app=make_server_app(args.clients, args.rounds, workflow, strategy, warm_up_timings),
-                client_app=make_client_app(args.seed, args.params, args.clients),
-                num_supernodes=args.clients, backend_name="ray", backend_config=backend_config,
-            )
+            in_process_engine(make_server_app(args.clients, args.rounds, workflow, strategy, warm_up_timings),
+                              make_client_app(args.seed, args.params, args.clients), args.clients, backend_config)
         finally:
             shutdown_ray()
         run_seconds = time.perf_counter() - start

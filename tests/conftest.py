@@ -21,6 +21,17 @@ os.environ["FEDINTEREST_HOME"] = tempfile.mkdtemp(prefix="fedinterest-home-")
 atexit.register(shutil.rmtree, os.environ["FEDINTEREST_HOME"], True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Test files marked ``long(minutes=M)`` first, longest first, so that under ``pytest -n`` the
+    workers start on them and finish together instead of one worker ending with a long file alone."""
+
+    def minutes(item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.kwargs.get("minutes", 1)) if mark else 0.0
+
+    items.sort(key=lambda item: -minutes(item))  # stable: the order within a file is kept
+
+
 @pytest.fixture(autouse=True)
 def ledger_home(tmp_path_factory, monkeypatch):
     """This test's own ledger home (``FEDINTEREST_HOME``), shared with the subprocesses it starts."""

@@ -43,8 +43,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.deployment_processes import Processes, free_ports, kill_tree
+
+pytestmark = pytest.mark.long(minutes=6)  # of real processes, on 2 cores: scheduled first (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

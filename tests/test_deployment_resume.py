@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.deployment_processes import Processes, free_ports, kill_tree
 from tests.test_deployment import EPSILON, ROUNDS, TIMEOUT, checkpoint, environment, shell, wait_for
+
+pytestmark = pytest.mark.long(minutes=4)  # of real processes, on 2 cores: scheduled first (conftest)
 
 
 def test_a_crashed_platform_resumes_to_the_adapter_of_an_uninterrupted_run(tmp_path):

@@ -20,6 +20,8 @@ from fedinterest.common import wire
 from fedinterest.simulations.runner import prepare, run_federation
 from fedinterest.simulations.synthetic import SynthConfig
 
+pytestmark = pytest.mark.long(minutes=1.5)  # of real processes, on 2 cores: scheduled first (conftest)
+
 ROUNDS = 3
 SHOPS = 7  # a roster of 7 plans for ⌈0.2 × 7⌉ = 2 colluders: a round of 6 then survives one dropout
 SMALL = SynthConfig(shops=SHOPS, users=60 * SHOPS, days=20, seed=5)

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from fedinterest.common.model.prefix import CACHE_ENV
-from test_simulate_flwr_run import processes_with
+from tests.test_simulate_flwr_run import processes_with
+
+pytestmark = pytest.mark.long(minutes=1.5)  # of real processes, on 2 cores: scheduled first (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ("fedinterest", "common", "client", "server", "deploy", "simulations", "pyproject.toml", "README.md")

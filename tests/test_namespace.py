@@ -8,8 +8,10 @@ and no top-level ``common``, ``client``, ``server``, ``deploy`` or ``simulations
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -36,20 +38,30 @@ def test_the_wheel_installs_one_package_and_its_modules_import_under_it(tmp_path
     assert tops == {"fedinterest", next(t for t in tops if t.endswith(".dist-info"))}, tops
     assert "fedinterest/client/app.py" in names and "fedinterest/cli/__init__.py" in names
 
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
+    python = wheel_only_environment(tmp_path / "venv", wheel)
     probe = (
         "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(site)!r})\n"
         "import fedinterest, fedinterest.client.app, fedinterest.cli, fedinterest.server.app\n"
-        f"assert fedinterest.client.app.__file__.startswith({str(site)!r}), fedinterest.client.app.__file__\n"
+        "assert fedinterest.client.app.__file__.startswith(sys.prefix), fedinterest.client.app.__file__\n"
         f"print([n for n in {GENERIC!r} if importlib.util.find_spec(n) is not None])\n"
     )
-    # -P: the working directory (outside the checkout) is not put on the path
-    done = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -P: the working directory (outside the checkout) is not put on the path either
+    done = subprocess.run([str(python), "-P", "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def wheel_only_environment(directory: Path, wheel: Path) -> Path:
+    """A fresh virtual environment holding the wheel, as ``pip install`` unpacks it; its dependencies come
+    from this environment's site-packages, added as a plain path (so its ``.pth`` files, among them the
+    checkout's editable install, are not read). Its Python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True, timeout=120)
+    site = next(directory.glob("lib/python*/site-packages"))
+    zipfile.ZipFile(wheel).extractall(site)
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return directory / "bin" / "python"
 
 
 def test_in_a_checkout_the_folders_are_the_subpackages():

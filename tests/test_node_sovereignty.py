@@ -42,6 +42,8 @@ from fedinterest.common.config import ConfigError
 from fedinterest.deploy import flower
 from fedinterest.deploy.fleet_proxy import FLEET_PREFIX, FLEET_ROUTES, FleetProxy, fleet_route, forwarded_headers
 from tests.deployment_processes import Processes, descendants, free_ports
+
+pytestmark = pytest.mark.long(minutes=3)  # of real processes, on 2 cores: scheduled first (conftest)
 from tests.test_deployment import environment, shell, wait_for
 
 SHOPS = ("shop_00", "shop_01", "shop_02")  # the synthetic shops, one node directory each
@@ -155,7 +157,7 @@ def test_the_pinned_hash_is_the_release_and_any_changed_file_changes_it(tmp_path
 
     first = release_hash()
     assert first == release_hash() and len(first) == 64
-    app = flower.make_app(tmp_path / "app")
+    app = flower.make_app(tmp_path / "app", flower.DEPLOYED)
     assert fab_sha256(app) == first  # the bundle `platform start` ships is the pinned one
     with open(app / "client" / "app.py", "a") as f:
         f.write("\n# one more line\n")
@@ -310,6 +312,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import ServerApp
+
 
 app = ServerApp()
 

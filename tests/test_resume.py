@@ -10,7 +10,10 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
+
+pytestmark = pytest.mark.long(minutes=2.5)  # of real processes, on 2 cores: scheduled first (conftest)
 
 ARGS = ["--backbone", "tiny", "--shops", "5", "--rounds", "3", "--max-train-per-user", "1", "--max-steps", "4",
         "--batch-size", "16", "--max-length", "40", "--eval-per-user", "1", "--central-test", "80",

@@ -17,6 +17,8 @@ from fedinterest.common.model.prefix import CACHE_ENV
 from fedinterest.simulations.flwr_run import simulation_config, simulation_devices
 from fedinterest.simulations.runner import simulated_node_config
 
+pytestmark = pytest.mark.long(minutes=1)  # of real processes, on 2 cores: scheduled first (conftest)
+
 SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train-per-user", "1", "--max-steps", "2",
          "--batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "40",
          "--reference-rounds", "0", "--seed", "5"]

@@ -14,6 +14,8 @@ import pytest
 
 from fedinterest.simulations.sweep import Point, grid, summarise
 
+pytestmark = pytest.mark.long(minutes=3)  # of real processes, on 2 cores: scheduled first (conftest)
+
 TINY = ["--backbone", "tiny", "--max-train-per-user", "1", "--max-steps", "3", "--batch-size", "16",
         "--physical-batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "80",
         "--lora-layers", "top1"]  # a frozen prefix: the points share its encodings
