@@ -293,7 +293,8 @@ def run_federation(
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, without its warning
     backend = {
         "client_resources": {"num_cpus": cpus_per_shop, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
+        # "local": a Ray instance of its own, never a cluster that `ray start` left on this machine
+        "init_args": {"address": "local", "num_cpus": cpus, "include_dashboard": False, "logging_level": "error",
                       "log_to_driver": True},
     }
     in_process_engine(server_app, client_app, len(prepared.node_configs), backend)

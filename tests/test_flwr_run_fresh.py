@@ -2,7 +2,8 @@
 
 Flower's default local SuperLink simulates 2 SuperNodes: the ServerApp writes the synthetic shops
 on first use and ends with one line saying how to run enough SuperNodes (no traceback). With that
-advice followed, the same app completes a round. No file of the app is changed.
+advice followed, the same app completes a round (marked slow: ``make test-slow``). No file of the
+app is changed.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from fedinterest.common.model.prefix import CACHE_ENV
 from tests.test_simulate_flwr_run import processes_with
 
-pytestmark = pytest.mark.long(minutes=1.5)  # of real processes, on 2 cores: scheduled first (conftest)
+pytestmark = pytest.mark.long(minutes=1)  # of real processes, on 2 cores: scheduled first (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ("fedinterest", "common", "client", "server", "deploy", "simulations", "pyproject.toml", "README.md")
@@ -53,8 +57,10 @@ def flwr_run(app: Path, env: dict, *extra: str) -> str:
     return ANSI.sub("", done.stdout + done.stderr)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_flwr_run_on_a_fresh_copy_makes_its_shops_and_says_what_to_run_then_completes_a_round(tmp_path):
+@contextmanager
+def fresh_app(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
+    """A fresh copy of the app and the environment of a new user's shell; Flower's local SuperLink (which
+    stays up by design) and everything below it are stopped afterwards; no file of the app changed."""
     app = fresh_copy(tmp_path / "app")
     before = digests(app)
     marker = f"fedinterest-test-{uuid.uuid4().hex}"
@@ -63,22 +69,36 @@ def test_flwr_run_on_a_fresh_copy_makes_its_shops_and_says_what_to_run_then_comp
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FEDINTEREST_HOME=str(tmp_path / "home"))
     env[CACHE_ENV] = str(tmp_path / "encodings")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # an activated environment
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-")  # Ray of its own, not a cluster another test started
     try:
-        first = flwr_run(app, env)
-        said = [line for line in first.splitlines() if "fedinterest:" in line]
-        assert "Traceback" not in first, first[-4000:]
-        assert (app / "data" / "synthetic" / "dataset.json").is_file(), first[-4000:]
-        assert len([line for line in said if "ERROR" in line]) == 1, first[-4000:]
-        assert "runs 2 SuperNodes" in said[-1] and '--federation-config "num-supernodes=5' in said[-1], said
-
-        second = flwr_run(app, env, "--federation-config", "num-supernodes=3 client-resources-num-cpus=1")
-        assert "Traceback" not in second, second[-4000:]
-        assert "[round 1]" in second and "exported the global adapter" in second, second[-4000:]
-        assert (app / "runs" / "federation" / "export" / "adapter" / "adapter_model.safetensors").is_file()
+        yield app, env
     finally:
-        for process in processes_with(marker):  # Flower's local SuperLink stays up by design: stop ours
+        for process in processes_with(marker):
             try:
                 os.kill(int(process.split(":")[0]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert digests(app) == before  # flwr run changed no file of the app (data/ and runs/ are its output)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_flwr_run_on_a_fresh_copy_makes_its_shops_and_says_in_one_line_what_to_run(tmp_path):
+    with fresh_app(tmp_path) as (app, env):
+        first = flwr_run(app, env)
+    said = [line for line in first.splitlines() if "fedinterest:" in line]
+    assert "Traceback" not in first, first[-4000:]
+    assert (app / "data" / "synthetic" / "dataset.json").is_file(), first[-4000:]
+    assert len([line for line in said if "ERROR" in line]) == 1, first[-4000:]
+    assert "runs 2 SuperNodes" in said[-1] and '--federation-config "num-supernodes=5' in said[-1], said
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_flwr_run_on_a_fresh_copy_with_enough_supernodes_completes_a_round(tmp_path):
+    with fresh_app(tmp_path) as (app, env):
+        run = flwr_run(app, env, "--federation-config", "num-supernodes=3 client-resources-num-cpus=1")
+    assert "Traceback" not in run, run[-4000:]
+    assert "first use: wrote 5 synthetic shops" in run and "[round 1]" in run, run[-4000:]
+    assert "exported the global adapter" in run, run[-4000:]
+    assert (app / "runs" / "federation" / "export" / "adapter" / "adapter_model.safetensors").is_file()

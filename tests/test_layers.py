@@ -135,7 +135,10 @@ def test_no_circle_among_the_modules():
 
 
 def test_every_floor_is_a_subpackage_the_wheel_installs():
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert config["package-dir"] == {f"{PACKAGE}.{top}": top for top in FLOORS}

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
 from fedinterest.simulations.sweep import Point, grid, summarise
+from tests.test_simulate_flwr_run import processes_with
 
 pytestmark = pytest.mark.long(minutes=3)  # of real processes, on 2 cores: scheduled first (conftest)
 
@@ -66,6 +71,12 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
     ray = str(Path(sys.executable).parent / "ray")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["FLWR_HOME"] = str(tmp_path / "flwr")
+    # a cluster of this test's own: its files under a temp dir of its own (where `ray.init` elsewhere on the
+    # machine does not look for a cluster to join), and stopped by killing its processes alone (`ray stop`
+    # would stop every Ray on the machine, other tests' too)
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
+    marker = f"fedinterest-test-{uuid.uuid4().hex}"
+    env.update(RAY_TMPDIR=ray_tmp, FEDINTEREST_TEST_MARKER=marker)
     port = free_port()
     started = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2",
                               "--include-dashboard", "false", "--disable-usage-stats"],
@@ -88,4 +99,9 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
         again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert again.returncode == 0 and "2 of 2 points already finished" in again.stdout
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=180)
+        for process in processes_with(marker):
+            try:
+                os.kill(int(process.split(":")[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
