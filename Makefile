@@ -54,12 +54,12 @@ baselines: setup
 	$(FEDINTEREST) synth --out $(DEMO_DATA)
 	$(FEDINTEREST) baselines --data $(DEMO_DATA)
 
-# Four workers (pytest-xdist), each test file on one of them (module fixtures are built once), the
-# files marked `long` first: the deployment and simulation tests wait on Flower's polling and on
-# their processes' start most of the time (a third of two cores busy with one worker).
-TEST_WORKERS ?= 4
+# Three workers (pytest-xdist), each test file on one of them (module fixtures are built once), in
+# the order conftest gives: the files marked `long` first, spread over the workers. The deployment
+# tests wait on Flower's polling much of the time; the CPU-bound ones slow down past three.
+TEST_WORKERS ?= 3
 test: setup
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

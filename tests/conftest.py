@@ -22,14 +22,28 @@ atexit.register(shutil.rmtree, os.environ["FEDINTEREST_HOME"], True)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Test files marked ``long(minutes=M)`` first, longest first, so that under ``pytest -n`` the
-    workers start on them and finish together instead of one worker ending with a long file alone."""
+    """The files marked ``long(minutes=M)`` first, so that under ``pytest -n N --dist loadfile
+    --no-loadscope-reorder`` the workers start on them and finish together.
+
+    xdist hands each worker one file, then a second one, then the rest as they free up: the long
+    files go in rounds of N, longest first, every other round reversed (worker 1 gets the longest
+    and the shortest of the next round), the other files after them in their own order.
+    """
+    workers = config.getoption("numprocesses", None) if config.pluginmanager.hasplugin("xdist") else None
+    workers = workers if isinstance(workers, int) and workers > 0 else 1
 
     def minutes(item) -> float:
         mark = item.get_closest_marker("long")
         return float(mark.kwargs.get("minutes", 1)) if mark else 0.0
 
-    items.sort(key=lambda item: -minutes(item))  # stable: the order within a file is kept
+    files: dict[str, float] = {}
+    for item in items:
+        files.setdefault(str(item.path), minutes(item))
+    long = sorted((f for f, m in files.items() if m > 0), key=lambda f: -files[f])
+    rounds = [long[k:k + workers] for k in range(0, len(long), workers)]
+    order = [f for r, chunk in enumerate(rounds) for f in (chunk if r % 2 == 0 else chunk[::-1])]
+    rank = {f: k for k, f in enumerate(order)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

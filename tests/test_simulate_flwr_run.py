@@ -1,33 +1,22 @@
-"""`fedinterest simulate` runs the federation with `flwr run` on a local simulation SuperLink, and cleans up."""
+"""`fedinterest simulate` runs the federation with `flwr run` on a local simulation SuperLink, and cleans up.
+
+The whole run (report, export, no process left behind, the shared encodings) is checked on the
+uninterrupted run of ``test_resume.py``, which needs one anyway; here, the pieces.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from fedinterest.simulations.experiment import shared_encodings
 from fedinterest.common.config import ConfigError
 from fedinterest.common.model.prefix import CACHE_ENV
+from fedinterest.simulations.experiment import shared_encodings
 from fedinterest.simulations.flwr_run import simulation_config, simulation_devices
 from fedinterest.simulations.runner import simulated_node_config
-
-pytestmark = pytest.mark.long(minutes=1)  # of real processes, on 2 cores: scheduled first (conftest)
-
-SMALL = ["--backbone", "tiny", "--shops", "3", "--rounds", "2", "--max-train-per-user", "1", "--max-steps", "2",
-         "--batch-size", "16", "--max-length", "32", "--eval-per-user", "1", "--central-test", "40",
-         "--reference-rounds", "0", "--seed", "5"]
-DEPRECATED = "run_simulation` function is deprecated"
-
-
-def fedinterest(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedinterest", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def processes_with(marker: str) -> list[str]:
@@ -47,37 +36,6 @@ def processes_with(marker: str) -> list[str]:
         if marker.encode() in environ:
             found.append(f"{entry}: {command[:160]}")
     return found
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_simulate_runs_flwr_run_and_leaves_no_process_behind(tmp_path):
-    data = tmp_path / "shops"
-    made = fedinterest("synth", "--out", str(data), "--shops", "3", "--users", "300", "--days", "20", "--seed", "5")
-    assert made.returncode == 0, made.stderr
-    marker = f"fedinterest-test-{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["FEDINTEREST_TEST_MARKER"] = marker
-    env[CACHE_ENV] = str(tmp_path / "encodings")  # what simulate sets for its shops on GPUs
-    out = tmp_path / "sim"
-
-    result = fedinterest("simulate", *SMALL, "--lora-layers", "top1", "--data", str(data), "--out", str(out),
-                         env=env)
-
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-    assert "[round 2]" in result.stdout and "exported the global adapter" in result.stdout
-    assert DEPRECATED not in result.stdout + result.stderr
-    assert "INFO :" not in result.stdout  # Flower's own log lines stay in the run's log
-    report = json.loads((out / "report.json").read_text())
-    assert report["rounds"] == 2 and [h["round"] for h in report["history"]] == [1, 2]
-    assert (Path(report["export"]) / "adapter" / "adapter_model.safetensors").is_file()
-    nodes = json.loads((out / "federation" / "sim_nodes.json").read_text())
-    assert sorted(nodes) == ["0", "1", "2"] and all(Path(n["state-dir"]).is_absolute() for n in nodes.values())
-    assert (out / "federation" / "logs" / "flwr-run.log").is_file()
-    assert not (out / "federation" / "flower").exists()  # the run's app and FLWR_HOME are gone
-    assert processes_with(marker) == []
-    # the shops' processes (under Ray, below the SuperLink) got the run's environment: their frozen-prefix
-    # encodings (training and test set of 3 shops) are in the shared cache beside the driver's test set
-    assert len(list((tmp_path / "encodings").glob("*.pt"))) >= 4
 
 
 def test_a_simulated_node_takes_its_node_config_from_sim_nodes(tmp_path):
