@@ -25,10 +25,10 @@ On the way, as an attacker and as bad luck would:
 ``test_deployment_resume.py`` shows what a crash costs: nothing (its own file, so that the two run
 side by side under ``pytest -n 2``).
 
-Cost: about 5½ and 5 minutes on 2 idle cores (9½ and 5½ when every message started a fresh
-``flwr-clientapp`` that imported torch, transformers and peft again; the node's task runner now
-loads them once). Most of the rest is Flower's polling (an idle SuperNode asks for messages every
-3 s) and, in the second test, the simulation engine's reference run.
+Cost: about 5½ minutes on 2 idle cores (9½ when every message started a fresh ``flwr-clientapp``
+that imported torch, transformers and peft again; the node's task runner now loads them once).
+Most of the rest is Flower's polling (an idle SuperNode asks for messages every 3 s; the server
+pulls replies every 0.2 s) and the minute the SuperLink takes to declare the killed node gone.
 """
 
 from __future__ import annotations
