@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from fedinterest.common.model.prefix import CACHE_ENV
-from tests.test_simulate_flwr_run import processes_with
+from tests.test_simulate_flwr_run import kill_processes_with
 
 pytestmark = pytest.mark.long(minutes=1)  # of real processes, on 2 cores: scheduled first (conftest)
 
@@ -73,11 +72,7 @@ def fresh_app(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
     try:
         yield app, env
     finally:
-        for process in processes_with(marker):
-            try:
-                os.kill(int(process.split(":")[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_with(marker)
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert digests(app) == before  # flwr run changed no file of the app (data/ and runs/ are its output)
 

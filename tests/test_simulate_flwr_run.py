@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,15 @@ def processes_with(marker: str) -> list[str]:
         if marker.encode() in environ:
             found.append(f"{entry}: {command[:160]}")
     return found
+
+
+def kill_processes_with(marker: str) -> None:
+    """SIGKILL every live process whose environment holds ``marker``."""
+    for process in processes_with(marker):
+        try:
+            os.kill(int(process.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_simulated_node_takes_its_node_config_from_sim_nodes(tmp_path):

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedinterest.simulations.sweep import Point, grid, summarise
-from tests.test_simulate_flwr_run import processes_with
+from tests.test_simulate_flwr_run import kill_processes_with
 
 pytestmark = pytest.mark.long(minutes=3)  # of real processes, on 2 cores: scheduled first (conftest)
 
@@ -99,9 +98,5 @@ def test_a_two_point_sweep_on_a_ray_cluster(tmp_path):
         again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert again.returncode == 0 and "2 of 2 points already finished" in again.stdout
     finally:
-        for process in processes_with(marker):
-            try:
-                os.kill(int(process.split(":")[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_processes_with(marker)
         shutil.rmtree(ray_tmp, ignore_errors=True)
