@@ -13,6 +13,6 @@ from pathlib import Path
 #: The source folders that are subpackages of ``fedinterest`` (README, "Layout").
 LAYERS = ("common", "client", "server", "deploy", "simulations")
 
-_beside = Path(__file__).resolve().parent.parent
-if not (Path(__file__).resolve().parent / "common").is_dir() and (_beside / "common" / "__init__.py").is_file():
-    __path__.append(str(_beside))  # a checkout or a FAB: the subpackages are this folder's siblings
+_here = Path(__file__).resolve().parent
+if not (_here / "common").is_dir() and (_here.parent / "common" / "__init__.py").is_file():
+    __path__.append(str(_here.parent))  # a checkout or a FAB: the subpackages are this folder's siblings

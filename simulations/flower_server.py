@@ -82,10 +82,6 @@ def main(grid: Grid, context: Context) -> None:
             log(INFO, "fedinterest: %s", done)
         need = int(settings["min-shops"])
         check_nodes(registered_nodes(grid, need), simulated_shops(settings), need)
-    except ConfigError as exc:
-        report(exc)
-        return
-    try:
         run_federation(grid, settings)
     except ConfigError as exc:
         report(exc)

@@ -35,9 +35,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    named = next((a for a in argv if not a.startswith("-")), None)
-    command = named if named in {m.NAME for m in COMMANDS} else None
-    args = build_parser(command or "").parse_args(argv)
+    named = next((a for a in argv if not a.startswith("-")), "")  # an unknown name: argparse says so
+    args = build_parser(named).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
